@@ -1,0 +1,26 @@
+# latent: `make install` then `make test`; `make demo` runs the embed job end to end.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: install test lint demo bench-embed bench-index bench-search clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/ruff check pipeline tests bench jobs
+	$(PY) -m pytest -q
+
+lint: install
+	$(BIN)/ruff check pipeline tests bench jobs
+	$(BIN)/ruff format --check pipeline tests bench jobs
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,131 @@
+"""Structured configs: the typed schema of every command.
+
+The dataclasses declare keys and types only; every default lives in ``conf/*.yaml`` (the single
+source of defaults), which Hydra merges onto these schemas. Library code takes the dataclasses;
+``compose`` builds one from ``conf/`` for callers who are not behind a Hydra entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+CONFIG_PACKAGE = "pipeline.conf"  # conf/ is installed as this package (see pyproject.toml)
+
+
+class InputFormat(str, Enum):
+    auto = "auto"
+    images = "images"
+    webdataset = "webdataset"
+    parquet = "parquet"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+class Modality(str, Enum):
+    auto = "auto"
+    image = "image"
+    text = "text"
+    both = "both"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutputDtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+@dataclass
+class InputConfig:
+    path: str = MISSING
+    format: InputFormat = MISSING
+    image_column: str | None = MISSING
+    text_column: str | None = MISSING
+    id_column: str | None = MISSING
+    files_per_task: int = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    pretrained: str | None = MISSING  # open_clip tag, local checkpoint path, or null (random weights)
+    precision: Precision = MISSING
+    device: Device = MISSING
+
+
+@dataclass
+class OutputConfig:
+    path: str = MISSING
+    dtype: OutputDtype = MISSING
+    rows_per_shard: int = MISSING
+
+
+@dataclass
+class RayConfig:
+    address: str = MISSING  # "": start a local Ray; "auto", "host:port" or "ray://…": join a cluster
+    num_cpus: int | None = MISSING  # local Ray only
+    num_gpus: int | None = MISSING  # local Ray only
+    encoder_actors: int | None = MISSING  # null: one per GPU, or one CPU actor
+    gpus_per_encoder: float = MISSING
+    cpus_per_encoder: float | None = MISSING  # null: derived from the cluster's CPUs
+    cpus_per_reader: float = MISSING
+
+
+@dataclass
+class EmbedConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    modality: Modality = MISSING
+    batch_size: int = MISSING
+    max_error_fraction: float = MISSING
+    max_image_pixels: int = MISSING
+    progress: bool = MISSING
+
+
+def register_configs() -> None:
+    """Register each command's schema under ``<command>_schema`` for conf/<command>.yaml."""
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=node)
+
+
+SCHEMAS: dict[str, type] = {"embed": EmbedConfig}
+
+
+def compose(command: str, overrides: list[str] | None = None) -> Any:
+    """The typed config of ``command`` with conf/'s defaults and ``key=value`` overrides applied."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base=None):
+        cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
+    return to_dataclass(cfg)
+
+
+def to_dataclass(cfg: Any) -> Any:
+    """A composed Hydra ``DictConfig`` as its schema's dataclass."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    """A dataclass config as YAML, for run records."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,214 @@
+"""open_clip models: resolving weights at the edge, loading them inside workers, fingerprints.
+
+``resolve_model`` runs once, on the driver: it validates the name and weights, downloads a
+pretrained tag (or fails fast when offline) and returns a ``ModelSpec`` that any worker can turn
+into the same model with ``load_model``, without touching the network again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from pipeline.errors import LatentError
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_SEED = 0  # pretrained=null: every worker builds the same random model
+HF_HOST = "huggingface.co"
+_PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to build the model, decided on the driver."""
+
+    name: str
+    pretrained: str | None  # what the user asked for: a tag, a checkpoint path, or None
+    checkpoint: str | None  # the local file holding the weights (None: random weights)
+    checkpoint_sha256: str | None
+    quick_gelu: bool = False
+    preprocess_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # "cpu" or "cuda", resolved by runtime.resolve_device
+    precision: str = "fp32"  # "fp32" | "fp16" | "bf16", resolved by runtime.resolve_precision
+
+    def on(self, device: str, precision: str) -> ModelSpec:
+        """The same weights placed on another device/precision."""
+        return ModelSpec(**{**asdict(self), "device": device, "precision": precision})
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    image_transform: Any  # open_clip's eval transform (PIL image -> normalised tensor)
+    tokenizer: Any
+    fingerprint: dict[str, Any]
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_error(name: str, tag: str, reason: str) -> LatentError:
+    return LatentError(
+        f"cannot get the pretrained weights '{tag}' for model '{name}': {reason}.\n"
+        f"  Use a local checkpoint:   model.pretrained=/path/to/checkpoint.pt\n"
+        f"  or random weights:        model.pretrained=null\n"
+        f"  (a checkpoint is a state_dict saved with torch.save(model.state_dict(), PATH), or open_clip's "
+        f"own .bin/.safetensors file)"
+    )
+
+
+def _cached_hf_file(hf_hub: str, cache_dir: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    model_id, filename = os.path.split(hf_hub)
+    for name in filter(None, [filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+        hit = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+def _download_tag(name: str, tag: str, tag_cfg: dict, cache_dir: str | None) -> str:
+    import open_clip
+
+    if tag_cfg.get("hf_hub"):
+        cached = _cached_hf_file(tag_cfg["hf_hub"], cache_dir)
+        if cached:
+            return cached
+    host = HF_HOST if tag_cfg.get("hf_hub") else (tag_cfg.get("url", "").split("/") + ["", "", ""])[2]
+    if not _host_reachable(host):
+        raise _offline_error(name, tag, f"{host} cannot be reached and the weights are not in the local cache")
+    try:
+        path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as err:  # the hub client's many error types all mean the same thing here
+        raise _offline_error(name, tag, f"download failed ({err})") from err
+    if not path:
+        raise _offline_error(name, tag, "open_clip has no download location for it")
+    return path
+
+
+def resolve_model(
+    name: str, pretrained: str | None, device: str = "cpu", precision: str = "fp32", cache_dir: str | None = None
+) -> ModelSpec:
+    """Validate a model name and its weights, fetch tagged weights once, and describe the result."""
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise LatentError(f"model.name: unknown open_clip model '{name}'. Known: {', '.join(open_clip.list_models())}")
+    if pretrained is None or str(pretrained).lower() in ("", "none", "null", "random"):
+        return ModelSpec(name, None, None, None, device=device, precision=precision)
+    if os.path.isfile(pretrained):
+        path = os.path.abspath(pretrained)
+        return ModelSpec(name, pretrained, path, file_sha256(path), device=device, precision=precision)
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        if looks_like_path:
+            raise LatentError(f"model.pretrained: checkpoint file not found: {pretrained}")
+        raise LatentError(
+            f"model.pretrained: '{pretrained}' is neither a checkpoint file nor a pretrained tag of {name}. "
+            f"Tags: {', '.join(tags) or '(none)'}; or model.pretrained=null for random weights."
+        )
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    path = _download_tag(name, pretrained, tag_cfg, cache_dir)
+    overrides = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if tag_cfg.get(k) is not None}
+    return ModelSpec(
+        name,
+        pretrained,
+        path,
+        file_sha256(path),
+        quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+        preprocess_overrides=overrides,
+        device=device,
+        precision=precision,
+    )
+
+
+def _create(spec: ModelSpec, device: str) -> tuple[torch.nn.Module, Any]:
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    kwargs: dict[str, Any] = {"force_quick_gelu": spec.quick_gelu, "device": device}
+    if spec.preprocess_overrides:
+        kwargs["force_preprocess_cfg"] = dict(spec.preprocess_overrides)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip logs "initialized randomly" on the root logger
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = open_clip.create_model(spec.name, pretrained=spec.checkpoint, **kwargs)
+    finally:
+        root.setLevel(level)
+    pcfg = PreprocessCfg(**model.visual.preprocess_cfg)
+    return model, image_transform_v2(pcfg, is_train=False)
+
+
+@dataclass
+class ModelInfo:
+    fingerprint: dict[str, Any]
+    image_transform: Any
+
+
+def describe_model(spec: ModelSpec) -> ModelInfo:
+    """The model's fingerprint and eval transform, built on the meta device: no weights, no memory."""
+    with torch.device("meta"):
+        model, transform = _create(ModelSpec(**{**asdict(spec), "checkpoint": None}), device="meta")
+    return ModelInfo(_fingerprint(spec, model), transform)
+
+
+def _fingerprint(spec: ModelSpec, model: torch.nn.Module) -> dict[str, Any]:
+    pcfg = dict(model.visual.preprocess_cfg)
+    size = pcfg.get("size")
+    weights = spec.pretrained
+    if spec.checkpoint is not None and weights is not None and os.path.isfile(weights):
+        weights = os.path.basename(weights)  # a path is local to one machine; the hash identifies it
+    return {
+        "name": spec.name,
+        "pretrained": weights,
+        "checkpoint_sha256": spec.checkpoint_sha256,
+        "random_weights_seed": RANDOM_WEIGHTS_SEED if spec.checkpoint is None else None,
+        "quick_gelu": spec.quick_gelu,
+        "dim": int(model.visual.output_dim),
+        "context_length": int(getattr(model, "context_length", 0) or 0),
+        "preprocess": {
+            "size": list(size) if isinstance(size, (list, tuple)) else [size, size],
+            "mean": list(pcfg.get("mean", ())),
+            "std": list(pcfg.get("std", ())),
+            "interpolation": pcfg.get("interpolation"),
+            "resize_mode": pcfg.get("resize_mode"),
+        },
+    }
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Build the model ``spec`` describes on its device and precision, in eval mode."""
+    import open_clip
+
+    model, transform = _create(spec, device="cpu")
+    model.eval().requires_grad_(False)
+    model = model.to(spec.device)
+    if spec.precision in ("fp16", "bf16"):
+        model = model.to(torch.float16 if spec.precision == "fp16" else torch.bfloat16)
+    tokenizer = open_clip.get_tokenizer(spec.name)
+    return LoadedModel(model, transform, tokenizer, _fingerprint(spec, model))

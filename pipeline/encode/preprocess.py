@@ -1,0 +1,76 @@
+"""Image decoding and open_clip's eval transform, split at the uint8/float boundary.
+
+open_clip's transform is PIL steps (resize, crop, RGB) followed by ToTensor and Normalize. The
+PIL steps run in CPU decode tasks and yield uint8 arrays (4x smaller than float32 to move); the
+encoder finishes with ``to_tensor_normalized``, which is the exact arithmetic of ToTensor and
+Normalize, so vectors equal ``model.encode_image(preprocess(img))``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = None  # size is checked by decode_image against its own limit
+
+
+class BadImage(ValueError):
+    """An input that is not a usable image; the row is recorded as an error."""
+
+
+@dataclass
+class ImagePrep:
+    """The PIL part of an open_clip eval transform plus the normalisation the encoder applies."""
+
+    pil_steps: object  # torchvision Compose of PIL -> PIL steps
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: tuple[int, int]
+
+    @classmethod
+    def from_transform(cls, transform) -> ImagePrep:
+        from torchvision.transforms import Compose, Normalize
+
+        steps = list(transform.transforms)
+        names = [type(t).__name__ for t in steps]
+        if names[-2:] != ["MaybeToTensor", "Normalize"] and names[-2:] != ["ToTensor", "Normalize"]:
+            raise ValueError(f"unexpected open_clip transform layout: {names}")
+        norm: Normalize = steps[-1]
+        crop = next(t for t in steps if type(t).__name__ == "CenterCrop")
+        return cls(Compose(steps[:-2]), tuple(norm.mean), tuple(norm.std), tuple(crop.size))
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """uint8 HxWx3 array of the resized, cropped RGB image."""
+        out = self.pil_steps(image)
+        array = np.asarray(out, dtype=np.uint8)
+        if array.shape != (*self.size, 3):
+            raise BadImage(f"preprocessed to unexpected shape {array.shape}")
+        return array
+
+    def to_tensor_normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        """NxHxWx3 uint8 (any device) -> Nx3xHxW float32, as ToTensor then Normalize compute it."""
+        x = batch.permute(0, 3, 1, 2).float().div(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open image bytes (first frame of animations) as RGB, refusing empty, broken and huge images."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > max_pixels:
+            raise BadImage(f"image too large: {width}x{height} pixels > max_image_pixels={max_pixels}")
+        image.load()
+    except BadImage:
+        raise
+    except Exception as err:  # PIL raises many types for broken files
+        raise BadImage(f"cannot decode image: {type(err).__name__}: {err}") from err
+    return image

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny registered open_clip model, real photos, seeded data. Nothing downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_MODEL = "latent-tiny-vit"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def register_tiny_model(directory: Path) -> str:
+    """Register TINY_MODEL with open_clip (idempotent) and return its name."""
+    import open_clip
+
+    if TINY_MODEL not in open_clip.list_models():
+        path = directory / f"{TINY_MODEL}.json"
+        path.write_text(json.dumps(TINY_CONFIG))
+        open_clip.add_model_config(path)
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return register_tiny_model(tmp_path_factory.mktemp("model-config"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    """Random (seeded) weights of the tiny model saved as a local state_dict checkpoint."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(1234)
+    model = open_clip.create_model(tiny_model, pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """A folder of real photos from scikit-image, as JPEG and PNG, with caption sidecars."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(SAMPLE_PHOTOS):
+        image = Image.fromarray(getattr(data, name)())
+        sub = root / ("sub" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        ext = "png" if i == 3 else "jpg"
+        image.convert("RGB").save(sub / f"{name}.{ext}")
+        (sub / f"{name}.txt").write_text(f"a photo of {name}")
+        (sub / f"{name}.json").write_text(json.dumps({"sample": name, "index": i}))
+    return root
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
