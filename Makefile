@@ -22,5 +22,14 @@ lint: install
 	$(BIN)/ruff check pipeline tests bench jobs
 	$(BIN)/ruff format --check pipeline tests bench jobs
 
+# The main job end to end on a local Ray: real photos with captions -> CLIP embeddings.
+# ViT-B-32's pretrained weights need a download; offline: make demo DEMO_ARGS=model.pretrained=null
+DEMO_DIR  ?= demo-output
+DEMO_ARGS ?=
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PY) jobs/demo_corpus.py $(DEMO_DIR)/corpus
+	$(BIN)/latent embed input.path=$(DEMO_DIR)/corpus output.path=$(DEMO_DIR)/embeddings $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

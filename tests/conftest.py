@@ -84,3 +84,38 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One small local Ray for the whole session, on loopback."""
+    import ray
+
+    from pipeline.config import RayConfig
+    from pipeline.runtime import init_ray
+
+    init_ray(
+        RayConfig(
+            address="",
+            num_cpus=2,
+            num_gpus=0,
+            encoder_actors=None,
+            gpus_per_encoder=1.0,
+            cpus_per_encoder=None,
+            cpus_per_reader=1.0,
+        )
+    )
+    yield ray
+    ray.shutdown()
+
+
+def embed_overrides(input_path, output_path, model: str, *extra: str) -> list[str]:
+    return [
+        f"input.path={input_path}",
+        f"output.path={output_path}",
+        f"model.name={model}",
+        "model.pretrained=null",
+        "ray.num_cpus=2",
+        "progress=false",
+        *extra,
+    ]

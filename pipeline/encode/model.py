@@ -8,9 +8,11 @@ into the same model with ``load_model``, without touching the network again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ class ModelSpec:
     checkpoint_sha256: str | None
     quick_gelu: bool = False
     preprocess_overrides: dict[str, Any] = field(default_factory=dict)
+    model_config: dict[str, Any] | None = None  # open_clip's config, so workers know registered custom models
     device: str = "cpu"  # "cpu" or "cuda", resolved by runtime.resolve_device
     precision: str = "fp32"  # "fp32" | "fp16" | "bf16", resolved by runtime.resolve_precision
 
@@ -115,11 +118,14 @@ def resolve_model(
 
     if name not in open_clip.list_models():
         raise LatentError(f"model.name: unknown open_clip model '{name}'. Known: {', '.join(open_clip.list_models())}")
+    config = open_clip.get_model_config(name)
     if pretrained is None or str(pretrained).lower() in ("", "none", "null", "random"):
-        return ModelSpec(name, None, None, None, device=device, precision=precision)
+        return ModelSpec(name, None, None, None, model_config=config, device=device, precision=precision)
     if os.path.isfile(pretrained):
         path = os.path.abspath(pretrained)
-        return ModelSpec(name, pretrained, path, file_sha256(path), device=device, precision=precision)
+        return ModelSpec(
+            name, pretrained, path, file_sha256(path), model_config=config, device=device, precision=precision
+        )
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
         looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
@@ -139,15 +145,30 @@ def resolve_model(
         file_sha256(path),
         quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
         preprocess_overrides=overrides,
+        model_config=config,
         device=device,
         precision=precision,
     )
+
+
+def _ensure_registered(spec: ModelSpec) -> None:
+    """A model config registered only in the driver (open_clip.add_model_config) is registered here too."""
+    import open_clip
+
+    if spec.name in open_clip.list_models() or not spec.model_config:
+        return
+    directory = tempfile.mkdtemp(prefix="latent-model-config-")
+    path = os.path.join(directory, f"{spec.name}.json")
+    with open(path, "w") as f:
+        json.dump(spec.model_config, f)
+    open_clip.add_model_config(path)
 
 
 def _create(spec: ModelSpec, device: str) -> tuple[torch.nn.Module, Any]:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    _ensure_registered(spec)
     kwargs: dict[str, Any] = {"force_quick_gelu": spec.quick_gelu, "device": device}
     if spec.preprocess_overrides:
         kwargs["force_preprocess_cfg"] = dict(spec.preprocess_overrides)

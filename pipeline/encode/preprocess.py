@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -74,3 +75,35 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as err:  # PIL raises many types for broken files
         raise BadImage(f"cannot decode image: {type(err).__name__}: {err}") from err
     return image
+
+
+def prepare_records(records: pa.Table, prep: ImagePrep | None, needs_text: bool, max_pixels: int) -> pa.Table:
+    """Records (with image bytes) -> rows ready to encode: ``pixels`` (uint8, flattened) replaces ``image``.
+
+    Rows that cannot be used get an ``error`` and zero pixels; they flow on to be recorded, not dropped.
+    """
+    errors = records.column("error").to_pylist()
+    table = records.drop_columns(["image"])
+    if prep is not None:
+        height, width = prep.size
+        pixels = np.zeros((records.num_rows, height, width, 3), dtype=np.uint8)
+        for i, data in enumerate(records.column("image").to_pylist()):
+            if errors[i] is not None:
+                continue
+            try:
+                pixels[i] = prep.prepare(decode_image(data, max_pixels))
+            except BadImage as err:
+                errors[i] = str(err)
+        flat = pa.array(pixels.reshape(-1), type=pa.uint8())
+        table = table.append_column("pixels", pa.FixedSizeListArray.from_arrays(flat, height * width * 3))
+    if needs_text:
+        missing = "missing caption" if prep is not None else "missing text"
+        errors = [e or (None if t else missing) for e, t in zip(errors, records.column("text").to_pylist())]
+    return table.set_column(table.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+
+
+def pixels_to_numpy(column: pa.ChunkedArray | pa.Array, size: tuple[int, int]) -> np.ndarray:
+    """The ``pixels`` column back as an NxHxWx3 uint8 array (zero-copy when it is one chunk)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(array), size[0], size[1], 3)

@@ -1,0 +1,257 @@
+"""The embed job: corpus -> read+prepare (CPU tasks) -> encode (actor pool) -> commit shards (tasks).
+
+``build_embed_plan`` is the one place the Ray Data plan is built; ``run_embed`` decides everything
+at the edge (model, device, precision, what is already done), runs the plan and summarises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import EmbedConfig, Modality
+from pipeline.encode.encoder import EmbedBatches
+from pipeline.encode.model import describe_model, resolve_model
+from pipeline.encode.preprocess import ImagePrep, prepare_records
+from pipeline.errors import LatentError
+from pipeline.io.output import OutputDir
+from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
+from pipeline.io.sources import Source, filter_done_units, open_source, read_unit, units_to_json
+from pipeline.runtime import RunRecord, cluster_cpus, cluster_gpus, init_ray, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+READ_BYTES_PER_ROW = 256 * 1024  # a typical web JPEG plus its sidecars
+READER_BASE_MEMORY = 768 * 1024**2  # a decode worker's own footprint (torch, torchvision, PIL, pyarrow)
+MIN_ROWS_FOR_ERROR_CHECK = 200  # judge the error fraction early only once a sample this large is in
+
+
+@dataclass
+class EmbedSummary:
+    output: str
+    rows: int  # rows in the dataset (all runs)
+    errors: int  # rows recorded as errors (all runs)
+    rows_this_run: int
+    errors_this_run: int
+    wall_seconds: float
+    rows_per_second: float
+    already_complete: bool = False
+
+    def render(self) -> str:
+        if self.already_complete:
+            return (
+                f"latent embed: {self.output} is already complete ({self.rows:,} rows, {self.errors:,} errors); "
+                f"nothing to do"
+            )
+        return "\n".join(
+            [
+                f"latent embed: done in {self.wall_seconds:.1f} s",
+                f"  rows embedded  {self.rows:,} ({self.rows_this_run:,} this run)",
+                f"  rows failed    {self.errors:,} ({self.errors_this_run:,} this run)"
+                + (f", listed in {self.output}/{ERRORS_DIR}" if self.errors else ""),
+                f"  throughput     {self.rows_per_second:,.1f} rows/s",
+                f"  output         {self.output}",
+            ]
+        )
+
+
+def resolve_modality(requested: Modality, source: Source) -> str:
+    if requested == Modality.auto:
+        if source.has_images and source.has_texts:
+            return "both"
+        return "image" if source.has_images else "text"
+    if requested in (Modality.image, Modality.both) and not source.has_images:
+        raise LatentError(f"modality={requested.value} needs images, but the input has none")
+    if requested in (Modality.text, Modality.both) and not source.has_texts:
+        raise LatentError(f"modality={requested.value} needs texts, but the input has no captions or text column")
+    return requested.value
+
+
+# -- the stages: plain callables on Arrow tables ----------------------------------------------------
+
+
+def read_and_prepare(
+    units: pa.Table, done: pa.Array | None, prep: ImagePrep | None, needs_text: bool, max_pixels: int, rows: int
+) -> Iterator[pa.Table]:
+    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time."""
+    for unit in units.column("unit").to_pylist():
+        for records in read_unit(json.loads(unit), done):
+            for start in range(0, records.num_rows, rows):
+                yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels)
+
+
+def write_shards(batch: pa.Table, output: str, info: EmbeddingInfo, metadata_fields: list[pa.Field]) -> pa.Table:
+    """Stage 3 (task): commit embedded rows as a shard and failed rows as an error file."""
+    ok = pc.is_null(batch.column("error"))
+    good = batch.filter(ok)
+    bad = batch.filter(pc.invert(ok))
+    schema = info.shard_schema(metadata_fields)
+    if good.num_rows:
+        good = good.select(schema.names)
+        try:
+            good = good.cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a table whose later files infer other types
+            good = good.replace_schema_metadata(schema.metadata)
+        commit_table(good, output)
+    if bad.num_rows:
+        commit_table(bad.select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA), f"{output.rstrip('/')}/{ERRORS_DIR}")
+    return pa.table({"rows": [good.num_rows], "errors": [bad.num_rows]})
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderResources:
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    threads: int | None
+
+
+def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
+    ray_cfg = cfg.ray
+    if device == "cuda":
+        actors = ray_cfg.encoder_actors or max(1, int(cluster_gpus() // ray_cfg.gpus_per_encoder))
+        return EncoderResources(actors, ray_cfg.gpus_per_encoder, ray_cfg.cpus_per_encoder or 1.0, None)
+    actors = ray_cfg.encoder_actors or 1
+    # A CPU actor reserves one CPU but runs torch on all of the node's cores: decode tasks are short
+    # and interleave, so the cores stay busy instead of half of them waiting on a reservation.
+    cpus = ray_cfg.cpus_per_encoder or 1.0
+    threads = int(ray_cfg.cpus_per_encoder) if ray_cfg.cpus_per_encoder else max(1, (os.cpu_count() or 1) // actors)
+    return EncoderResources(actors, 0.0, cpus, threads)
+
+
+def build_embed_plan(
+    source: Source,
+    done: pa.Array | None,
+    prep: ImagePrep | None,
+    spec,
+    info: EmbeddingInfo,
+    cfg: EmbedConfig,
+):
+    """The Ray Data plan of the embed job."""
+    import ray
+
+    resources = encoder_resources(cfg, spec.device)
+    units = ray.data.from_items(units_to_json(source.units), override_num_blocks=max(1, len(source.units)))
+    prepared = units.map_batches(
+        partial(
+            read_and_prepare,
+            done=done if done is not None and len(done) else None,
+            prep=prep if info.modality in ("image", "both") else None,
+            needs_text=info.modality in ("text", "both"),
+            max_pixels=cfg.max_image_pixels,
+            rows=cfg.batch_size,
+        ),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cfg.ray.cpus_per_reader,
+        # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
+        # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
+        # their resources are equal (ray#54433), which would serialise decode and encode in one actor.
+        memory=READER_BASE_MEMORY + cfg.batch_size * (prep.size[0] * prep.size[1] * 3 * 2 + READ_BYTES_PER_ROW),
+    )
+    embedded = prepared.map_batches(
+        EmbedBatches,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "modality": info.modality,
+            "dtype": info.dtype,
+            "threads": resources.threads,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+        num_gpus=resources.gpus_per_actor or None,
+        num_cpus=resources.cpus_per_actor,
+    )
+    return embedded.map_batches(
+        partial(write_shards, output=cfg.output.path, info=info, metadata_fields=source.metadata_fields),
+        batch_size=cfg.output.rows_per_shard,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+    )
+
+
+# -- the job ----------------------------------------------------------------------------------------
+
+
+def _progress(total: int | None, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rows", desc="embed", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _check_errors(rows: int, errors: int, limit: float, output: str, final: bool) -> None:
+    seen = rows + errors
+    if seen and (final or seen >= MIN_ROWS_FOR_ERROR_CHECK) and errors / seen > limit:
+        raise LatentError(
+            f"{errors:,} of {seen:,} rows failed ({errors / seen:.1%}), more than max_error_fraction={limit}; "
+            f"see {output}/{ERRORS_DIR}. Fix the input (or raise max_error_fraction) and rerun: "
+            f"finished shards are kept."
+        )
+
+
+def run_embed(cfg: EmbedConfig) -> EmbedSummary:
+    """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
+    started = time.perf_counter()
+    source = open_source(cfg.input)
+    modality = resolve_modality(cfg.modality, source)
+    weights = resolve_model(cfg.model.name, cfg.model.pretrained)
+    described = describe_model(weights)
+    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
+    output = OutputDir(cfg.output.path)
+    output.claim(info)
+    if output.complete:
+        counts = output.counts()
+        summary = EmbedSummary(cfg.output.path, counts.rows, counts.errors, 0, 0, 0.0, 0.0, already_complete=True)
+        print(summary.render())
+        return summary
+
+    init_ray(cfg.ray)
+    device = resolve_device(cfg.model.device, cluster_gpus())
+    spec = weights.on(device, resolve_precision(cfg.model.precision, device))
+    log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
+    record = RunRecord.start(output.state_dir, cfg)
+    output.clean_tmp()
+    done = output.done_ids()
+    source = filter_done_units(source, done)
+    prep = ImagePrep.from_transform(described.image_transform)
+    plan = build_embed_plan(source, done, prep, spec, info, cfg)
+
+    rows = errors = 0
+    with _progress(source.total_rows, cfg.progress) as bar:
+        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
+            new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
+            rows, errors = rows + new_rows, errors + new_errors
+            bar.update(new_rows + new_errors)
+            bar.set_postfix(errors=errors, refresh=False)
+            _check_errors(rows, errors, cfg.max_error_fraction, cfg.output.path, final=False)
+
+    output.remove_duplicates()
+    counts = output.counts()
+    _check_errors(counts.rows, counts.errors, cfg.max_error_fraction, cfg.output.path, final=True)
+    wall = time.perf_counter() - started
+    summary = EmbedSummary(
+        cfg.output.path,
+        counts.rows,
+        counts.errors,
+        rows,
+        errors,
+        round(wall, 3),
+        round((rows + errors) / wall, 2) if wall else 0.0,
+    )
+    output.mark_complete(asdict(summary))
+    record.finish(asdict(summary))
+    print(summary.render())
+    return summary

@@ -1,0 +1,85 @@
+"""The encoder: one open_clip model turning pixels and texts into L2-normalised vectors.
+
+``ClipEncoder`` is plain Python (used by search, benchmarks and tests); ``EmbedBatches`` wraps it
+as the Ray Data actor of the embed job. Device and precision come in through the ModelSpec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline.encode.model import ModelSpec, load_model
+from pipeline.encode.preprocess import ImagePrep, pixels_to_numpy
+from pipeline.io.shards import vectors_to_arrow
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ClipEncoder:
+    def __init__(self, spec: ModelSpec, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load_model(spec)
+        self.spec = spec
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.fingerprint = loaded.fingerprint
+        self.prep = ImagePrep.from_transform(loaded.image_transform)
+        self.dim = int(self.fingerprint["dim"])
+        self.device = torch.device(spec.device)
+        self.dtype = _DTYPES[spec.precision]
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """NxHxWx3 uint8 (the output of ImagePrep.prepare) -> NxD float32, unit norm."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = self._to_device(torch.from_numpy(np.ascontiguousarray(pixels)))
+        images = self.prep.to_tensor_normalized(batch).to(self.dtype)
+        features = self.model.encode_image(images)
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self.encode_pixels(np.stack([self.prep.prepare(image) for image in images]))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> NxD float32, unit norm."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self._to_device(self.tokenizer(list(texts)))
+        features = self.model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+class EmbedBatches:
+    """Ray Data actor: prepared rows in, rows with ``image_embedding``/``text_embedding`` out."""
+
+    def __init__(self, spec: ModelSpec, modality: str, dtype: str, threads: int | None = None) -> None:
+        self.encoder = ClipEncoder(spec, threads)
+        self.kinds = ["image", "text"] if modality == "both" else [modality]
+        self.dtype = dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
+        for kind in self.kinds:
+            vectors = np.zeros((batch.num_rows, self.encoder.dim), dtype=np.float32)
+            if ok.any():
+                if kind == "image":
+                    pixels = pixels_to_numpy(batch.column("pixels"), self.encoder.prep.size)
+                    vectors[ok] = self.encoder.encode_pixels(pixels[ok])
+                else:
+                    texts = np.asarray(batch.column("text").to_pylist(), dtype=object)[ok]
+                    vectors[ok] = self.encoder.encode_texts(texts.tolist())
+            batch = batch.append_column(f"{kind}_embedding", vectors_to_arrow(vectors, self.dtype))
+        return batch.drop_columns([c for c in ("pixels",) if c in batch.column_names])

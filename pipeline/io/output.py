@@ -1,0 +1,133 @@
+"""An embedding dataset directory as a resumable job's state: what is done, and the completion marker.
+
+Committed shards and error files *are* the manifest: an id is done when a committed file holds it.
+A rerun reads the id columns, skips those ids, and redoes only what was in flight when a job died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import LatentError
+from pipeline.io.shards import (
+    ERRORS_DIR,
+    ERRORS_SCHEMA,
+    STATE_DIR,
+    SUCCESS_MARKER,
+    TMP_DIR,
+    EmbeddingInfo,
+    commit_table,
+    filesystem,
+    list_shards,
+    read_ids,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetCounts:
+    rows: int
+    errors: int
+
+
+class OutputDir:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fs, self.root = filesystem(path)
+        self.state_dir = posixpath.join(self.root, STATE_DIR)
+        self.errors_dir = posixpath.join(self.root, ERRORS_DIR)
+
+    @property
+    def complete(self) -> bool:
+        return self.fs.exists(posixpath.join(self.root, SUCCESS_MARKER))
+
+    def claim(self, info: EmbeddingInfo) -> None:
+        """Record ``info`` for a new dataset, or refuse one recorded with another model or dimension."""
+        recorded_path = posixpath.join(self.state_dir, "embedding.json")
+        if self.fs.exists(recorded_path):
+            recorded = EmbeddingInfo.from_json(self.fs.cat_file(recorded_path))
+            problems = recorded.compatible_with(info)
+            if problems:
+                raise LatentError(
+                    f"output.path {self.path} already holds embeddings of another model or shape "
+                    f"({'; '.join(problems)}). Use a new output.path, or delete the old one."
+                )
+            return
+        if list_shards(self.path):
+            raise LatentError(f"output.path {self.path} holds Parquet files that latent did not write; use a new one")
+        self.fs.makedirs(self.state_dir, exist_ok=True)
+        self.fs.pipe_file(recorded_path, info.to_json().encode())
+
+    def clean_tmp(self) -> None:
+        for directory in (self.root, self.errors_dir):
+            tmp = posixpath.join(directory, TMP_DIR)
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+
+    def shard_paths(self) -> list[str]:
+        return list_shards(self.path)
+
+    def error_paths(self) -> list[str]:
+        return list_shards(self.errors_dir)
+
+    def done_ids(self) -> pa.Array:
+        """Ids already written, as shards or as recorded errors."""
+        ids = pa.concat_arrays(
+            [read_ids(self.shard_paths()).combine_chunks(), read_ids(self.error_paths()).combine_chunks()]
+        )
+        return pc.unique(ids) if len(ids) else ids
+
+    def remove_duplicates(self) -> int:
+        """Keep one row per id. Duplicates come from a task retried after its commit, or from the
+        input itself; the first shard (by name) keeps the row, later ones are rewritten without it and
+        input duplicates are recorded as errors. Returns the number of rows removed."""
+        paths = self.shard_paths()
+        counts = Counter(read_ids(paths).to_pylist()) if paths else Counter()
+        duplicated = {i for i, n in counts.items() if n > 1}
+        if not duplicated:
+            return 0
+        first_source: dict[str, str | None] = {}
+        removed = 0
+        for path in paths:
+            table = pq.read_table(self.fs.open(path, "rb"))
+            keep, input_duplicates = [], []
+            for row_id, source in zip(table.column("id").to_pylist(), table.column("source").to_pylist()):
+                is_first = row_id not in duplicated or row_id not in first_source
+                keep.append(is_first)
+                if row_id not in duplicated:
+                    continue
+                if is_first:
+                    first_source[row_id] = source
+                elif source != first_source[row_id]:  # same source twice is a retried task, not an input error
+                    input_duplicates.append(
+                        {"id": row_id, "source": source, "error": f"duplicate id (kept {first_source[row_id]})"}
+                    )
+            if all(keep):
+                continue
+            removed += keep.count(False)
+            kept = table.filter(pa.array(keep))
+            if kept.num_rows:
+                commit_table(kept, self.root)
+            self.fs.rm(path)
+            if input_duplicates:
+                commit_table(pa.Table.from_pylist(input_duplicates, schema=ERRORS_SCHEMA), self.errors_dir)
+        log.warning("removed %d rows whose id was already in the dataset", removed)
+        return removed
+
+    def counts(self) -> DatasetCounts:
+        rows = sum(pq.ParquetFile(self.fs.open(p, "rb")).metadata.num_rows for p in self.shard_paths())
+        errors = len(read_ids(self.error_paths()).unique()) if self.error_paths() else 0
+        return DatasetCounts(rows, errors)
+
+    def mark_complete(self, summary: dict) -> None:
+        self.fs.pipe_file(posixpath.join(self.state_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+        self.fs.pipe_file(posixpath.join(self.root, SUCCESS_MARKER), json.dumps(summary).encode())

@@ -1,0 +1,118 @@
+"""The edge of every job: Ray connection, device and precision (decided once), run records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline import __version__
+from pipeline.config import Device, Precision, RayConfig, to_yaml
+from pipeline.errors import LatentError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Connect to the cluster at ``cfg.address``, or start a local Ray on loopback."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        common: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING}
+        if cfg.address:
+            try:
+                ray.init(address=cfg.address, **common)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise LatentError(f"ray.address: cannot connect to a Ray cluster at '{cfg.address}': {err}") from err
+        else:
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                **common,
+            )
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # latent shows one bar in rows/s instead
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # we disabled its bars on purpose
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def resolve_device(requested: Device, gpus: int) -> str:
+    if requested == Device.cuda and gpus == 0:
+        raise LatentError("model.device=cuda, but the Ray cluster has no GPU (use model.device=auto or cpu)")
+    if requested == Device.auto:
+        return "cuda" if gpus > 0 else "cpu"
+    return requested.value
+
+
+def resolve_precision(requested: Precision, device: str) -> str:
+    if requested == Precision.auto:
+        return "fp16" if device == "cuda" else "fp32"
+    if requested == Precision.fp16 and device == "cpu":
+        raise LatentError("model.precision=fp16 is not supported on the CPU (use fp32 or bf16)")
+    return requested.value
+
+
+def code_version() -> dict[str, str | None]:
+    """latent's version and, when run from a git checkout, its commit."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, ""
+    return {"latent": __version__, "git_commit": commit, "git_dirty": bool(dirty) if commit else None}
+
+
+@dataclass
+class RunRecord:
+    """Where a run writes its resolved config, code version and summary, next to its outputs."""
+
+    directory: str
+
+    @classmethod
+    def start(cls, state_dir: str, config: Any) -> RunRecord:
+        from pipeline.io.shards import filesystem
+
+        fs, root = filesystem(state_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        directory = f"{root}/runs/{stamp}"
+        fs.makedirs(directory, exist_ok=True)
+        fs.pipe_file(f"{directory}/config.yaml", to_yaml(config).encode())
+        fs.pipe_file(f"{directory}/version.json", json.dumps(code_version(), indent=2).encode())
+        return cls(directory)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        from pipeline.io.shards import filesystem
+
+        fs, _ = filesystem(self.directory)
+        fs.pipe_file(f"{self.directory}/summary.json", json.dumps(summary, indent=2).encode())
