@@ -31,5 +31,9 @@ demo: install
 	$(PY) jobs/demo_corpus.py $(DEMO_DIR)/corpus
 	$(BIN)/latent embed input.path=$(DEMO_DIR)/corpus output.path=$(DEMO_DIR)/embeddings $(DEMO_ARGS)
 
+# Benchmarks (not timed tests): results in bench/results/*.json and docs/benchmarks.md.
+bench-embed: install
+	$(PY) bench/bench_embed.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

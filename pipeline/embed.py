@@ -43,7 +43,8 @@ class EmbedSummary:
     rows_this_run: int
     errors_this_run: int
     wall_seconds: float
-    rows_per_second: float
+    rows_per_second: float  # this run's rows over its whole wall time (start-up included)
+    steady_rows_per_second: float = 0.0  # from the first committed shard to the last: the pipeline's pace
     already_complete: bool = False
 
     def render(self) -> str:
@@ -58,7 +59,8 @@ class EmbedSummary:
                 f"  rows embedded  {self.rows:,} ({self.rows_this_run:,} this run)",
                 f"  rows failed    {self.errors:,} ({self.errors_this_run:,} this run)"
                 + (f", listed in {self.output}/{ERRORS_DIR}" if self.errors else ""),
-                f"  throughput     {self.rows_per_second:,.1f} rows/s",
+                f"  throughput     {self.rows_per_second:,.1f} rows/s overall, "
+            f"{self.steady_rows_per_second:,.1f} rows/s steady",
                 f"  output         {self.output}",
             ]
         )
@@ -230,10 +232,14 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     plan = build_embed_plan(source, done, prep, spec, info, cfg)
 
     rows = errors = 0
+    first_seen: tuple[float, int] | None = None  # (time, rows) when the first shard came in
+    last_seen = 0.0
     with _progress(source.total_rows, cfg.progress) as bar:
         for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
             new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
             rows, errors = rows + new_rows, errors + new_errors
+            last_seen = time.perf_counter()
+            first_seen = first_seen or (last_seen, rows + errors)
             bar.update(new_rows + new_errors)
             bar.set_postfix(errors=errors, refresh=False)
             _check_errors(rows, errors, cfg.max_error_fraction, cfg.output.path, final=False)

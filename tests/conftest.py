@@ -119,3 +119,11 @@ def embed_overrides(input_path, output_path, model: str, *extra: str) -> list[st
         "progress=false",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def local_gpu_ray(local_ray):
+    """The session's local Ray; GPU tests need it to see the machine's GPU."""
+    if not local_ray.cluster_resources().get("GPU"):
+        pytest.skip("the local Ray sees no GPU")
+    return local_ray
