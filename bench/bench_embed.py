@@ -83,12 +83,14 @@ def make_checkpoint(path: Path, arch: str) -> Path:
 
 def measure_ceiling(corpus: Path, checkpoint: Path, arch: str, batch: int, limit: int = 512) -> float:
     """images/s of encode_pixels alone on pre-decoded, pre-resized tensors (the same model, same threads)."""
+    import torch
     from PIL import Image
 
     from pipeline.encode.encoder import ClipEncoder
     from pipeline.encode.model import resolve_model
 
-    encoder = ClipEncoder(resolve_model(arch, str(checkpoint)), threads=os.cpu_count())
+    device, precision = ("cuda", "fp16") if torch.cuda.is_available() else ("cpu", "fp32")  # as latent decides
+    encoder = ClipEncoder(resolve_model(arch, str(checkpoint)).on(device, precision), threads=os.cpu_count())
     files = sorted(corpus.glob("*.jpg"))[:limit]
     pixels = np.stack([encoder.prep.prepare(Image.open(f)) for f in files])
     encoder.encode_pixels(pixels[:batch])  # warm-up
@@ -210,7 +212,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(work / f"corpus-{args.images}", args.images)
     checkpoint = make_checkpoint(work / f"{args.arch}-random.pt", args.arch)
-    result: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images, "arch": args.arch, "batch": args.batch}
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    result: dict = {
+        "machine": {"cpus": os.cpu_count(), "gpu": gpu},
+        "images": args.images,
+        "arch": args.arch,
+        "batch": args.batch,
+    }
 
     result["ceiling_images_per_s"] = round(measure_ceiling(corpus, checkpoint, args.arch, args.batch), 2)
     latent = run_latent(corpus, work / "latent-out", checkpoint, args.arch, args.batch)

@@ -33,11 +33,20 @@ class ClipEncoder:
         self.dim = int(self.fingerprint["dim"])
         self.device = torch.device(spec.device)
         self.dtype = _DTYPES[spec.precision]
+        self._pinned: dict[torch.dtype, torch.Tensor] = {}  # reused page-locked staging buffers
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        """Host -> device through a reused pinned buffer, so the copy is asynchronous and allocation-free.
+
+        Reuse is safe: every encode call ends with a synchronising copy back to the host."""
+        if self.device.type != "cuda":
+            return tensor
+        buffer = self._pinned.get(tensor.dtype)
+        if buffer is None or buffer.numel() < tensor.numel():
+            buffer = self._pinned[tensor.dtype] = torch.empty(tensor.numel(), dtype=tensor.dtype, pin_memory=True)
+        staging = buffer[: tensor.numel()].view(tensor.shape)
+        staging.copy_(tensor)
+        return staging.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
