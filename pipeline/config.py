@@ -85,6 +85,7 @@ class RayConfig:
     gpus_per_encoder: float = MISSING
     cpus_per_encoder: float | None = MISSING  # null: derived from the cluster's CPUs
     cpus_per_reader: float = MISSING
+    object_store_budget: int | None = MISSING  # bytes of data in flight, across stages; null: Ray Data's default
 
 
 @dataclass

@@ -60,7 +60,7 @@ class EmbedSummary:
                 f"  rows failed    {self.errors:,} ({self.errors_this_run:,} this run)"
                 + (f", listed in {self.output}/{ERRORS_DIR}" if self.errors else ""),
                 f"  throughput     {self.rows_per_second:,.1f} rows/s overall, "
-            f"{self.steady_rows_per_second:,.1f} rows/s steady",
+                f"{self.steady_rows_per_second:,.1f} rows/s steady",
                 f"  output         {self.output}",
             ]
         )
@@ -133,6 +133,22 @@ def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
     return EncoderResources(actors, 0.0, cpus, threads)
 
 
+def _configure_streaming(cfg: EmbedConfig, prep: ImagePrep) -> None:
+    """Keep data moving in encoder-batch-sized blocks, with a bounded amount in flight."""
+    from ray.data import DataContext, ExecutionResources
+
+    context = DataContext.get_current()
+    # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
+    # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
+    row_bytes = prep.size[0] * prep.size[1] * 3 + 1024
+    context.target_max_block_size = max(1 << 20, cfg.batch_size * row_bytes)
+    if cfg.ray.object_store_budget:
+        # Decoding is cheaper than encoding: unbounded, readers would buffer the corpus in the object store.
+        context.execution_options.resource_limits = ExecutionResources.for_limits(
+            object_store_memory=cfg.ray.object_store_budget
+        )
+
+
 def build_embed_plan(
     source: Source,
     done: pa.Array | None,
@@ -144,6 +160,7 @@ def build_embed_plan(
     """The Ray Data plan of the embed job."""
     import ray
 
+    _configure_streaming(cfg, prep)
     resources = encoder_resources(cfg, spec.device)
     units = ray.data.from_items(units_to_json(source.units), override_num_blocks=max(1, len(source.units)))
     prepared = units.map_batches(
@@ -181,7 +198,7 @@ def build_embed_plan(
         partial(write_shards, output=cfg.output.path, info=info, metadata_fields=source.metadata_fields),
         batch_size=cfg.output.rows_per_shard,
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=0,  # I/O: committing a shard must never wait behind decode tasks for a CPU
     )
 
 
@@ -235,7 +252,8 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     first_seen: tuple[float, int] | None = None  # (time, rows) when the first shard came in
     last_seen = 0.0
     with _progress(source.total_rows, cfg.progress) as bar:
-        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
+        # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
+        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
             rows, errors = rows + new_rows, errors + new_errors
             last_seen = time.perf_counter()
@@ -248,14 +266,18 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     counts = output.counts()
     _check_errors(counts.rows, counts.errors, cfg.max_error_fraction, cfg.output.path, final=True)
     wall = time.perf_counter() - started
+    steady = 0.0
+    if first_seen and last_seen > first_seen[0]:
+        steady = (rows + errors - first_seen[1]) / (last_seen - first_seen[0])
     summary = EmbedSummary(
-        cfg.output.path,
-        counts.rows,
-        counts.errors,
-        rows,
-        errors,
-        round(wall, 3),
-        round((rows + errors) / wall, 2) if wall else 0.0,
+        output=cfg.output.path,
+        rows=counts.rows,
+        errors=counts.errors,
+        rows_this_run=rows,
+        errors_this_run=errors,
+        wall_seconds=round(wall, 3),
+        rows_per_second=round((rows + errors) / wall, 2) if wall else 0.0,
+        steady_rows_per_second=round(steady, 2),
     )
     output.mark_complete(asdict(summary))
     record.finish(asdict(summary))

@@ -91,20 +91,10 @@ def local_ray():
     """One small local Ray for the whole session, on loopback."""
     import ray
 
-    from pipeline.config import RayConfig
+    from pipeline.config import compose
     from pipeline.runtime import init_ray
 
-    init_ray(
-        RayConfig(
-            address="",
-            num_cpus=2,
-            num_gpus=0,
-            encoder_actors=None,
-            gpus_per_encoder=1.0,
-            cpus_per_encoder=None,
-            cpus_per_reader=1.0,
-        )
-    )
+    init_ray(compose("embed", ["input.path=unused", "output.path=unused", "ray.num_cpus=2"]).ray)
     yield ray
     ray.shutdown()
 
