@@ -129,3 +129,57 @@ def to_dataclass(cfg: Any) -> Any:
 def to_yaml(cfg: Any) -> str:
     """A dataclass config as YAML, for run records."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# --- latent index -------------------------------------------------------------------------------
+
+
+class Metric(str, Enum):
+    ip = "ip"  # inner product: cosine on the unit vectors of an embedding dataset
+    l2 = "l2"
+
+
+class IndexMode(str, Enum):
+    create = "create"  # a new index; fails if index.path already holds one
+    append = "append"  # add new rows to the index at index.path, without retraining
+    overwrite = "overwrite"  # build anew and replace index.path atomically
+
+
+@dataclass
+class IndexInputConfig:
+    path: str = MISSING
+    column: str | None = MISSING  # null: the dataset's one embedding column
+
+
+@dataclass
+class IndexBuildConfig:
+    path: str = MISSING
+    mode: IndexMode = MISSING
+    factory: str = MISSING  # "auto" or any FAISS index_factory string
+    metric: Metric = MISSING
+    target_recall: float = MISSING
+    k: int = MISSING
+    max_memory: str = MISSING  # "auto" (half the available RAM), "4G", "512M", "1.5GiB" or bytes
+    train_sample: int = MISSING
+    tune_queries: int = MISSING
+    batch_size: int = MISSING
+    device: Device = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class ParallelAddConfig:
+    min_vectors: int | None = MISSING  # add on Ray from this many vectors (IVF indexes only); null: never
+    tasks: int | None = MISSING  # Ray add tasks (null: one per cluster CPU, at most one per shard)
+
+
+@dataclass
+class IndexCommandConfig:
+    input: IndexInputConfig = field(default_factory=IndexInputConfig)
+    index: IndexBuildConfig = field(default_factory=IndexBuildConfig)
+    parallel: ParallelAddConfig = field(default_factory=ParallelAddConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress: bool = MISSING
+
+
+SCHEMAS["index"] = IndexCommandConfig
