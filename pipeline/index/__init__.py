@@ -4,3 +4,7 @@ One module per concern: ``read`` (stream and validate shards), ``choose`` (the a
 ``build`` (train, add, the command), ``parallel`` (the add phase on Ray), ``tune`` (search
 parameters for a target recall), ``store`` (the index directory, docs/index-directory.md).
 """
+
+import logging
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512…" chatter at import

@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,19 @@ class IndexDirectory:
 
     def all_ids(self) -> pa.ChunkedArray:
         """Every id in the index, sorted (memory-mapped: cheap until iterated)."""
-        return pa.chunked_array([self._ids.get_batch(i).column(0) for i in range(self._ids.num_record_batches)])
+        return self.id_map().column("id")
+
+    def id_map(self) -> pa.Table:
+        """The whole id map: ``id`` (sorted) and ``label`` columns, memory-mapped."""
+        with self._lock:
+            return pa.Table.from_batches([self._ids.get_batch(i) for i in range(self._ids.num_record_batches)])
+
+    def item_batches(self) -> Iterator[pa.RecordBatch]:
+        """items.arrow's record batches in label order (for copying an index's metadata)."""
+        for i in range(self._items.num_record_batches):
+            with self._lock:
+                batch = self._items.get_batch(i)
+            yield batch
 
 
 # --- writing ------------------------------------------------------------------------------------
