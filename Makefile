@@ -31,5 +31,11 @@ demo: install
 	$(PY) jobs/demo_corpus.py $(DEMO_DIR)/corpus
 	$(BIN)/latent embed input.path=$(DEMO_DIR)/corpus output.path=$(DEMO_DIR)/embeddings $(DEMO_ARGS)
 
+# latent index against exact search and autofaiss on the same shards (../shared/peers, or LATENT_PEERS):
+# 1M x 512 by default; make bench-index BENCH_ARGS=--quick for 200k. Results: bench/results/, docs/benchmarks.md
+BENCH_ARGS ?=
+bench-index: install
+	$(PY) bench/bench_index.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -4,11 +4,12 @@ The rules (measured on this project's 2-core CI machine, docs/benchmarks.md):
 - up to FLAT_MAX_VECTORS: exact search (``Flat``); brute force is then as fast as anything else.
 - up to HNSW_MAX_VECTORS, when it fits: ``HNSW32,Flat``, high recall at small efSearch; beyond that its
   build time (graph insertion) dominates the whole job.
-- larger: IVF with a 4-bit fast-scan PQ (``IVF<nlist>,PQ<d/4>x4fs``) to find candidates cheaply, then an
-  exact re-rank of ``k_factor_rf * k`` of them (``RFlat``), or a compressed re-rank (``Refine(SQfp16)``,
-  ``Refine(SQ8)``) when the raw vectors do not fit. IVF-Flat is not chosen: at equal memory it searches
-  several times slower than fast-scan + exact re-rank for the same recall (it stays available as a
-  factory string).
+- larger: IVF with a 4-bit fast-scan PQ (``IVF<nlist>,PQ<d/4>x4fs``) to find candidates cheaply, then a
+  re-rank of ``k_factor_rf * k`` of them against float16 copies of the vectors (``Refine(SQfp16)``): half
+  the memory of float32 copies (``RFlat``, chosen only for targets above 0.999) for the same measured
+  recall, and exact for embedding datasets, which store float16. ``Refine(SQ8)`` when float16 copies
+  do not fit. IVF-Flat is not chosen: at equal memory it searches several times slower than fast-scan
+  + re-rank at the same recall (it stays available as a factory string).
 - when only codes fit: OPQ rotation + IVF-PQ without re-rank, recall permitting.
 Each candidate is sized by ``estimate_index_bytes`` plus the build's working memory; the first that fits
 ``index.max_memory`` and can reach the target recall wins.
@@ -134,7 +135,7 @@ def pq_subquantizers(dim: int, ratio: int = 4) -> int:
 _CEILING = {"Flat": 1.0, "HNSW": 0.999, "RFlat": 1.0, "Refine(SQfp16)": 0.999, "Refine(SQ8)": 0.98, "PQ": 0.85}
 
 
-def candidates(n: int, dim: int) -> list[tuple[str, str, float]]:
+def candidates(n: int, dim: int, target_recall: float = 0.95) -> list[tuple[str, str, float]]:
     """(factory, why, recall ceiling) in order of preference."""
     found: list[tuple[str, str, float]] = []
     if n <= FLAT_MAX_VECTORS:
@@ -143,13 +144,11 @@ def candidates(n: int, dim: int) -> list[tuple[str, str, float]]:
         found.append((f"HNSW{HNSW_M},Flat", f"graph index: {n} vectors fit in memory", _CEILING["HNSW"]))
     nlist, m = nlist_for(n), pq_subquantizers(dim)
     coarse = f"IVF{nlist},PQ{m}x4fs"
+    exact = (f"{coarse},RFlat", "IVF + fast-scan PQ candidates, exact float32 re-rank", _CEILING["RFlat"])
+    if target_recall > _CEILING["Refine(SQfp16)"]:
+        found.append(exact)
     found += [
-        (f"{coarse},RFlat", "IVF + fast-scan PQ candidates, exact re-rank", _CEILING["RFlat"]),
-        (
-            f"{coarse},Refine(SQfp16)",
-            "IVF + fast-scan PQ, float16 re-rank (raw vectors do not fit)",
-            _CEILING["Refine(SQfp16)"],
-        ),
+        (f"{coarse},Refine(SQfp16)", "IVF + fast-scan PQ candidates, float16 re-rank", _CEILING["Refine(SQfp16)"]),
         (
             f"{coarse},Refine(SQ8)",
             "IVF + fast-scan PQ, 8-bit re-rank (float16 vectors do not fit)",
@@ -169,7 +168,7 @@ def choose_factory(
 ) -> Choice:
     """The first candidate that fits ``budget`` and whose ceiling reaches ``target_recall``."""
     fitting: list[Choice] = []
-    for factory, why, ceiling in candidates(n, dim):
+    for factory, why, ceiling in candidates(n, dim, target_recall):
         index_bytes = estimate_index_bytes(factory, n, dim, metric)
         extra = build_bytes(n, dim, train_rows(factory, n, dim, metric, train_sample), batch_size, queries)
         if index_bytes + extra > budget:

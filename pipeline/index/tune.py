@@ -3,8 +3,9 @@
 Recall is measured, never assumed: ``queries`` are held-out corpus vectors, the truth is exact search
 over the whole corpus (``GroundTruth``, accumulated while the vectors stream past), and a query's own
 row is left out of both lists so that finding itself never counts. Each knob (nprobe, efSearch,
-k_factor_rf) only ever trades cost for recall, so for each re-rank factor the smallest nprobe or
-efSearch reaching the target is found by doubling then bisection, and the fastest of those wins.
+k_factor_rf) only ever trades cost for recall, so for each re-rank factor (largest first) the smallest
+nprobe or efSearch reaching the target is found by doubling then bisection, settings already slower
+than the best found are abandoned, and the fastest setting wins.
 """
 
 from __future__ import annotations
@@ -182,36 +183,51 @@ def tune(
             progress()
         return result
 
-    found: list[tuple[float, dict[str, Any], float]] = []  # (qps, params, recall)
-    upper = knobs.main_max
-    for k_factor in knobs.k_factors:
-        if knobs.main is None:
-            recall, _ = step(None, k_factor)
-            if recall >= target:
-                found.append((_best_qps(evaluate, None, k_factor), evaluate.params(None, k_factor), recall))
+    if knobs.main is None:  # nothing to tune (exact search): measure it
+        recall, _ = step(None, knobs.k_factors[0])
+        qps = _best_qps(evaluate, None, knobs.k_factors[0])
+        return TuneResult(evaluate.params(None, knobs.k_factors[0]), recall, qps, recall >= target, evaluate.trials)
+
+    best: tuple[float, int, int] | None = None  # (qps, main, k_factor)
+    lower = knobs.main_min
+    for k_factor in sorted(knobs.k_factors, reverse=True):  # most re-ranking first: it needs the fewest probes
+        floor = best[0] if best else 0.0
+
+        def ok(value: int, kf: int = k_factor, floor: float = floor) -> bool:
+            recall, qps = step(value, kf)
+            if recall < target and qps < floor:
+                raise _Slower(value)  # raising the main knob only slows it further: this factor cannot win
+            return recall >= target
+
+        try:
+            lowest = _smallest_reaching(ok, lower, knobs.main_max)
+        except _Slower as slower:
+            lower = slower.value + 1  # less re-ranking needs at least as much of the main knob
+            if lower > knobs.main_max:
                 break
             continue
-        lowest = _smallest_reaching(lambda v, kf=k_factor: step(v, kf)[0] >= target, knobs.main_min, upper)
         if lowest is None:
-            continue
-        upper = lowest  # more re-ranking never needs more probes
-        found.append(
-            (_best_qps(evaluate, lowest, k_factor), evaluate.params(lowest, k_factor), step(lowest, k_factor)[0])
-        )
-        if lowest == knobs.main_min:
-            break  # the main knob is at its floor: more re-ranking only costs more
-        if len(found) >= 3 and found[-1][0] < found[-2][0] < found[-3][0]:
-            break  # throughput falls as re-ranking grows: the optimum is behind us
-    if found:
-        qps, params, recall = max(found, key=lambda f: f[0])
+            break  # unreachable with this re-rank factor, so with any smaller one too
+        lower = lowest
+        qps = _best_qps(evaluate, lowest, k_factor)
+        if best is None or qps > best[0]:
+            best = (qps, lowest, k_factor)
+    if best is not None:
+        qps, main, k_factor = best
+        params = evaluate.params(main, k_factor)
         apply_search_params(index, params)
-        return TuneResult(params, recall, qps, True, evaluate.trials)
+        return TuneResult(params, evaluate(main, k_factor)[0], qps, True, evaluate.trials)
     # nothing reaches the target: the most accurate setting, reported as such
-    best_main = knobs.main_max if knobs.main is not None else None
-    recall, _ = step(best_main, knobs.k_factors[-1])
-    params = evaluate.params(best_main, knobs.k_factors[-1])
-    apply_search_params(index, params)
-    return TuneResult(params, recall, _best_qps(evaluate, best_main, knobs.k_factors[-1]), False, evaluate.trials)
+    main, k_factor = knobs.main_max, max(knobs.k_factors)
+    recall, _ = step(main, k_factor)
+    params = evaluate.params(main, k_factor)
+    qps = _best_qps(evaluate, main, k_factor)
+    return TuneResult(params, recall, qps, False, evaluate.trials)
+
+
+class _Slower(Exception):
+    def __init__(self, value: int) -> None:
+        self.value = value
 
 
 def _smallest_reaching(ok: Callable[[int], bool], low: int, high: int) -> int | None:

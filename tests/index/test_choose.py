@@ -29,8 +29,8 @@ def choose(n: int, budget: int, dim: int = 512, target: float = 0.95):
     [
         (5_000, 16 * GiB, "Flat"),
         (50_000, 16 * GiB, "HNSW32,Flat"),
-        (200_000, 16 * GiB, "IVF512,PQ128x4fs,RFlat"),
-        (1_000_000, 16 * GiB, "IVF1024,PQ128x4fs,RFlat"),
+        (200_000, 16 * GiB, "IVF512,PQ128x4fs,Refine(SQfp16)"),
+        (1_000_000, 16 * GiB, "IVF1024,PQ128x4fs,Refine(SQfp16)"),
         (1_000_000, 2 * GiB, "IVF1024,PQ128x4fs,Refine(SQfp16)"),
         (1_000_000, GiB, "IVF1024,PQ128x4fs,Refine(SQ8)"),
         (50_000, 200 << 20, "IVF256,PQ128x4fs,Refine(SQ8)"),  # the graph does not fit: IVF instead
@@ -53,6 +53,7 @@ def test_a_high_target_warns_when_only_a_lossy_rerank_fits():
     lossy = choose(1_000_000, GiB, target=0.99)  # an 8-bit re-rank tops out below 0.99
     assert lossy.factory.endswith("Refine(SQ8)") and "unlikely to reach" in lossy.warning
     assert choose(1_000_000, 2 * GiB, target=0.99).factory.endswith("Refine(SQfp16)")
+    assert choose(1_000_000, 16 * GiB, target=0.9999).factory.endswith("RFlat")  # float32 re-rank
 
 
 def test_budget_too_small_for_anything():
