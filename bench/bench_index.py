@@ -3,6 +3,7 @@
     python bench/bench_index.py --quick        # 200k x 512
     python bench/bench_index.py                # 1M x 512
     python bench/bench_index.py --n 50000 --skip-autofaiss
+    python bench/bench_index.py --quick --gpu  # also the build on the GPU, and IndexFlatIP on the GPU
 
 Steps: write seeded clustered unit vectors (pipeline.index.synthetic) as float32 .npy shards (the
 format both tools read); measure IndexFlatIP's batch QPS and the exact neighbours of held-out
@@ -83,6 +84,18 @@ main()
 """
 
 
+def run_latent(work: Path, data: Path, n: int, extra: list[str], tag: str = "") -> tuple[dict, IndexDirectory]:
+    out, status, log = work / f"latent-{n}{tag}", work / f"latent-{n}{tag}.status", work / f"latent-{n}{tag}.log"
+    command = [sys.executable, "-c", LATENT, str(status), "index", f"input.path={data}", f"index.path={out}"]
+    command += ["index.mode=overwrite", "progress=false", *extra]
+    run = run_measured(command, log, {**os.environ, "PYTHONPATH": str(REPO)})
+    if run["returncode"] != 0:
+        sys.exit(f"latent index failed: see {log}")
+    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+    run["peak_rss_bytes"] = max(run["peak_rss_bytes"], int(hwm[0].split()[1]) * 1024)
+    return run, IndexDirectory.open(out, mmap=False)
+
+
 def dataset(work: Path, n: int, spec: ClusteredSpec) -> Path:
     data = work / f"npy-{n}-{spec.dim}-seed{spec.seed}"
     if not (data / "_DONE").exists():
@@ -109,6 +122,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--peers", default=os.environ.get("LATENT_PEERS", str(REPO.parent / "shared" / "peers")))
     parser.add_argument("--skip-autofaiss", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="also build with index.device=cuda (needs a GPU)")
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "work"))
     parser.add_argument("--latent-args", default="", help="extra `latent index` overrides, space separated")
     args = parser.parse_args()
@@ -145,28 +159,7 @@ def main() -> None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
-    # latent index
-    out = work / f"latent-{n}"
-    status = work / f"latent-{n}.status"
-    command = [
-        sys.executable,
-        "-c",
-        LATENT,
-        str(status),
-        "index",
-        f"input.path={data}",
-        f"index.path={out}",
-        "index.mode=overwrite",
-        "progress=false",
-        *args.latent_args.split(),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = run_measured(command, work / f"latent-{n}.log", env)
-    if run["returncode"] != 0:
-        sys.exit(f"latent index failed: see {work / f'latent-{n}.log'}")
-    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
-    run["peak_rss_bytes"] = max(run["peak_rss_bytes"], int(hwm[0].split()[1]) * 1024)
-    d = IndexDirectory.open(out, mmap=False)
+    run, d = run_latent(work, data, n, args.latent_args.split())
     ours = evaluate(d.index, queries, truth, rows)
     report["latent"] = {
         **run,
@@ -179,6 +172,23 @@ def main() -> None:
         "index_bytes": d.info.memory_bytes,
     }
     print(json.dumps(report["latent"], indent=2), flush=True)
+
+    if args.gpu:  # the same build with FAISS on the GPU (training and list assignment), searched on the CPU
+        if faiss.get_num_gpus() == 0:
+            report["latent_gpu"] = {"skipped": "faiss sees no GPU"}
+        else:
+            run, g = run_latent(work, data, n, [*args.latent_args.split(), "index.device=cuda"], tag="-gpu")
+            gpu_flat = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(args.dim))
+            gpu_flat.add(load(data))
+            report["latent_gpu"] = {
+                **run,
+                "factory": g.info.factory,
+                **evaluate(g.index, queries, truth, rows),
+                "build_speedup_vs_cpu": round(report["latent"]["wall_s"] / run["wall_s"], 2),
+                "gpu_flat_ip_qps": round(measure_qps(gpu_flat, queries, K + 1), 1),
+            }
+            del gpu_flat
+        print(json.dumps(report["latent_gpu"], indent=2), flush=True)
 
     # autofaiss, same shards
     script = Path(args.peers) / "autofaiss_index.sh"

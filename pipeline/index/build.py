@@ -218,8 +218,8 @@ def train(index: faiss.Index, sample: np.ndarray, device: str) -> None:
 def coarse_quantizer_on(index: faiss.Index, device: str) -> Iterator[None]:
     """While adding on a GPU, assign vectors to inverted lists there (the costly part of an IVF add)."""
     ivf = faiss.try_extract_index_ivf(index)
-    if device != "cuda" or ivf is None:
-        yield
+    if device != "cuda" or ivf is None or not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+        yield  # graph quantizers (IVF..._HNSW) have no GPU form: they assign on the CPU
         return
     cpu_quantizer = ivf.quantizer
     gpu_quantizer = faiss.index_cpu_to_all_gpus(cpu_quantizer)

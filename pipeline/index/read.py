@@ -19,6 +19,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import LatentError
 from pipeline.io.shards import (
@@ -148,6 +149,11 @@ def _item_schema(passthrough: pa.Schema) -> pa.Schema:
 # --- scanning ------------------------------------------------------------------------------------
 
 
+def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """What readers (and Ray tasks) reopen a file by: its path, with the protocol when not local."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
 def scan(path: str, column: str | None = None) -> EmbeddingSource:
     """Find and check the shards at ``path`` (files' footers and headers only)."""
     fs, root = filesystem(path)
@@ -201,7 +207,7 @@ def _scan_parquet(fs: fsspec.AbstractFileSystem, root: str, paths: list[str], co
         infos.append((name, EmbeddingInfo.from_json(meta_kv[METADATA_KEY]) if METADATA_KEY in meta_kv else None))
         drop = set(embedding_columns(schema)) | {chosen}
         passthrough.append(pa.schema([f for f in schema if f.name not in drop]))
-        shards.append(Shard(path=path, rows=meta.num_rows, name=_relative_name(root, path)))
+        shards.append(Shard(path=_url(fs, path), rows=meta.num_rows, name=_relative_name(root, path)))
     embedding = _common_info(fs, root, infos)
     if embedding is not None:
         if dim is not None and dim != embedding.dim:
@@ -310,7 +316,8 @@ def _scan_npy(
                 )
             schemas.append(meta.schema.to_arrow_schema().remove_metadata())
         stem = posixpath.splitext(posixpath.basename(path))[0]
-        shards.append(Shard(path=path, rows=rows, name=stem, metadata=metadata))
+        metadata = metadata and _url(fs, metadata)
+        shards.append(Shard(path=_url(fs, path), rows=rows, name=stem, metadata=metadata))
     source = EmbeddingSource(root, "npy", name, dim, shards, None, _item_schema(_unify(schemas, root)))
     if source.rows == 0:
         raise LatentError(f"input.path={root}: empty dataset (0 vectors in {len(shards)} .npy files)")

@@ -194,3 +194,18 @@ def test_unnormalised_vectors_need_metric_l2(tmp_path):
         all_rows(source, "ip")
     got, _ = all_rows(source, "l2")
     np.testing.assert_array_equal(got, x)
+
+
+def test_any_fsspec_filesystem(tmp_path):
+    import fsspec
+
+    x = vectors(300)
+    local = dataset(tmp_path / "ds", x, rows_per_shard=100)
+    memory = fsspec.filesystem("memory")
+    for path in sorted(local.glob("*.parquet")):
+        memory.pipe(f"/remote-ds/{path.name}", path.read_bytes())
+    source = scan("memory://remote-ds")
+    assert source.rows == 300 and all(s.path.startswith("memory://") for s in source.shards)
+    got, items = all_rows(source)
+    expected, _ = all_rows(scan(str(local)))
+    np.testing.assert_array_equal(got, expected)
