@@ -129,7 +129,7 @@ def run_index(cfg: IndexCommandConfig) -> IndexSummary:
     budget = parse_memory(cfg.index.max_memory)
     source = scan(cfg.input.path, cfg.input.column)
     if cfg.index.mode == IndexMode.append:
-        summary = append_index(cfg, source, device)
+        summary = append_index(cfg, source, device, budget)
     else:
         summary = build_index(cfg, source, device, budget)
     print(summary.text())
@@ -318,12 +318,9 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
 
     with StagedIndexDirectory(target) as stage:
         with clock.phase("read"), _bar(cfg, "read", total=len(train_at) + len(query_at)) as bar:
-            rows = np.union1d(train_at, query_at)
-            vectors = read_rows(source, rows, ic.batch_size, metric_name)
-            bar.update(len(rows))
-            queries = vectors[np.searchsorted(rows, query_at)]
-            sample = vectors[np.searchsorted(rows, train_at)] if n_train else None
-            del vectors
+            sample, queries = read_rows(source, [train_at, query_at], ic.batch_size, metric_name)
+            bar.update(len(train_at) + len(query_at))
+            sample = sample if n_train else None
         if sample is not None:
             with clock.phase("train"), _bar(cfg, "train", total=len(sample)) as bar:
                 train(index, sample, device)
@@ -442,7 +439,7 @@ def _check_append(existing: IndexInfo, source: EmbeddingSource, cfg: IndexComman
             raise LatentError(f"mixed models: the input differs from the index's: {'; '.join(problems)}")
 
 
-def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str) -> IndexSummary:
+def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, budget: int) -> IndexSummary:
     """Add the input's rows whose ids the index at ``cfg.index.path`` lacks, without retraining."""
     start = time.perf_counter()
     clock = _Clock()
@@ -453,6 +450,16 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str) 
     existing = IndexDirectory.open(target, mmap=False)  # read into memory: FAISS adds to it
     old = existing.info
     _check_append(old, source, cfg)
+    # at least this many rows once appended (more if the input's rows are all new): refuse what cannot fit
+    at_least = max(old.ntotal, source.rows)
+    need = estimate_index_bytes(old.factory, at_least, old.dim, old.faiss_metric) + build_bytes(
+        at_least, old.dim, 0, ic.batch_size, _query_count(cfg, source.rows)
+    )
+    if need > budget:
+        raise LatentError(
+            f"index.max_memory={human(budget)} is too small to append to {old.factory} with {at_least}+ vectors "
+            f"(~{human(need)}); raise index.max_memory"
+        )
     metric_name = old.metric
     index = existing.index
     id_map = existing.id_map()
@@ -460,7 +467,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str) 
     n_in = source.rows
     _, query_at = _sample(n_in, 0, _query_count(cfg, n_in), ic.seed)
     with clock.phase("read"), _bar(cfg, "read", total=len(query_at)) as bar:
-        queries = read_rows(source, query_at, ic.batch_size, metric_name)
+        (queries,) = read_rows(source, [query_at], ic.batch_size, metric_name)
         bar.update(len(query_at))
 
     truth = GroundTruth(queries, ic.k, old.faiss_metric)

@@ -436,13 +436,17 @@ def iter_batches(
             yield Batch(vectors, item_rows, s, int(offsets[s]) + start)
 
 
-def read_rows(source: EmbeddingSource, rows: np.ndarray, batch_size: int, metric: str) -> np.ndarray:
-    """The vectors of the global ``rows`` (sorted, unique), reading only the shards that hold them."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((len(rows), source.dim), dtype=np.float32)
+def read_rows(source: EmbeddingSource, rows: Sequence[np.ndarray], batch_size: int, metric: str) -> list[np.ndarray]:
+    """The vectors of each set of global ``rows`` (each sorted, unique), in one pass over the shards
+    that hold any of them; each vector lands directly in its set's array (nothing is held twice)."""
+    rows = [np.asarray(r, dtype=np.int64) for r in rows]
+    out = [np.empty((len(r), source.dim), dtype=np.float32) for r in rows]
     offsets = source.offsets
-    wanted = [s for s in range(len(source.shards)) if np.any((rows >= offsets[s]) & (rows < offsets[s + 1]))]
+    wanted = [
+        s for s in range(len(source.shards)) if any(np.any((r >= offsets[s]) & (r < offsets[s + 1])) for r in rows)
+    ]
     for batch in iter_batches(source, batch_size, metric=metric, shards=wanted, items=False):
-        lo, hi = np.searchsorted(rows, [batch.first, batch.first + len(batch.vectors)])
-        out[lo:hi] = batch.vectors[rows[lo:hi] - batch.first]
+        for r, o in zip(rows, out):
+            lo, hi = np.searchsorted(r, [batch.first, batch.first + len(batch.vectors)])
+            o[lo:hi] = batch.vectors[r[lo:hi] - batch.first]
     return out

@@ -148,7 +148,7 @@ class IndexDirectory:
         return self.info.ntotal
 
     def items(self, labels: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
-        """Metadata rows of FAISS ``labels``, in their order; a label of -1 (no result) gives a null row."""
+        """Metadata rows of FAISS ``labels`` (flattened), in their order; a label of -1 gives a null row."""
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if labels.size and (labels.max() >= self.info.ntotal or labels.min() < -1):
             raise IndexError(f"labels must be in [-1, {self.info.ntotal}); got {labels.min()}..{labels.max()}")
@@ -171,9 +171,12 @@ class IndexDirectory:
         return table.take(pa.array(position, mask=~valid))
 
     def ids(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The ids of FAISS ``labels`` as an object array of str (None where the label is -1)."""
+        """The ids of FAISS ``labels``: an object array of str of the same shape (None where a label is -1),
+        so ``d.ids(I)`` maps a whole ``search`` result."""
         column = self.items(labels, columns=["id"]).column("id")
-        return np.asarray(column.to_pylist(), dtype=object)
+        out = np.empty(len(column), dtype=object)
+        out[:] = column.to_pylist()
+        return out.reshape(np.shape(labels))
 
     def label_of(self, id: str) -> int | None:
         """The FAISS label of the item ``id``, or None if the index does not hold it."""

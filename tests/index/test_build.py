@@ -118,6 +118,16 @@ def test_append_refuses_another_model(tmp_path):
         build(other, tmp_path / "idx", "index.mode=append")
 
 
+def test_append_refuses_a_budget_the_grown_index_cannot_fit(tmp_path):
+    src = dataset(tmp_path / "ds", vectors(1000))
+    build(src, tmp_path / "idx")
+    before = snapshot(tmp_path / "idx")
+    dataset(src, vectors(1000, seed=9), first_row=1000)
+    with pytest.raises(LatentError, match="too small to append"):
+        build(src, tmp_path / "idx", "index.mode=append", "index.max_memory=100K")
+    assert snapshot(tmp_path / "idx") == before
+
+
 def snapshot(path) -> dict[str, bytes]:
     return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
 

@@ -29,8 +29,10 @@ def test_embedding_dataset_streams_every_row_with_its_items(tmp_path):
     assert sorted(rows) == list(range(2500))
     np.testing.assert_allclose(got, x[rows], atol=2e-3)  # stored as float16
     assert items.column("text")[0].as_py() == f"vector {rows[0]}"
-    picked = np.array([0, 699, 700, 2499])
-    np.testing.assert_array_equal(read_rows(source, picked, 256, "ip"), got[picked])
+    picked, others = np.array([0, 699, 700, 2499]), np.array([5, 700, 1800])
+    first, second = read_rows(source, [picked, others], 256, "ip")
+    np.testing.assert_array_equal(first, got[picked])
+    np.testing.assert_array_equal(second, got[others])
 
 
 def test_npy_folder_ids_are_stem_and_row(tmp_path):

@@ -97,8 +97,9 @@ def test_search_then_ids_round_trip(directory):
     path, vectors, ids = directory
     d = IndexDirectory.open(path)
     assert len(d) == 60 and d.info.dim == 16 and d.info.embedding.model["name"] == "synthetic"
-    _, labels = d.index.search(vectors[:5], 1)
+    _, labels = d.index.search(vectors[:5], 3)
     assert list(d.ids(labels[:, 0])) == ids[:5]
+    assert d.ids(labels).shape == (5, 3) and d.ids(labels)[2, 0] == ids[2]
 
 
 def test_label_of_every_id_and_unknown_ids(directory):
