@@ -32,8 +32,15 @@ demo: install
 	$(BIN)/latent embed input.path=$(DEMO_DIR)/corpus output.path=$(DEMO_DIR)/embeddings $(DEMO_ARGS)
 
 # Benchmarks (not timed tests): results in bench/results/*.json and docs/benchmarks.md.
+# Peers (clip-retrieval, autofaiss) come from ../shared/peers, or LATENT_PEERS.
+BENCH_ARGS ?=
+# latent embed against the model's ceiling and clip-retrieval; BENCH_ARGS="--images 1000 --scale 10"
 bench-embed: install
 	$(PY) bench/bench_embed.py $(BENCH_ARGS)
+
+# latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k
+bench-index: install
+	$(PY) bench/bench_index.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -20,6 +20,10 @@ from pipeline.errors import LatentError
 # command -> ("module:function" taking the command's dataclass, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("pipeline.embed:run_embed", "embed an image/text corpus into Parquet shards"),
+    "index": (
+        "pipeline.index.build:run_index",
+        "build a FAISS index of an embedding dataset, tuned to a target recall",
+    ),
 }
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]

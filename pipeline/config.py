@@ -78,12 +78,20 @@ class OutputConfig:
 
 @dataclass
 class RayConfig:
+    """Where jobs run: shared by every command that uses Ray (conf/ray/*.yaml)."""
+
     address: str = MISSING  # "": start a local Ray; "auto", "host:port" or "ray://…": join a cluster
     num_cpus: int | None = MISSING  # local Ray only
     num_gpus: int | None = MISSING  # local Ray only
+
+
+@dataclass
+class EmbedResources:
+    """Resources of the embed job's stages; nulls are derived from the cluster at the edge."""
+
     encoder_actors: int | None = MISSING  # null: one per GPU, or one CPU actor
     gpus_per_encoder: float = MISSING
-    cpus_per_encoder: float | None = MISSING  # null: derived from the cluster's CPUs
+    cpus_per_encoder: float | None = MISSING  # null: 1 reserved (a CPU actor then runs torch on all cores)
     cpus_per_reader: float = MISSING
     object_store_budget: int | None = MISSING  # bytes of data in flight, across stages; null: Ray Data's default
 
@@ -94,6 +102,7 @@ class EmbedConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    resources: EmbedResources = field(default_factory=EmbedResources)
     modality: Modality = MISSING
     batch_size: int = MISSING
     max_error_fraction: float = MISSING
@@ -130,3 +139,57 @@ def to_dataclass(cfg: Any) -> Any:
 def to_yaml(cfg: Any) -> str:
     """A dataclass config as YAML, for run records."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# --- latent index -------------------------------------------------------------------------------
+
+
+class Metric(str, Enum):
+    ip = "ip"  # inner product: cosine on the unit vectors of an embedding dataset
+    l2 = "l2"
+
+
+class IndexMode(str, Enum):
+    create = "create"  # a new index; fails if index.path already holds one
+    append = "append"  # add new rows to the index at index.path, without retraining
+    overwrite = "overwrite"  # build anew and replace index.path atomically
+
+
+@dataclass
+class IndexInputConfig:
+    path: str = MISSING
+    column: str | None = MISSING  # null: the dataset's one embedding column
+
+
+@dataclass
+class IndexBuildConfig:
+    path: str = MISSING
+    mode: IndexMode = MISSING
+    factory: str = MISSING  # "auto" or any FAISS index_factory string
+    metric: Metric = MISSING
+    target_recall: float = MISSING
+    k: int = MISSING
+    max_memory: str = MISSING  # "auto" (half the available RAM), "4G", "512M", "1.5GiB" or bytes
+    train_sample: int = MISSING
+    tune_queries: int = MISSING
+    batch_size: int = MISSING
+    device: Device = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class ParallelAddConfig:
+    min_vectors: int | None = MISSING  # add on Ray from this many vectors (IVF indexes only); null: never
+    tasks: int | None = MISSING  # Ray add tasks (null: one per cluster CPU, at most one per shard)
+
+
+@dataclass
+class IndexCommandConfig:
+    input: IndexInputConfig = field(default_factory=IndexInputConfig)
+    index: IndexBuildConfig = field(default_factory=IndexBuildConfig)
+    parallel: ParallelAddConfig = field(default_factory=ParallelAddConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress: bool = MISSING
+
+
+SCHEMAS["index"] = IndexCommandConfig

@@ -121,15 +121,15 @@ class EncoderResources:
 
 
 def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
-    ray_cfg = cfg.ray
+    res = cfg.resources
     if device == "cuda":
-        actors = ray_cfg.encoder_actors or max(1, int(cluster_gpus() // ray_cfg.gpus_per_encoder))
-        return EncoderResources(actors, ray_cfg.gpus_per_encoder, ray_cfg.cpus_per_encoder or 1.0, None)
-    actors = ray_cfg.encoder_actors or 1
+        actors = res.encoder_actors or max(1, int(cluster_gpus() // res.gpus_per_encoder))
+        return EncoderResources(actors, res.gpus_per_encoder, res.cpus_per_encoder or 1.0, None)
+    actors = res.encoder_actors or 1
     # A CPU actor reserves one CPU but runs torch on all of the node's cores: decode tasks are short
     # and interleave, so the cores stay busy instead of half of them waiting on a reservation.
-    cpus = ray_cfg.cpus_per_encoder or 1.0
-    threads = int(ray_cfg.cpus_per_encoder) if ray_cfg.cpus_per_encoder else max(1, (os.cpu_count() or 1) // actors)
+    cpus = res.cpus_per_encoder or 1.0
+    threads = int(res.cpus_per_encoder) if res.cpus_per_encoder else max(1, (os.cpu_count() or 1) // actors)
     return EncoderResources(actors, 0.0, cpus, threads)
 
 
@@ -142,10 +142,10 @@ def _configure_streaming(cfg: EmbedConfig, prep: ImagePrep) -> None:
     # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
     row_bytes = prep.size[0] * prep.size[1] * 3 + 1024
     context.target_max_block_size = max(1 << 20, cfg.batch_size * row_bytes)
-    if cfg.ray.object_store_budget:
+    if cfg.resources.object_store_budget:
         # Decoding is cheaper than encoding: unbounded, readers would buffer the corpus in the object store.
         context.execution_options.resource_limits = ExecutionResources.for_limits(
-            object_store_memory=cfg.ray.object_store_budget
+            object_store_memory=cfg.resources.object_store_budget
         )
 
 
@@ -174,7 +174,7 @@ def build_embed_plan(
         ),
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=cfg.ray.cpus_per_reader,
+        num_cpus=cfg.resources.cpus_per_reader,
         # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
         # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
         # their resources are equal (ray#54433), which would serialise decode and encode in one actor.

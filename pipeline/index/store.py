@@ -1,0 +1,364 @@
+"""The index directory: FAISS index, row -> item map, metadata and index.json (docs/index-directory.md).
+
+Writers stage every file in a hidden sibling directory and move it into place in one rename (or one
+atomic exchange when replacing), so a reader sees the old index or the new one, never a mix.
+Readers memory-map the big files: opening an index does not load the corpus' metadata into memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import LatentError
+from pipeline.io.shards import EmbeddingInfo
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.arrow"
+IDS_FILE = "ids.arrow"
+INFO_FILE = "index.json"
+ITEMS_BATCH_ROWS = 4096  # rows per record batch of items.arrow: label -> (label // rows, label % rows)
+IDS_BATCH_ROWS = 4096
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+_STAGING_MARK = ".tmp-"
+
+
+@dataclass
+class Recall:
+    """recall@k of the index against exact search, measured on ``queries`` held-out corpus vectors."""
+
+    k: int
+    value: float
+    queries: int
+    target: float | None = None
+
+
+@dataclass
+class IndexInfo:
+    """index.json: what the index holds and how to search it."""
+
+    dim: int
+    metric: str  # "ip" | "l2"
+    factory: str  # the FAISS index_factory string the index was built from
+    ntotal: int  # rows (FAISS labels 0..ntotal-1)
+    column: str  # the embedding column the vectors came from
+    embedding: EmbeddingInfo | None  # the source dataset's EmbeddingInfo (model fingerprint); None for foreign inputs
+    search_params: dict[str, Any]  # FAISS ParameterSpace settings, e.g. {"nprobe": 16, "k_factor_rf": 8}
+    recall: Recall | None
+    qps: float | None  # batch queries per second at search_params, measured at build time
+    memory_bytes: int  # size of the FAISS index in memory (the size of index.faiss)
+    build_seconds: float
+    created_at: str
+    updated_at: str
+    created_by: dict[str, Any]  # latent version and git commit
+    normalized: bool = True  # vectors were unit-length (metric ip is then cosine)
+    items_batch_rows: int = ITEMS_BATCH_ROWS
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def faiss_metric(self) -> int:
+        return METRICS[self.metric]
+
+    def search_params_string(self) -> str:
+        """``search_params`` as faiss.ParameterSpace takes them: ``"nprobe=16,k_factor_rf=8"``."""
+        return ",".join(f"{key}={value}" for key, value in self.search_params.items())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> IndexInfo:
+        data = json.loads(text)
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise LatentError(
+                f"index format version {data['format_version']} is newer than this latent understands "
+                f"({FORMAT_VERSION}); upgrade latent"
+            )
+        if data.get("embedding") is not None:
+            data["embedding"] = EmbeddingInfo(**data["embedding"])
+        if data.get("recall") is not None:
+            data["recall"] = Recall(**data["recall"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    """Set search-time parameters (nprobe, efSearch, k_factor_rf, …) on ``index`` and its sub-indexes."""
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+class IndexDirectory:
+    """A committed index directory, opened read-only. Safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True) -> None:
+        self.path = Path(path)
+        self.info = info
+        self.mmap = mmap
+        self._lock = threading.Lock()
+        # read now, not on first use: a later replacement of the directory must not change what we serve
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
+        self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
+        apply_search_params(self._index, info.search_params)
+        self._items = pa.ipc.open_file(pa.memory_map(str(self.path / ITEMS_FILE)))
+        self._ids = pa.ipc.open_file(pa.memory_map(str(self.path / IDS_FILE)))
+        # the first id of each sorted batch: label_of bisects these, then one batch
+        self._id_fences = [self._ids.get_batch(i).column(0)[0].as_py() for i in range(self._ids.num_record_batches)]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mmap: bool = True) -> IndexDirectory:
+        """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it."""
+        root = Path(path)
+        info_path = root / INFO_FILE
+        if not info_path.is_file():
+            raise LatentError(f"{root} is not an index directory (no {INFO_FILE})")
+        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap)
+
+    @property
+    def index(self) -> faiss.Index:
+        """The FAISS index with its tuned search parameters applied (memory-mapped where FAISS can)."""
+        return self._index
+
+    @property
+    def item_schema(self) -> pa.Schema:
+        """Columns of ``items``: id, source, text and the columns passed through from the input."""
+        return self._items.schema
+
+    def __len__(self) -> int:
+        return self.info.ntotal
+
+    def items(self, labels: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
+        """Metadata rows of FAISS ``labels`` (flattened), in their order; a label of -1 gives a null row."""
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.size and (labels.max() >= self.info.ntotal or labels.min() < -1):
+            raise IndexError(f"labels must be in [-1, {self.info.ntotal}); got {labels.min()}..{labels.max()}")
+        names = list(columns) if columns is not None else self.item_schema.names
+        rows = self.info.items_batch_rows
+        valid = labels >= 0
+        where = np.flatnonzero(valid)
+        order = np.argsort(labels[where], kind="stable")  # visit each record batch once, in file order
+        wanted = labels[where][order]
+        bounds = np.flatnonzero(np.diff(wanted // rows)) + 1
+        parts = []
+        with self._lock:
+            for group in np.split(wanted, bounds) if wanted.size else []:
+                batch = self._items.get_batch(int(group[0] // rows)).select(names)
+                parts.append(pa.Table.from_batches([batch.take(pa.array(group % rows))]))
+        table = pa.concat_tables(parts) if parts else self.item_schema.empty_table().select(names)
+        # row j of ``table`` belongs to position where[order[j]] of the answer
+        position = np.zeros(len(labels), dtype=np.int64)
+        position[where[order]] = np.arange(len(order))
+        return table.take(pa.array(position, mask=~valid))
+
+    def ids(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The ids of FAISS ``labels``: an object array of str of the same shape (None where a label is -1),
+        so ``d.ids(I)`` maps a whole ``search`` result."""
+        column = self.items(labels, columns=["id"]).column("id")
+        out = np.empty(len(column), dtype=object)
+        out[:] = column.to_pylist()
+        return out.reshape(np.shape(labels))
+
+    def label_of(self, id: str) -> int | None:
+        """The FAISS label of the item ``id``, or None if the index does not hold it."""
+        b = bisect.bisect_right(self._id_fences, id) - 1
+        if b < 0:
+            return None
+        with self._lock:
+            batch = self._ids.get_batch(b)
+        keys, labels = batch.column(0), batch.column(1)
+        lo, hi = 0, len(keys)
+        while lo < hi:  # binary search inside the sorted batch, without converting it to Python
+            mid = (lo + hi) // 2
+            if keys[mid].as_py() < id:
+                lo = mid + 1
+            else:
+                hi = mid
+        return labels[lo].as_py() if lo < len(keys) and keys[lo].as_py() == id else None
+
+    def labels_of(self, ids: Iterable[str]) -> np.ndarray:
+        """FAISS labels of many ids (-1 for ids the index does not hold)."""
+        return np.array([-1 if (label := self.label_of(i)) is None else label for i in ids], dtype=np.int64)
+
+    def all_ids(self) -> pa.ChunkedArray:
+        """Every id in the index, sorted (memory-mapped: cheap until iterated)."""
+        return self.id_map().column("id")
+
+    def id_map(self) -> pa.Table:
+        """The whole id map: ``id`` (sorted) and ``label`` columns, memory-mapped."""
+        with self._lock:
+            return pa.Table.from_batches([self._ids.get_batch(i) for i in range(self._ids.num_record_batches)])
+
+    def item_batches(self) -> Iterator[pa.RecordBatch]:
+        """items.arrow's record batches in label order (for copying an index's metadata)."""
+        for i in range(self._items.num_record_batches):
+            with self._lock:
+                batch = self._items.get_batch(i)
+            yield batch
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+class ItemsWriter:
+    """Streams metadata rows into items.arrow as record batches of exactly ``batch_rows`` rows (the last one
+    may be shorter), so that a label's row is found in O(1) by ``IndexDirectory.items``."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, batch_rows: int = ITEMS_BATCH_ROWS) -> None:
+        self.schema = schema
+        self.batch_rows = batch_rows
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table.select(self.schema.names).cast(self.schema))
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.batch_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        buffered = pa.concat_tables(self._pending)
+        full = (buffered.num_rows // self.batch_rows) * self.batch_rows
+        end = buffered.num_rows if final else full
+        for start in range(0, end, self.batch_rows):
+            chunk = buffered.slice(start, min(self.batch_rows, end - start)).combine_chunks()
+            self._writer.write_batch(chunk.to_batches()[0] if chunk.num_rows else pa.record_batch([], self.schema))
+        rest = buffered.slice(end)
+        self._pending, self._pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+
+    def close(self) -> int:
+        if self._pending_rows:
+            self._flush(final=True)
+        self._writer.close()
+        self._sink.close()
+        return self.rows
+
+
+def write_id_map(path: str | os.PathLike, ids: pa.ChunkedArray | pa.Array) -> None:
+    """ids.arrow: (id, label) sorted by id, for binary search. Duplicate ids are an error."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    order = pc.sort_indices(ids)
+    keys = ids.take(order)
+    if len(keys) > 1:
+        same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+        if pc.any(same).as_py():
+            dup = keys[pc.index(same, True).as_py()].as_py()
+            raise LatentError(f"duplicate id '{dup}' in the input: ids must be unique (set unique ids, or dedupe)")
+    table = pa.table({"id": keys, "label": order.cast(pa.int64())})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=IDS_BATCH_ROWS):
+            writer.write_batch(batch)
+
+
+def _fsync_tree(root: Path) -> None:
+    for item in [*root.iterdir(), root]:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2); False where the OS cannot."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StagedIndexDirectory:
+    """A new index directory being written next to ``path``; ``commit()`` moves it into place.
+
+    Leaving the ``with`` block without committing (an error) removes the staging directory: nothing is
+    written and an index already at ``path`` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.target = Path(path).absolute()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale()
+        prefix = f".{self.target.name}{_STAGING_MARK}"
+        self.dir = self.target.parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.dir.mkdir()
+        self.committed = False
+
+    def _remove_stale(self) -> None:
+        """Staging directories of killed writers (their pid is gone)."""
+        prefix = f".{self.target.name}{_STAGING_MARK}"
+        for entry in self.target.parent.glob(f"{prefix}*"):
+            pid = entry.name[len(prefix) :].split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+    def write_info(self, info: IndexInfo) -> None:
+        self.file(INFO_FILE).write_text(info.to_json())
+
+    def commit(self) -> None:
+        """Publish the staged directory at ``path`` (replacing what was there, atomically where the OS allows)."""
+        for name in (INDEX_FILE, ITEMS_FILE, IDS_FILE, INFO_FILE):
+            if not self.file(name).is_file():
+                raise RuntimeError(f"staged index lacks {name}")
+        _fsync_tree(self.dir)
+        if not self.target.exists():
+            os.rename(self.dir, self.target)
+        elif not _exchange(self.dir, self.target):
+            # two renames: a crash between them leaves the old index under the staging name
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.target, old)
+            os.rename(self.dir, self.target)
+            self.dir = old
+        self.committed = True
+        shutil.rmtree(self.dir, ignore_errors=True)  # after an exchange, this holds the old index
+
+    def __enter__(self) -> StagedIndexDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def is_index_directory(path: str | os.PathLike) -> bool:
+    return (Path(path) / INFO_FILE).is_file()
