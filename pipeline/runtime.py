@@ -58,9 +58,10 @@ def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
-def resolve_device(requested: Device, gpus: int) -> str:
+def resolve_device(requested: Device, gpus: int, key: str = "model.device") -> str:
+    """'cuda' or 'cpu' for a ``requested`` device, given the GPUs the job can use; decided once, at the edge."""
     if requested == Device.cuda and gpus == 0:
-        raise LatentError("model.device=cuda, but the Ray cluster has no GPU (use model.device=auto or cpu)")
+        raise LatentError(f"{key}=cuda, but no GPU is available to the job (use {key}=auto or cpu)")
     if requested == Device.auto:
         return "cuda" if gpus > 0 else "cpu"
     return requested.value

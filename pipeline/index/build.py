@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from pipeline.config import Device, IndexCommandConfig, IndexMode
+from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
 from pipeline.index import parallel
 from pipeline.index.choose import (
@@ -53,6 +53,7 @@ from pipeline.index.store import (
     write_id_map,
 )
 from pipeline.index.tune import GroundTruth, TuneResult, tune, without_self
+from pipeline.runtime import resolve_device
 
 
 @dataclass
@@ -105,14 +106,6 @@ class IndexSummary:
 # --- the edge ------------------------------------------------------------------------------------
 
 
-def resolve_device(requested: Device) -> str:
-    """'cuda' when faiss sees a GPU (or was asked for one), else 'cpu'; decided once, here."""
-    gpus = faiss.get_num_gpus()
-    if requested == Device.cuda and gpus == 0:
-        raise LatentError("index.device=cuda, but faiss sees no GPU (use index.device=auto or cpu)")
-    return "cuda" if requested in (Device.auto, Device.cuda) and gpus > 0 else "cpu"
-
-
 def _check_config(cfg: IndexCommandConfig) -> None:
     ic = cfg.index
     if not 0 < ic.target_recall <= 1:
@@ -125,7 +118,7 @@ def _check_config(cfg: IndexCommandConfig) -> None:
 def run_index(cfg: IndexCommandConfig) -> IndexSummary:
     """The `latent index` command: build (or append to) the index directory at ``cfg.index.path``."""
     _check_config(cfg)
-    device = resolve_device(cfg.index.device)
+    device = resolve_device(cfg.index.device, faiss.get_num_gpus(), key="index.device")
     budget = parse_memory(cfg.index.max_memory)
     source = scan(cfg.input.path, cfg.input.column)
     if cfg.index.mode == IndexMode.append:

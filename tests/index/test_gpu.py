@@ -6,8 +6,8 @@ import faiss
 import pytest
 
 from pipeline.config import Device
-from pipeline.index.build import resolve_device
 from pipeline.index.store import IndexDirectory
+from pipeline.runtime import resolve_device
 
 from .helpers import build, dataset, vectors
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_auto_device_is_the_gpu():
-    assert faiss.get_num_gpus() > 0 and resolve_device(Device.auto) == "cuda"
+    assert faiss.get_num_gpus() > 0 and resolve_device(Device.auto, faiss.get_num_gpus()) == "cuda"
 
 
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,PQ8x4fs,RFlat", "OPQ8_32,IVF64,PQ8x4fs,Refine(SQfp16)"])
