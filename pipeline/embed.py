@@ -59,11 +59,15 @@ class EmbedSummary:
                 f"  rows embedded  {self.rows:,} ({self.rows_this_run:,} this run)",
                 f"  rows failed    {self.errors:,} ({self.errors_this_run:,} this run)"
                 + (f", listed in {self.output}/{ERRORS_DIR}" if self.errors else ""),
-                f"  throughput     {self.rows_per_second:,.1f} rows/s overall, "
-                f"{self.steady_rows_per_second:,.1f} rows/s steady",
+                f"  throughput     {self.rows_per_second:,.1f} rows/s overall, " + self._steady(),
                 f"  output         {self.output}",
             ]
         )
+
+    def _steady(self) -> str:
+        if not self.steady_rows_per_second:  # every row came back in one block: there is no pace to measure
+            return "steady pace n/a (too few rows)"
+        return f"{self.steady_rows_per_second:,.1f} rows/s steady"
 
 
 def resolve_modality(requested: Modality, source: Source) -> str:

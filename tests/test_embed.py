@@ -15,7 +15,7 @@ from corpora import jpeg_bytes, write_image_folder, write_table, write_tar, writ
 from PIL import Image
 
 from pipeline.config import compose
-from pipeline.embed import run_embed
+from pipeline.embed import EmbedSummary, run_embed
 from pipeline.errors import LatentError
 from pipeline.io.shards import METADATA_KEY, EmbeddingInfo, arrow_to_vectors, list_shards, read_info
 
@@ -220,3 +220,10 @@ def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_pa
     stats = plan.stats()
     assert "MapBatches(read_and_prepare)" in stats
     assert "read_and_prepare)->MapBatches(EmbedBatches)" not in stats  # not fused into the encoder actor
+
+
+def test_summary_reports_a_steady_pace_only_when_one_was_measured():
+    measured = EmbedSummary("out", 100, 0, 100, 0, 10.0, 10.0, steady_rows_per_second=12.5)
+    unmeasured = EmbedSummary("out", 20, 0, 20, 0, 10.0, 2.0, steady_rows_per_second=0.0)
+    assert "12.5 rows/s steady" in measured.render()
+    assert "n/a" in unmeasured.render() and "0.0 rows/s steady" not in unmeasured.render()
