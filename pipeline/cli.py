@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.index.build:run_index",
         "build a FAISS index of an embedding dataset, tuned to a target recall",
     ),
+    "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
 }
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]

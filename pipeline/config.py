@@ -193,3 +193,48 @@ class IndexCommandConfig:
 
 
 SCHEMAS["index"] = IndexCommandConfig
+
+
+# --- latent search / latent knn -----------------------------------------------------------------
+
+
+@dataclass
+class SearchModelConfig:
+    """The query encoder of a search: the model recorded in the index (its fingerprint), placed here."""
+
+    pretrained: str | None = MISSING  # null: the index's own weights (its open_clip tag, or random weights);
+    # a local checkpoint file: used if its sha256 matches the fingerprint's (indexes built from a checkpoint)
+    device: Device = MISSING
+    precision: Precision = MISSING
+
+
+# --- latent serve -------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeIndexConfig:
+    path: str = MISSING  # the index directory to serve (docs/index-directory.md)
+
+
+@dataclass
+class ServeConfig:
+    """`latent serve`: the HTTP API and web page over one index directory (docs/http-api.md)."""
+
+    index: ServeIndexConfig = field(default_factory=ServeIndexConfig)
+    model: SearchModelConfig = field(default_factory=SearchModelConfig)
+    host: str = MISSING  # 127.0.0.1: this machine only
+    port: int = MISSING  # 0: any free port
+    max_k: int = MISSING  # largest k a query may ask for
+    default_k: int = MISSING  # k of a query that gives none
+    max_body_bytes: int = MISSING  # larger request bodies get 413
+    max_batch: int = MISSING  # most queries of one kind in one Searcher call
+    batch_wait_ms: float = MISSING  # a text/image query waits this long for others to share its encoder call
+    max_image_pixels: int = MISSING  # larger query images are refused (decompression bombs)
+    thumbnail_size: int = MISSING  # long side of thumbnails, pixels
+    thumbnail_cache: int = MISSING  # thumbnails kept in memory
+    warmup: bool = MISSING  # build the query encoder at start (else on the first text/image query)
+    log_level: str = MISSING
+    access_log: bool = MISSING
+
+
+SCHEMAS["serve"] = ServeConfig
