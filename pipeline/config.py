@@ -193,3 +193,16 @@ class IndexCommandConfig:
 
 
 SCHEMAS["index"] = IndexCommandConfig
+
+
+# --- latent search / latent knn -----------------------------------------------------------------
+
+
+@dataclass
+class SearchModelConfig:
+    """The query encoder of a search: the model recorded in the index (its fingerprint), placed here."""
+
+    pretrained: str | None = MISSING  # null: the index's own weights (its open_clip tag, or random weights);
+    # a local checkpoint file: used if its sha256 matches the fingerprint's (indexes built from a checkpoint)
+    device: Device = MISSING
+    precision: Precision = MISSING
