@@ -192,7 +192,8 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         query: SearchQuery = body
         given = [name for name in QUERY_FIELDS if getattr(query, name) is not None]
         if len(given) != 1:
-            raise HTTPException(400, f"give exactly one of {', '.join(QUERY_FIELDS)} (got {', '.join(given) or 'none'})")
+            got = ", ".join(given) or "none"
+            raise HTTPException(400, f"give exactly one of {', '.join(QUERY_FIELDS)} (got {got})")
         field = given[0]
         value: Any = getattr(query, field)
         if field in ("text", "image") and state["encoder_error"]:

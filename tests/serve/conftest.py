@@ -12,11 +12,10 @@ import faiss
 import httpx
 import pytest
 from conftest import embed_overrides
+from index.helpers import build, dataset, vectors
 
 from pipeline.config import ServeConfig, compose
 from pipeline.embed import run_embed
-
-from index.helpers import build, dataset, vectors
 
 # One OpenMP thread: the searches here are tiny, and spinning threads on a shared 2-core machine are slow.
 faiss.omp_set_num_threads(1)

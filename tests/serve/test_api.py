@@ -205,7 +205,8 @@ def test_a_body_over_the_limit_gets_413_by_length_or_while_streaming(client):
 
 
 def test_unknown_ids_get_404(client):
-    for path in ("/items/nope.jpg", "/thumbnails/nope.jpg", "/thumbnails/..%2F..%2Fetc%2Fpasswd", "/items/%2Fetc%2Fpasswd"):
+    traversal = ("/thumbnails/..%2F..%2Fetc%2Fpasswd", "/items/%2Fetc%2Fpasswd", "/thumbnails/%2Fetc%2Fhostname")
+    for path in ("/items/nope.jpg", "/thumbnails/nope.jpg", *traversal):
         response = client.get(path)
         assert response.status_code == 404 and response.json()["detail"], path
 
