@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -204,8 +205,13 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             raise HTTPException(400, "id: empty")
         if field == "image":
             value = await run_in_threadpool(decode_base64_image, value, cfg.max_image_pixels)
-        if field == "vector" and not any(value):
-            raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
+        if field == "vector":
+            with np.errstate(over="ignore"):
+                value = np.asarray(value, dtype=np.float32)
+            if not np.isfinite(value).all():
+                raise HTTPException(400, "vector: values outside the float32 range")
+            if not value.any():
+                raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
         hits = await batcher.search(KIND_OF[field], value, query.k)
         hits = [row for row in hits if row.get("id") is not None]  # Searcher pads past ntotal with all-null rows
         return SearchResponse(

@@ -157,6 +157,7 @@ BAD_SEARCHES = [
     ({"vector": [0.1] * 31}, 422, "at least 32"),
     ({"vector": [0.1] * 33}, 422, "at most 32"),
     ({"vector": [0.0] * 32}, 400, "zero"),
+    ({"vector": [1e39] * 32}, 400, "float32"),
     ({"vector": ["x"] * 32}, 422, "number"),
     ({"id": "no/such/item.jpg"}, 404, "no item"),
     ({"id": ""}, 400, "empty"),
