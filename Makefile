@@ -4,9 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test lint demo bench-embed bench-index bench-search clean
+.PHONY: install chromium test lint demo bench-embed bench-index bench-search bench-serve clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed chromium
+
+# The browser tests (pytest -m browser) drive Debian's chromium through playwright; never `playwright install`.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make install: the browser tests need Debian's chromium: run 'sudo apt-get install chromium'" >&2; exit 1; \
+	  fi; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

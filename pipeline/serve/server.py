@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -62,4 +63,6 @@ def run_serve(cfg: ServeConfig) -> None:
     shown = f"[{host}]" if ":" in host else host
     print(f"latent serve: {cfg.index.path} ({searcher.ntotal:,} items, {searcher.dim}-d) on http://{shown}:{port}/")
     server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, access_log=cfg.access_log))
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully, then re-raises the signal
+        server.run(sockets=[sock])
+    print("latent serve: stopped")
