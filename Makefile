@@ -51,5 +51,9 @@ bench-embed: install
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
 
+# latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
+bench-serve: install
+	$(PY) bench/bench_serve.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
