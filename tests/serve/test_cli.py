@@ -83,3 +83,27 @@ def test_a_busy_port_is_a_clear_error(vector_index, capsys):
         sock.close()
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "cannot listen on 127.0.0.1" in err, err
+
+
+def test_the_listening_socket_disables_nagle():
+    """asyncio sets TCP_NODELAY on accepted connections of IPPROTO_TCP sockets only; without it each keep-alive
+    response waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+
+
+def test_keep_alive_requests_are_not_held_by_delayed_acks(server):
+    with server.client() as client:  # one keep-alive connection
+        client.get("/healthz")
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            client.get("/healthz")
+            times.append(time.perf_counter() - start)
+    assert sorted(times)[len(times) // 2] < 0.035, times  # Nagle + delayed ACK made every one >= 40 ms
