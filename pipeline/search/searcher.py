@@ -58,17 +58,25 @@ class Searcher:
     memory-mapped index are shared by all the processes that open it.
     """
 
-    def __init__(self, directory: IndexDirectory, model: SearchModelConfig | None = None) -> None:
+    def __init__(
+        self, directory: IndexDirectory, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+    ) -> None:
         self.directory = directory
         self.model_config = model or default_model_config()
+        self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._direct_map_tried = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: SearchModelConfig | None = None) -> Searcher:
-        """Open the index directory at ``path`` (memory-mapped); the encoder is built on first use."""
-        return cls(IndexDirectory.open(path), model)
+    def open(
+        cls, path: str | os.PathLike, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+    ) -> Searcher:
+        """Open the index directory at ``path`` (memory-mapped); the encoder is built on first use.
+
+        ``query_model``: the encoder's ModelSpec as ``resolve_query_model`` returned it elsewhere (Ray actors
+        get it from the driver, which checked it once); by default it is resolved here from ``model``."""
+        return cls(IndexDirectory.open(path), model, query_model)
 
     # --- what the index is ---------------------------------------------------------------------
 
@@ -98,7 +106,10 @@ class Searcher:
         """The query encoder (a ClipEncoder), built on first use from the index's model fingerprint."""
         with self._encoder_lock:
             if self._encoder is None:
-                self._encoder = build_query_encoder(self.info, self.model_config)
+                from pipeline.encode.encoder import ClipEncoder
+
+                spec = self.query_model or resolve_query_model(self.info, self.model_config)
+                self._encoder = ClipEncoder(spec)
             return self._encoder
 
     # --- queries -------------------------------------------------------------------------------
@@ -231,7 +242,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _decode_image(image: Any, i: int) -> Image.Image:
+def decode_query_image(image: Any, i: int = 0) -> Image.Image:
+    """A query image (path, encoded bytes or PIL image) as a PIL image; QueryError names ``images[i]``."""
     from pipeline.encode.preprocess import BadImage, decode_image
 
     if isinstance(image, Image.Image):
@@ -259,7 +271,7 @@ def _decode_images(images: Sequence[Any]) -> list[Image.Image]:
     images = list(images)
     if not images:
         raise QueryError("images: no query (an empty list)")
-    return [_decode_image(image, i) for i, image in enumerate(images)]
+    return [decode_query_image(image, i) for i, image in enumerate(images)]
 
 
 # --- the query encoder ------------------------------------------------------------------------------
@@ -271,8 +283,10 @@ def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig) -> ModelSpec:
-    """The ModelSpec of the model that made the index's vectors, checked against its fingerprint."""
+def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | None = None) -> ModelSpec:
+    """The ModelSpec of the model that made the index's vectors, checked against its fingerprint.
+
+    ``gpus``: the GPUs the encoder may use (default: those this process sees), for ``cfg.device=auto``."""
     import open_clip
 
     from pipeline.runtime import resolve_device, resolve_precision
@@ -302,7 +316,7 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig) -> ModelSpec:
             f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}): "
             f"point at that file with model.pretrained=/path/to/{recorded}"
         )
-    device = resolve_device(cfg.device, _gpus())
+    device = resolve_device(cfg.device, _gpus() if gpus is None else gpus)
     spec = resolve_model(name, weights, device, resolve_precision(cfg.precision, device))
     if spec.checkpoint_sha256 != sha:
         got = f"sha256 {spec.checkpoint_sha256}" if spec.checkpoint_sha256 else "random weights"
@@ -328,10 +342,3 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig) -> ModelSpec:
     if problems:
         raise LatentError(f"model {name} does not match the index's model fingerprint: {'; '.join(problems)}")
     return spec
-
-
-def build_query_encoder(info: IndexInfo, cfg: SearchModelConfig):
-    """A ClipEncoder for the index's model (see ``resolve_query_model``)."""
-    from pipeline.encode.encoder import ClipEncoder
-
-    return ClipEncoder(resolve_query_model(info, cfg))
