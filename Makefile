@@ -42,5 +42,9 @@ bench-embed: install
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
 
+# Searcher's batch QPS against FAISS on the same index (bench-index's): 1M x 512; BENCH_ARGS=--quick for 200k
+bench-search: install
+	$(PY) bench/bench_search.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -80,6 +80,7 @@ def test_bad_queries_are_named(flat_index, overrides, message):
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_and_fails_cleanly(flat_index, photo_index, tiny_checkpoint):
     done = run_cli("search", f"index.path={flat_index}", "query.id=v7", "k=2")
     assert done.returncode == 0, done.stderr

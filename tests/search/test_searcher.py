@@ -194,6 +194,7 @@ def test_a_model_whose_dimension_differs_is_refused(photo_index, tiny_checkpoint
         Searcher.open(copy, model_config(tiny_checkpoint)).search(texts=["a cat"])
 
 
+@pytest.mark.slow
 def test_random_weights_indexes_rebuild_the_same_model(local_ray, tmp_path, photos, tiny_model):
     from conftest import embed_overrides
 
