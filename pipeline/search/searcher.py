@@ -18,6 +18,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from pipeline.config import Device, Precision, SearchModelConfig
@@ -67,6 +68,8 @@ class Searcher:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._direct_map_tried = False
+        # items.arrow's record batches, memory-mapped (zero-copy): a search takes its hits from them directly
+        self._batches = list(directory.item_batches())
 
     @classmethod
     def open(
@@ -161,8 +164,10 @@ class Searcher:
             scores[:, :found], labels[:, :found] = distances, hits
         scores[labels < 0] = _MISSING_SCORE
         if not with_items:
-            return SearchResult(scores=scores, ids=self.directory.ids(labels), items=[[] for _ in range(n)])
-        table = self.directory.items(labels)  # one pass over items.arrow for all n x k hits
+            ids = np.empty(labels.size, dtype=object)
+            ids[:] = self._rows(labels, ["id"]).column("id").to_pylist()
+            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)])
+        table = self._rows(labels)  # one pass over items.arrow for all n x k hits
         names = [*table.column_names, "score"]
         columns = [table.column(name).to_pylist() for name in table.column_names]  # column-wise: 2x faster
         rows = [dict(zip(names, values)) for values in zip(*columns, scores.reshape(-1).tolist())]
@@ -171,6 +176,30 @@ class Searcher:
         ids[:] = [row["id"] if ok else None for row, ok in zip(rows, hit)]
         items = [[rows[p] for p in range(q * k, (q + 1) * k) if hit[p]] for q in range(n)]
         return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items)
+
+    def _rows(self, labels: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Metadata rows of FAISS ``labels`` (flattened, in order; null rows for -1): IndexDirectory.items
+        without its per-call batch lookups, one ``take`` per record batch touched."""
+        labels = labels.reshape(-1)
+        valid = labels >= 0
+        where = np.flatnonzero(valid)
+        order = np.argsort(labels[where], kind="stable")
+        wanted = labels[where][order]
+        rows = self.info.items_batch_rows
+        batch_of, row_in = wanted // rows, wanted % rows
+        bounds = [0, *(np.flatnonzero(np.diff(batch_of)) + 1).tolist(), len(wanted)]
+        schema = self.directory.item_schema
+        parts = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end > start:
+                batch = self._batches[int(batch_of[start])]
+                parts.append((batch if columns is None else batch.select(columns)).take(row_in[start:end]))
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        table = pa.Table.from_batches(parts, schema=schema)
+        position = np.zeros(len(labels), dtype=np.int64)
+        position[where[order]] = np.arange(len(order))  # row j of ``table`` answers position where[order[j]]
+        return table.take(pa.array(position, mask=~valid))
 
     def _check_vectors(self, vectors: Any) -> np.ndarray:
         try:
