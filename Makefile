@@ -51,6 +51,10 @@ bench-embed: install
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
 
+# Searcher's batch QPS against FAISS on the same index (bench-index's): 1M x 512; BENCH_ARGS=--quick for 200k
+bench-search: install
+	$(PY) bench/bench_search.py $(BENCH_ARGS)
+
 # latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
 bench-serve: install
 	$(PY) bench/bench_serve.py $(BENCH_ARGS)

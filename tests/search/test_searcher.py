@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from index.helpers import build, vectors
+from index.helpers import build, dataset, vectors
 from PIL import Image
 
 from pipeline.config import Device, Precision, SearchModelConfig
@@ -194,6 +194,7 @@ def test_a_model_whose_dimension_differs_is_refused(photo_index, tiny_checkpoint
         Searcher.open(copy, model_config(tiny_checkpoint)).search(texts=["a cat"])
 
 
+@pytest.mark.slow
 def test_random_weights_indexes_rebuild_the_same_model(local_ray, tmp_path, photos, tiny_model):
     from conftest import embed_overrides
 
@@ -220,3 +221,16 @@ def test_indexes_without_a_model_answer_vector_queries_only(flat_index, tmp_path
     assert searcher.search(vectors=x[7], k=1).scores[0, 0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(QueryError, match="no model fingerprint.*vector queries only"):
         searcher.search(images=[Image.new("RGB", (8, 8))])
+
+
+def test_hits_across_many_item_batches_match_the_index_directory(tmp_path):
+    x = vectors(9000, seed=5)  # items.arrow batches hold 4096 rows: hits come from three of them
+    build(dataset(tmp_path / "emb", x, rows_per_shard=3000, dtype="float32"), tmp_path / "idx", "index.factory=Flat")
+    searcher = Searcher.open(tmp_path / "idx")
+    q = noisy_queries(x, 40, seed=6)
+    result = searcher.search(vectors=q, k=25)
+    _, labels = searcher.directory.index.search(q, 25)
+    assert result.ids.tolist() == searcher.directory.ids(labels).tolist()
+    rows = searcher.directory.items(labels).to_pylist()
+    assert [{k: v for k, v in hit.items() if k != "score"} for hits in result.items for hit in hits] == rows
+    assert searcher.search(vectors=q, k=25, with_items=False).ids.tolist() == result.ids.tolist()
