@@ -213,7 +213,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             if not value.any():
                 raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
         hits = await batcher.search(KIND_OF[field], value, query.k)
-        hits = [row for row in hits if row.get("id") is not None]  # Searcher pads past ntotal with all-null rows
+        hits = [row for row in hits if row.get("id") is not None]  # only real hits (a label of -1 is an all-null row)
         return SearchResponse(
             query=field,
             k=query.k,
