@@ -4,9 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test lint demo bench-embed bench-index bench-search clean
+.PHONY: install chromium test lint demo bench-embed bench-index bench-search bench-serve clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed chromium
+
+# The browser tests (pytest -m browser) drive Debian's chromium through playwright; never `playwright install`.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make install: the browser tests need Debian's chromium: run 'sudo apt-get install chromium'" >&2; exit 1; \
+	  fi; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +50,14 @@ bench-embed: install
 # latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
+
+# Searcher's batch QPS against FAISS on the same index (bench-index's): 1M x 512; BENCH_ARGS=--quick for 200k
+bench-search: install
+	$(PY) bench/bench_search.py $(BENCH_ARGS)
+
+# latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
+bench-serve: install
+	$(PY) bench/bench_serve.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -193,3 +193,122 @@ class IndexCommandConfig:
 
 
 SCHEMAS["index"] = IndexCommandConfig
+
+
+# --- latent search / latent knn -----------------------------------------------------------------
+
+
+@dataclass
+class SearchModelConfig:
+    """The query encoder of a search: the model recorded in the index (its fingerprint), placed here."""
+
+    pretrained: str | None = MISSING  # null: the index's own weights (its open_clip tag, or random weights);
+    # a local checkpoint file: used if its sha256 matches the fingerprint's (indexes built from a checkpoint)
+    device: Device = MISSING
+    precision: Precision = MISSING
+
+
+class SearchOutput(str, Enum):
+    table = "table"  # a ranked table for people
+    json = "json"  # one JSON document for scripts
+
+
+@dataclass
+class IndexPathConfig:
+    path: str = MISSING  # an index directory written by `latent index`
+
+
+@dataclass
+class QueryConfig:
+    """One query: exactly one of these is set."""
+
+    text: str | None = MISSING
+    image: str | None = MISSING  # an image file
+    vector: list[float] | None = MISSING  # [0.1,0.2,…] with the index's dimension
+    id: str | None = MISSING  # an item of the index: search by its stored vector
+
+
+@dataclass
+class SearchCommandConfig:
+    index: IndexPathConfig = field(default_factory=IndexPathConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    model: SearchModelConfig = field(default_factory=SearchModelConfig)
+    k: int = MISSING
+    output: SearchOutput = MISSING
+
+
+SCHEMAS["search"] = SearchCommandConfig
+
+
+class QueryKind(str, Enum):
+    auto = "auto"  # the one vector column, else an image column, else a text column
+    vector = "vector"
+    image = "image"
+    text = "text"
+
+
+@dataclass
+class KnnInputConfig:
+    path: str = MISSING
+    format: InputFormat = MISSING  # auto | parquet | csv | jsonl
+    kind: QueryKind = MISSING
+    column: str | None = MISSING  # the query column (null: found by kind)
+    id_column: str | None = MISSING  # null: `id` if present, else "<file>:<row>"
+
+
+@dataclass
+class KnnOutputConfig:
+    path: str = MISSING
+    rows_per_shard: int = MISSING
+
+
+@dataclass
+class KnnResources:
+    actors: int | None = MISSING  # searcher actors (null: one per GPU for text/image queries on CUDA, else one)
+    cpus_per_actor: float | None = MISSING  # null: 1 reserved (the actor's FAISS and torch then use all cores)
+    gpus_per_actor: float = MISSING
+    cpus_per_reader: float = MISSING
+
+
+@dataclass
+class KnnCommandConfig:
+    input: KnnInputConfig = field(default_factory=KnnInputConfig)
+    index: IndexPathConfig = field(default_factory=IndexPathConfig)
+    output: KnnOutputConfig = field(default_factory=KnnOutputConfig)
+    model: SearchModelConfig = field(default_factory=SearchModelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    resources: KnnResources = field(default_factory=KnnResources)
+    k: int = MISSING
+    threshold: float | None = MISSING  # cosine: also write near-duplicate groups of pairs scoring >= threshold
+    batch_size: int = MISSING
+    progress: bool = MISSING
+
+
+SCHEMAS["knn"] = KnnCommandConfig
+
+
+# --- latent serve -------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeConfig:
+    """`latent serve`: the HTTP API and web page over one index directory (docs/http-api.md)."""
+
+    index: IndexPathConfig = field(default_factory=IndexPathConfig)
+    model: SearchModelConfig = field(default_factory=SearchModelConfig)
+    host: str = MISSING  # 127.0.0.1: this machine only
+    port: int = MISSING  # 0: any free port
+    max_k: int = MISSING  # largest k a query may ask for
+    default_k: int = MISSING  # k of a query that gives none
+    max_body_bytes: int = MISSING  # larger request bodies get 413
+    max_batch: int = MISSING  # most queries of one kind in one Searcher call
+    batch_wait_ms: float = MISSING  # a text/image query waits this long for others to share its encoder call
+    max_image_pixels: int = MISSING  # larger query images are refused (decompression bombs)
+    thumbnail_size: int = MISSING  # long side of thumbnails, pixels
+    thumbnail_cache: int = MISSING  # thumbnails kept in memory
+    warmup: bool = MISSING  # build the query encoder at start (else on the first text/image query)
+    log_level: str = MISSING
+    access_log: bool = MISSING
+
+
+SCHEMAS["serve"] = ServeConfig

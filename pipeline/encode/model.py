@@ -231,5 +231,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     model = model.to(spec.device)
     if spec.precision in ("fp16", "bf16"):
         model = model.to(torch.float16 if spec.precision == "fp16" else torch.bfloat16)
-    tokenizer = open_clip.get_tokenizer(spec.name)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # get_tokenizer logs its lookup at INFO on the root logger (stdout under Hydra)
+    try:
+        tokenizer = open_clip.get_tokenizer(spec.name)
+    finally:
+        root.setLevel(level)
     return LoadedModel(model, transform, tokenizer, _fingerprint(spec, model))

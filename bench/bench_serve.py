@@ -1,0 +1,204 @@
+"""`make bench-serve`: `latent serve` latency and throughput with concurrent clients on loopback.
+
+    python bench/bench_serve.py                       # 200k x 512 vector index + a ViT-B-32 text index
+    python bench/bench_serve.py --n 1000000           # the 1M x 512 index of bench-index
+    python bench/bench_serve.py --index IDX --text-index IDX2 --clients 32 --seconds 20
+
+Steps: write seeded clustered unit vectors (pipeline.index.synthetic) and build them with
+`latent index` (factory auto, as bench-index does), unless --index is given; for text queries, an
+index of 20k vectors carrying the fingerprint of ViT-B-32 with seeded random weights (so the server
+builds and runs the real ViT-B-32 text tower, offline). Start `latent serve` on a free loopback port
+in a subprocess, then `--clients` concurrent asyncio clients (httpx, keep-alive) send queries for
+`--seconds` after a warm-up: p50/p99 latency as the clients see it, throughput, and the server's mean
+micro-batch size (from /healthz). JSON to bench/results/serve-<time>.json. The clients share the
+machine's cores with the server: on a 2-core machine they cost it throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import compose  # noqa: E402
+from pipeline.index.build import run_index  # noqa: E402
+from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset  # noqa: E402
+
+K = 10
+TEXTS = [
+    f"a {adj} photo of a {thing} {where}"
+    for adj in ("blurry", "bright", "dark", "close-up", "black and white")
+    for thing in ("cat", "dog", "red car", "mountain", "bowl of soup", "guitar", "city street", "child")
+    for where in ("at night", "in the snow", "on a table", "by the sea", "indoors")
+]
+
+
+def build_vector_index(work: Path, n: int, dim: int) -> Path:
+    index = work / f"serve-idx-{n}-{dim}"
+    if (index / "index.json").is_file():
+        return index
+    data = work / f"serve-emb-{n}-{dim}"
+    if not data.exists():
+        chunks = (
+            clustered_unit_vectors(min(100_000, n - s), ClusteredSpec(dim=dim, seed=s)) for s in range(0, n, 100_000)
+        )
+        write_embedding_dataset(data, chunks, dtype="float32", rows_per_shard=100_000)
+    run_index(compose("index", [f"input.path={data}", f"index.path={index}", "progress=false"]))
+    return index
+
+
+def build_text_index(work: Path, model: str, n: int = 20_000) -> Path:
+    """An index whose fingerprint is ``model`` with seeded random weights: text queries run the real model."""
+    from pipeline.encode.model import describe_model, resolve_model
+
+    index = work / f"serve-text-idx-{model}"
+    if (index / "index.json").is_file():
+        return index
+    fingerprint = describe_model(resolve_model(model, None)).fingerprint
+    data = work / f"serve-text-emb-{model}"
+    vectors = clustered_unit_vectors(n, ClusteredSpec(dim=fingerprint["dim"], seed=7))
+    write_embedding_dataset(data, vectors, dtype="float32", model=fingerprint, rows_per_shard=n)
+    run_index(compose("index", [f"input.path={data}", f"index.path={index}", "index.factory=Flat", "progress=false"]))
+    return index
+
+
+class Server:
+    """`latent serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, index: Path, *overrides: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "pipeline.cli", "serve", f"index.path={index}", "port=0"]
+        command += ["log_level=warning", *overrides]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in self.process.stdout:
+            if match := re.search(r"on (http://127\.0\.0\.1:\d+)/", line):
+                self.url = match[1]
+                break
+        else:
+            raise RuntimeError(f"latent serve did not start (exit {self.process.wait()})")
+        import httpx
+
+        for _ in range(600):
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=5)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("latent serve does not answer")
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/healthz", timeout=30).json()
+
+    def stop(self) -> None:
+        self.process.send_signal(2)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def _load(url: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def one_client(c: int) -> None:
+            nonlocal errors
+            i = c
+            while (now := time.perf_counter()) < stop_at:
+                response = await client.post("/search", json=bodies[i % len(bodies)])
+                done = time.perf_counter()
+                i += clients
+                if now >= measure_from:
+                    latencies.append(done - now)
+                    errors += response.status_code != 200
+
+        await asyncio.gather(*(one_client(c) for c in range(clients)))
+    ms = np.array(latencies) * 1000
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(ms),
+        "errors": errors,
+        "qps": round(len(ms) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
+
+
+def measure_service(index: Path, kind: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
+    """Latency/throughput of ``bodies`` sent by ``clients`` concurrent clients to a fresh `latent serve`."""
+    server = Server(index)
+    try:
+        result = asyncio.run(_load(server.url, bodies, clients, warmup, seconds))
+        health = server.health()
+        batches = health["batches"][kind]
+        result["mean_batch"] = round(health["batched_queries"][kind] / batches, 2) if batches else None
+        result["index"] = {"ntotal": health["ntotal"], "dim": health["dim"], "factory": health["factory"]}
+    finally:
+        server.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", help="an index directory for vector queries (default: build --n x --dim)")
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--text-index", help="an index with a model fingerprint for text queries")
+    parser.add_argument("--text-model", default="ViT-B-32", help="model of the built text index (random weights)")
+    parser.add_argument("--skip-text", action="store_true")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--work", default=str(REPO / "bench" / "results" / "work"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "k": K,
+    }
+    index = Path(args.index) if args.index else build_vector_index(work, args.n, args.dim)
+    dim = json.loads((index / "index.json").read_text())["dim"]
+    queries = clustered_unit_vectors(1000, ClusteredSpec(dim=dim, seed=12345))
+    bodies = [{"vector": q.round(6).tolist(), "k": K} for q in queries]
+    timing = (args.warmup, args.seconds)
+    for clients in sorted({1, args.clients}):
+        results[f"vector_{clients}"] = measure_service(index, "vectors", bodies, clients, *timing)
+        print(f"vector queries, {clients} clients: {json.dumps(results[f'vector_{clients}'])}", flush=True)
+    if not args.skip_text:
+        text_index = Path(args.text_index) if args.text_index else build_text_index(work, args.text_model)
+        bodies = [{"text": t, "k": K} for t in TEXTS]
+        for clients in sorted({1, args.clients}):
+            results[f"text_{clients}"] = measure_service(text_index, "texts", bodies, clients, *timing)
+            print(f"text queries, {clients} clients: {json.dumps(results[f'text_{clients}'])}", flush=True)
+    out = REPO / "bench" / "results" / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""`latent search`: one query against an index, printed as a ranked table or as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import SearchCommandConfig, SearchOutput
+from pipeline.search.searcher import QueryError, Searcher, SearchResult
+
+TABLE_COLUMNS = ("rank", "score", "id", "source", "text")
+_WIDTHS = {"id": 28, "source": 40, "text": 50}
+
+
+def _query(cfg: SearchCommandConfig, searcher: Searcher) -> tuple[str, dict[str, Any]]:
+    """(what the query is, the keyword arguments of Searcher.search)."""
+    q = cfg.query
+    given = {key: value for key, value in (("text", q.text), ("image", q.image), ("vector", q.vector), ("id", q.id))}
+    given = {key: value for key, value in given.items() if value is not None}
+    if len(given) != 1:
+        names = ", ".join(f"query.{key}" for key in given) or "none"
+        raise QueryError(f"set exactly one of query.text, query.image, query.vector or query.id (got {names})")
+    ((kind, value),) = given.items()
+    if kind == "text":
+        return kind, {"texts": [str(value)]}
+    if kind == "image":
+        return kind, {"images": [str(value)]}
+    if kind == "vector":
+        return kind, {"vectors": np.asarray(list(value), dtype=np.float32)}
+    vector = searcher.vector(str(value))
+    if vector is None:
+        reason = (
+            "is not in the index"
+            if searcher.item(str(value)) is None
+            else "has no stored vector this index can give back"
+        )
+        raise QueryError(f"query.id={value}: the item {reason}")
+    return kind, {"vectors": vector}
+
+
+def _cell(value: Any, width: int | None) -> str:
+    text = "" if value is None else str(value).replace("\n", " ")
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(result: SearchResult) -> str:
+    """The hits of the first query: rank, score, id, source, text."""
+    rows = [
+        [str(rank), f"{hit['score']:.4f}", *(_cell(hit.get(c), _WIDTHS[c]) for c in ("id", "source", "text"))]
+        for rank, hit in enumerate(result.items[0], start=1)
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)).rstrip()]
+    lines += [
+        "  ".join(v.rjust(w) if i < 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in rows
+    ]
+    if not rows:
+        lines.append("(no hits)")
+    return "\n".join(lines)
+
+
+def render_json(result: SearchResult, kind: str, cfg: SearchCommandConfig) -> str:
+    hits = [{"rank": rank, **hit} for rank, hit in enumerate(result.items[0], start=1)]
+    document = {"index": cfg.index.path, "query": {"kind": kind}, "k": cfg.k, "hits": hits}
+    return json.dumps(document, indent=2, default=str)  # passed-through metadata may hold dates, decimals…
+
+
+def run_search(cfg: SearchCommandConfig) -> SearchResult:
+    """Search ``cfg.index.path`` for ``cfg.query`` and print the ranked hits."""
+    searcher = Searcher.open(cfg.index.path, cfg.model)
+    kind, query = _query(cfg, searcher)
+    result = searcher.search(**query, k=cfg.k)
+    print(render_json(result, kind, cfg) if cfg.output == SearchOutput.json else render_table(result))
+    return result

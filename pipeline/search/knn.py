@@ -1,0 +1,519 @@
+"""`latent knn`: a table of queries x an index -> each query's k nearest neighbours, as Parquet.
+
+``build_knn_plan`` is the one place the Ray Data plan is built: read tasks stream the query table
+(vectors, image paths/bytes or texts), an actor pool of Searchers (each maps the index once) answers
+a batch at a time, and write tasks commit Parquet shards. ``run_knn`` decides everything at the edge,
+runs the plan, and with ``threshold`` turns the neighbours into near-duplicate groups.
+Output layout and schemas: docs/search.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from pipeline.config import Device, InputFormat, KnnCommandConfig, Precision, QueryKind
+from pipeline.encode.model import ModelSpec
+from pipeline.errors import LatentError
+from pipeline.index.read import embedding_columns
+from pipeline.index.store import IndexDirectory
+from pipeline.io.shards import STATE_DIR, SUCCESS_MARKER, TMP_DIR, arrow_to_vectors, commit_table, filesystem
+from pipeline.io.sources import (
+    ID_COLUMN_GUESSES,
+    IMAGE_COLUMN_GUESSES,
+    TABLE_EXTENSIONS,
+    TEXT_COLUMN_GUESSES,
+    _list_files,
+    _table_images,
+    _table_schema,
+)
+from pipeline.runtime import RunRecord, cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.search.searcher import QueryError, Searcher, decode_query_image, resolve_query_model
+
+log = logging.getLogger(__name__)
+
+NEIGHBORS_DIR = "neighbors"
+GROUPS_DIR = "groups"
+ERRORS_DIR = "_errors"
+NEIGHBORS_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("neighbor_ids", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float32())),
+    ]
+)
+GROUPS_SCHEMA = pa.schema(
+    [
+        pa.field("group_id", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("member_ids", pa.list_(pa.string())),
+    ]
+)
+KNN_ERRORS_SCHEMA = pa.schema([pa.field("query_id", pa.string()), pa.field("error", pa.string())])
+READER_MEMORY = 512 * 1024**2  # a read task: pyarrow, one batch of queries (image bytes included)
+
+
+# -- the queries ------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryTable:
+    """A listed query table: its read units and which column holds the queries."""
+
+    root: str
+    format: InputFormat
+    kind: str  # "vector" | "image" | "text"
+    column: str
+    id_column: str | None
+    units: list[dict[str, Any]]
+    total_rows: int | None  # known up front for Parquet
+
+
+def _column_kind(field: pa.Field) -> str:
+    t = field.type
+    if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(
+        t.value_type
+    ):
+        return "vector"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or field.name in IMAGE_COLUMN_GUESSES:
+        return "image"
+    return "text"
+
+
+def _choose_column(schema: pa.Schema, kind: QueryKind, column: str | None) -> tuple[str, str]:
+    """(kind, column) of the queries, from the config and the table's columns."""
+    names = schema.names
+    if column is not None:
+        if column not in names:
+            raise LatentError(f"input.column={column}: no such column (columns: {', '.join(names)})")
+        found = _column_kind(schema.field(column)) if kind == QueryKind.auto else kind.value
+        if found == "vector" and _column_kind(schema.field(column)) != "vector":
+            raise LatentError(f"input.column={column} is {schema.field(column).type}, not a list of floats")
+        return found, column
+    vectors = embedding_columns(schema)
+    images = [c for c in IMAGE_COLUMN_GUESSES if c in names]
+    texts = [c for c in TEXT_COLUMN_GUESSES if c in names]
+    candidates = {"vector": vectors, "image": images, "text": texts}
+    order = ["vector", "image", "text"] if kind == QueryKind.auto else [kind.value]
+    for name in order:
+        if len(candidates[name]) > 1 and name == "vector":
+            raise LatentError(f"the input has several embedding columns ({', '.join(vectors)}): set input.column")
+        if candidates[name]:
+            return name, candidates[name][0]
+    wanted = "embedding, image or text column" if kind == QueryKind.auto else f"{kind.value} column"
+    raise LatentError(f"input.path: found no {wanted} (columns: {', '.join(names)}); set input.column")
+
+
+def list_queries(cfg: KnnCommandConfig) -> QueryTable:
+    """List the query table at ``cfg.input.path`` and plan its read units (one per row group or file)."""
+    fs, root = filesystem(str(cfg.input.path))
+    if not fs.exists(root):
+        raise LatentError(f"input.path={cfg.input.path}: no such file or directory")
+    files = _list_files(fs, root)
+    base = posixpath.dirname(root) if fs.isfile(root) else root
+    fmt = cfg.input.format
+    if fmt == InputFormat.auto:
+        fmt = next((f for ext, f in TABLE_EXTENSIONS.items() if any(p.lower().endswith(ext) for p in files)), None)
+    if fmt not in TABLE_EXTENSIONS.values():
+        raise LatentError(f"input.path={cfg.input.path}: no .parquet, .csv or .jsonl files (input.format={fmt})")
+    ext = next(e for e, f in TABLE_EXTENSIONS.items() if f == fmt)
+    paths = [posixpath.join(base, f) for f in files if f.lower().endswith(ext)]
+    if not paths:
+        raise LatentError(f"input.path={cfg.input.path}: no {ext} files")
+    schema = _table_schema(fs, paths[0], fmt)
+    kind, column = _choose_column(schema, cfg.input.kind, cfg.input.column)
+    id_column = cfg.input.id_column or next((c for c in ID_COLUMN_GUESSES if c in schema.names), None)
+    if id_column is not None and id_column not in schema.names:
+        raise LatentError(f"input.id_column={id_column}: no such column (columns: {', '.join(schema.names)})")
+    units: list[dict[str, Any]] = []
+    total: int | None = 0
+    for path in paths:
+        if fmt == InputFormat.parquet:
+            with fs.open(path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+            offset = 0
+            for group in range(meta.num_row_groups):
+                units.append({"kind": "parquet", "path": path, "row_group": group, "offset": offset})
+                offset += meta.row_group(group).num_rows
+            total = (total or 0) + offset
+        else:
+            units.append({"kind": fmt.value, "path": path, "offset": 0})
+            total = None
+    for unit in units:
+        unit.update(root=base, column=column, id_column=id_column, query_kind=kind)
+    return QueryTable(base, fmt, kind, column, id_column, units, total)
+
+
+def _unit_batches(unit: dict, rows: int) -> Iterator[pa.RecordBatch]:
+    fs, path = filesystem(unit["path"])
+    columns = [c for c in (unit["column"], unit["id_column"]) if c]
+    with fs.open(path, "rb") as f:
+        if unit["kind"] == "parquet":
+            yield from pq.ParquetFile(f).iter_batches(row_groups=[unit["row_group"]], batch_size=rows, columns=columns)
+            return
+        reader = pcsv.open_csv(f) if unit["kind"] == "csv" else pjson.open_json(f)
+        for batch in reader:
+            yield batch.select(columns)
+
+
+def _records(batch: pa.RecordBatch, unit: dict, offset: int) -> pa.Table:
+    """Read-task output: query_id, query (vector list, image bytes or text) and error (null when usable)."""
+    n = batch.num_rows
+    if unit["id_column"]:
+        ids = pc.cast(batch.column(unit["id_column"]), pa.string())
+    else:
+        rel = posixpath.relpath(unit["path"], unit["root"])
+        ids = pa.array([f"{rel}:{offset + i}" for i in range(n)], pa.string())
+    column = batch.column(unit["column"])
+    kind = unit["query_kind"]
+    if kind == "image":
+        source = pa.nulls(n, pa.string())
+        query, error, _ = _table_images(pa.chunked_array([column]), unit, source)
+    elif kind == "text":
+        query = pc.cast(column, pa.string())
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(query), ""), True)
+        error = pc.if_else(blank, pa.scalar("empty text", pa.string()), pa.nulls(n, pa.string()))
+    else:
+        query = pc.cast(column, pa.list_(pa.float32())) if not pa.types.is_fixed_size_list(column.type) else column
+        error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
+    return pa.table({"query_id": ids, "query": query, "error": error})
+
+
+def read_queries(units: pa.Table, rows: int) -> Iterator[pa.Table]:
+    """Stage 1 (CPU task): stream the rows of read units as query records, ``rows`` at a time."""
+    for unit in units.column("unit").to_pylist():
+        unit = json.loads(unit)
+        offset = unit["offset"]
+        for batch in _unit_batches(unit, rows):
+            yield _records(batch, unit, offset)
+            offset += batch.num_rows
+
+
+# -- the searcher actor ---------------------------------------------------------------------------------
+
+
+def neighbours_to_arrow(ids: np.ndarray, scores: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
+    """(n, k) ids/scores with None/NaN for missing hits -> list columns holding the hits only."""
+    valid = ids != None  # noqa: E711  (element-wise on an object array)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
+    neighbor_ids = pa.ListArray.from_arrays(offsets, pa.array(ids[valid].tolist(), pa.string()))
+    hit_scores = pa.ListArray.from_arrays(offsets, pa.array(scores[valid].astype(np.float32), pa.float32()))
+    return neighbor_ids, hit_scores
+
+
+class KnnBatches:
+    """Ray Data actor: query records in, neighbour rows (and error rows) out. Opens the index once."""
+
+    def __init__(self, index_path: str, spec: ModelSpec | None, k: int, kind: str, threads: int | None) -> None:
+        if threads:
+            import faiss
+            import torch
+
+            faiss.omp_set_num_threads(threads)
+            torch.set_num_threads(threads)
+        self.searcher = Searcher.open(index_path, query_model=spec)
+        self.k, self.kind = k, kind
+
+    def _queries(self, batch: pa.Table, ok: np.ndarray, errors: list[str | None]) -> dict[str, Any]:
+        column = batch.column("query")
+        if self.kind == "vector":
+            vectors = np.zeros((batch.num_rows, self.searcher.dim), np.float32)
+            good = column.filter(pa.array(ok))
+            if len(good):
+                found = arrow_to_vectors(good)
+                if found.shape[1] != self.searcher.dim:
+                    raise LatentError(f"query vectors are {found.shape[1]}-d, the index holds {self.searcher.dim}-d")
+                vectors[ok] = found
+            norms = np.linalg.norm(vectors, axis=1)
+            for i in np.flatnonzero(ok & ~(np.isfinite(norms) & (norms > 0))):
+                ok[i], errors[i] = False, "zero, NaN or infinite vector"
+            return {"vectors": vectors[ok]}
+        values = column.to_pylist()
+        if self.kind == "text":
+            return {"texts": [values[i] for i in np.flatnonzero(ok)]}
+        images = []
+        for i in np.flatnonzero(ok):
+            try:
+                images.append(decode_query_image(values[i]))
+            except QueryError as err:
+                ok[i], errors[i] = False, str(err).replace("images[0]", "image")
+        return {"images": images}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        errors = batch.column("error").to_pylist()
+        ok = np.array([e is None for e in errors], dtype=bool)
+        query = self._queries(batch, ok, errors)
+        n = batch.num_rows
+        ids = np.full((n, self.k), None, dtype=object)
+        scores = np.full((n, self.k), np.nan, dtype=np.float32)
+        if ok.any():
+            result = self.searcher.search(**query, k=self.k, with_items=False)
+            ids[ok], scores[ok] = result.ids, result.scores
+        neighbor_ids, hit_scores = neighbours_to_arrow(ids, scores)
+        return pa.table(
+            {
+                "query_id": batch.column("query_id"),
+                "neighbor_ids": neighbor_ids,
+                "scores": hit_scores,
+                "error": pa.array(errors, pa.string()),
+            }
+        )
+
+
+def write_neighbours(batch: pa.Table, output: str) -> pa.Table:
+    """Stage 3 (task): commit answered queries as a neighbours shard, failed ones as an error file."""
+    ok = pc.is_null(batch.column("error"))
+    good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
+    if good.num_rows:
+        commit_table(good.select(NEIGHBORS_SCHEMA.names).cast(NEIGHBORS_SCHEMA), posixpath.join(output, NEIGHBORS_DIR))
+    if bad.num_rows:
+        commit_table(bad.select(KNN_ERRORS_SCHEMA.names).cast(KNN_ERRORS_SCHEMA), posixpath.join(output, ERRORS_DIR))
+    return pa.table({"rows": [good.num_rows], "errors": [bad.num_rows]})
+
+
+@dataclass
+class SearcherResources:
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    threads: int | None
+
+
+def searcher_resources(cfg: KnnCommandConfig, device: str) -> SearcherResources:
+    res = cfg.resources
+    if device == "cuda":
+        actors = res.actors or max(1, int(cluster_gpus() // res.gpus_per_actor))
+        return SearcherResources(actors, res.gpus_per_actor, res.cpus_per_actor or 1.0, None)
+    actors = res.actors or 1
+    # As embed's encoder: reserve one CPU but let FAISS/torch use the node's cores (read tasks are short).
+    threads = int(res.cpus_per_actor) if res.cpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
+    return SearcherResources(actors, 0.0, res.cpus_per_actor or 1.0, threads)
+
+
+def build_knn_plan(queries: QueryTable, spec: ModelSpec | None, resources: SearcherResources, cfg: KnnCommandConfig):
+    """The Ray Data plan of the knn job: read tasks -> searcher actors -> write tasks."""
+    import ray
+
+    units = ray.data.from_items(
+        [{"unit": json.dumps(u)} for u in queries.units], override_num_blocks=max(1, len(queries.units))
+    )
+    records = units.map_batches(
+        partial(read_queries, rows=cfg.batch_size),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cfg.resources.cpus_per_reader,
+        # Declared so that Ray Data keeps reading in its own tasks: it fuses a task stage into the next
+        # actor stage when their resources are equal (ray#54433), which would serialise read and search.
+        memory=READER_MEMORY,
+    )
+    answered = records.map_batches(
+        KnnBatches,
+        fn_constructor_kwargs={
+            "index_path": os.path.abspath(cfg.index.path),
+            "spec": spec,
+            "k": cfg.k,
+            "kind": queries.kind,
+            "threads": resources.threads,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+        num_gpus=resources.gpus_per_actor or None,
+        num_cpus=resources.cpus_per_actor,
+    )
+    return answered.map_batches(
+        partial(write_neighbours, output=cfg.output.path),
+        batch_size=cfg.output.rows_per_shard,
+        batch_format="pyarrow",
+        num_cpus=0,  # I/O: a commit must never wait behind read tasks for a CPU
+    )
+
+
+# -- near-duplicate groups ---------------------------------------------------------------------------
+
+
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Connected components of the graph with edges (a[i], b[i]) on n nodes: each node's smallest node."""
+    labels = np.arange(n)
+    while True:
+        low = np.minimum(labels[a], labels[b])
+        before = labels.copy()
+        np.minimum.at(labels, a, low)
+        np.minimum.at(labels, b, low)
+        labels = labels[labels]  # pointer jumping: follow to the root in O(log) rounds
+        if np.array_equal(labels, before):
+            return labels
+
+
+def near_duplicate_groups(neighbors: str, threshold: float) -> pa.Table:
+    """Groups of ids linked by neighbour pairs scoring >= ``threshold`` (GROUPS_SCHEMA), read shard by shard.
+
+    Only the pairs are held in memory. Groups are ordered by their smallest member id; members sorted."""
+    from pipeline.io.shards import list_shards
+
+    left, right = [], []
+    for path in list_shards(neighbors):
+        fs, local = filesystem(path)
+        with fs.open(local, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(columns=NEIGHBORS_SCHEMA.names):
+                flat_ids = pc.list_flatten(batch.column("neighbor_ids"))
+                flat_scores = pc.list_flatten(batch.column("scores"))
+                queries = batch.column("query_id").take(pc.list_parent_indices(batch.column("neighbor_ids")))
+                keep = pc.and_(pc.greater_equal(flat_scores, threshold), pc.not_equal(flat_ids, queries))
+                left.append(queries.filter(keep))
+                right.append(flat_ids.filter(keep))
+    a = pa.chunked_array(left, pa.string()).combine_chunks() if left else pa.array([], pa.string())
+    b = pa.chunked_array(right, pa.string()).combine_chunks() if right else pa.array([], pa.string())
+    if len(a) == 0:
+        return GROUPS_SCHEMA.empty_table()
+    nodes = pc.unique(pa.concat_arrays([a, b])).sort()  # sorted: a component's smallest node is its smallest id
+    ia = pc.index_in(a, value_set=nodes).to_numpy()
+    ib = pc.index_in(b, value_set=nodes).to_numpy()
+    roots = _components(ia, ib, len(nodes))
+    order = np.argsort(roots, kind="stable")  # by root, then by node: members come out sorted
+    _, starts, sizes = np.unique(roots[order], return_index=True, return_counts=True)
+    offsets = pa.array(np.concatenate([starts, [len(order)]]).astype(np.int32))
+    members = pa.ListArray.from_arrays(offsets, nodes.take(pa.array(order)))
+    return pa.table(
+        {"group_id": np.arange(len(sizes), dtype=np.int64), "size": sizes.astype(np.int64), "member_ids": members},
+        schema=GROUPS_SCHEMA,
+    )
+
+
+# -- the job -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KnnSummary:
+    output: str
+    queries: int  # queries answered (rows in neighbors/)
+    errors: int  # queries that could not be answered (rows in _errors/)
+    k: int
+    kind: str
+    wall_seconds: float
+    queries_per_second: float
+    groups: int | None = None  # near-duplicate groups (with threshold)
+    duplicates: int | None = None  # ids in those groups beyond one per group: what dedup would drop
+    threshold: float | None = None
+    already_complete: bool = False
+
+    def render(self) -> str:
+        if self.already_complete:
+            return f"latent knn: {self.output} is already complete ({self.queries:,} queries); nothing to do"
+        lines = [
+            f"latent knn: done in {self.wall_seconds:.1f} s",
+            f"  queries      {self.queries:,} {self.kind} queries, k={self.k}"
+            + (f"; {self.errors:,} failed, listed in {self.output}/{ERRORS_DIR}" if self.errors else ""),
+            f"  throughput   {self.queries_per_second:,.1f} queries/s",
+            f"  neighbours   {self.output}/{NEIGHBORS_DIR}",
+        ]
+        if self.groups is not None:
+            lines.append(
+                f"  dedup        {self.groups:,} groups of near-duplicates (cosine >= {self.threshold}), "
+                f"{self.duplicates:,} redundant items: {self.output}/{GROUPS_DIR}"
+            )
+        return "\n".join(lines)
+
+
+def _check_config(cfg: KnnCommandConfig, directory: IndexDirectory) -> None:
+    if cfg.k <= 0:
+        raise LatentError(f"k={cfg.k}: must be a positive integer")
+    if cfg.batch_size <= 0:
+        raise LatentError(f"batch_size={cfg.batch_size}: must be a positive integer")
+    if cfg.threshold is not None:
+        if not -1.0 <= cfg.threshold <= 1.0:
+            raise LatentError(f"threshold={cfg.threshold}: a cosine similarity, in [-1, 1]")
+        if directory.info.metric != "ip" or not directory.info.normalized:
+            raise LatentError(
+                f"threshold= is a cosine similarity, but the index at {cfg.index.path} is not a cosine index "
+                f"(metric {directory.info.metric}, normalized {directory.info.normalized})"
+            )
+
+
+def _prepare_output(output: str) -> tuple[Any, str]:
+    """The output's filesystem and root, emptied of an unfinished earlier run (knn reruns from the start)."""
+    fs, root = filesystem(output)
+    for name in (NEIGHBORS_DIR, GROUPS_DIR, ERRORS_DIR, TMP_DIR):
+        path = posixpath.join(root, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs.makedirs(posixpath.join(root, NEIGHBORS_DIR), exist_ok=True)
+    return fs, root
+
+
+def _progress(total: int | None, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="queries", desc="knn", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
+    """Search ``cfg.index.path`` for every query of ``cfg.input.path``; write neighbours (and groups)."""
+    started = time.perf_counter()
+    directory = IndexDirectory.open(cfg.index.path)
+    _check_config(cfg, directory)
+    fs, root = filesystem(cfg.output.path)
+    state = posixpath.join(root, STATE_DIR)
+    if fs.exists(posixpath.join(root, SUCCESS_MARKER)):
+        recorded = json.loads(fs.cat_file(posixpath.join(state, "summary.json")))
+        summary = KnnSummary(**{**recorded, "already_complete": True})
+        print(summary.render())
+        return summary
+    queries = list_queries(cfg)
+    init_ray(cfg.ray)
+    spec, device = None, "cpu"
+    if queries.kind != "vector":  # checked once here: a mismatched model fails before any actor starts
+        device = resolve_device(cfg.model.device, cluster_gpus())
+        model = replace(
+            cfg.model, device=Device(device), precision=Precision(resolve_precision(cfg.model.precision, device))
+        )
+        spec = resolve_query_model(directory.info, model, gpus=cluster_gpus())
+    fs, root = _prepare_output(cfg.output.path)
+    record = RunRecord.start(state, cfg)
+    plan = build_knn_plan(queries, spec, searcher_resources(cfg, device), cfg)
+    rows = errors = 0
+    with _progress(queries.total_rows, cfg.progress) as bar:
+        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
+            rows, errors = rows + new_rows, errors + new_errors
+            bar.update(new_rows + new_errors)
+            bar.set_postfix(errors=errors, refresh=False)
+    wall = time.perf_counter() - started
+    summary = KnnSummary(
+        output=cfg.output.path,
+        queries=rows,
+        errors=errors,
+        k=cfg.k,
+        kind=queries.kind,
+        wall_seconds=round(wall, 3),
+        queries_per_second=round((rows + errors) / wall, 2) if wall else 0.0,
+    )
+    if cfg.threshold is not None:
+        groups = near_duplicate_groups(posixpath.join(root, NEIGHBORS_DIR), cfg.threshold)
+        fs.makedirs(posixpath.join(root, GROUPS_DIR), exist_ok=True)
+        for start in range(0, groups.num_rows, cfg.output.rows_per_shard):
+            commit_table(groups.slice(start, cfg.output.rows_per_shard), posixpath.join(root, GROUPS_DIR))
+        summary.groups = groups.num_rows
+        summary.duplicates = int(pc.sum(groups.column("size")).as_py() or 0) - groups.num_rows
+        summary.threshold = cfg.threshold
+        summary.wall_seconds = round(time.perf_counter() - started, 3)
+    fs.pipe_file(posixpath.join(state, "summary.json"), json.dumps(asdict(summary), indent=2).encode())
+    record.finish(asdict(summary))
+    fs.pipe_file(posixpath.join(root, SUCCESS_MARKER), b"")
+    print(summary.render())
+    return summary

@@ -1,0 +1,374 @@
+"""Searcher: the Python API of search. An index directory plus, on demand, the model that built it.
+
+``Searcher.open(INDEX)`` memory-maps the index directory (docs/index-directory.md). The first text or
+image query builds the query encoder from the model fingerprint in index.json (``embedding.model``),
+after checking that the weights and the model's dimension match it. Many queries in one ``search``
+call cost one encoder batch and one FAISS search.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.config import Device, Precision, SearchModelConfig
+from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, resolve_model
+from pipeline.errors import LatentError
+from pipeline.index.store import IndexDirectory, IndexInfo
+
+MAX_QUERY_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit, as embed's max_image_pixels default
+_MISSING_SCORE = np.float32(np.nan)
+
+
+class QueryError(LatentError):
+    """A query the searcher cannot answer: wrong vector dimension, empty text, bytes that are not an image, k <= 0."""
+
+
+@dataclass
+class SearchResult:
+    """``n`` queries' ``k`` best hits, best first (highest inner product; lowest distance under metric l2)."""
+
+    scores: np.ndarray  # (n, k) float32; NaN where the index has fewer than k hits
+    ids: np.ndarray  # (n, k) object array of str; None where there is no hit
+    items: list[list[dict[str, Any]]]  # per query, per hit: the metadata row (id, source, text, …) + "score"
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def default_model_config() -> SearchModelConfig:
+    """The index's own weights on the best device here (conf/search.yaml's ``model`` defaults)."""
+    return SearchModelConfig(pretrained=None, device=Device.auto, precision=Precision.auto)
+
+
+class Searcher:
+    """Nearest items of an index directory to vectors, texts or images.
+
+    Not thread-safe: the query encoder reuses buffers between calls. Use one Searcher per thread, or
+    call it from one thread (the serve app calls it from a single worker thread). FAISS searches of the
+    memory-mapped index are shared by all the processes that open it.
+    """
+
+    def __init__(
+        self, directory: IndexDirectory, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+    ) -> None:
+        self.directory = directory
+        self.model_config = model or default_model_config()
+        self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
+        self._encoder = None
+        self._encoder_lock = threading.Lock()
+        self._direct_map_tried = False
+        # items.arrow's record batches, memory-mapped (zero-copy): a search takes its hits from them directly
+        self._batches = list(directory.item_batches())
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+    ) -> Searcher:
+        """Open the index directory at ``path`` (memory-mapped); the encoder is built on first use.
+
+        ``query_model``: the encoder's ModelSpec as ``resolve_query_model`` returned it elsewhere (Ray actors
+        get it from the driver, which checked it once); by default it is resolved here from ``model``."""
+        return cls(IndexDirectory.open(path), model, query_model)
+
+    # --- what the index is ---------------------------------------------------------------------
+
+    @property
+    def info(self) -> IndexInfo:
+        return self.directory.info
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def ntotal(self) -> int:
+        return self.info.ntotal
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The model fingerprint the index's vectors came from (None: vectors from elsewhere, e.g. .npy)."""
+        embedding = self.info.embedding
+        return embedding.model if embedding is not None else None
+
+    @property
+    def encoder(self):
+        """The query encoder (a ClipEncoder), built on first use from the index's model fingerprint."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                from pipeline.encode.encoder import ClipEncoder
+
+                spec = self.query_model or resolve_query_model(self.info, self.model_config)
+                self._encoder = ClipEncoder(spec)
+            return self._encoder
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> n x dim float32 unit vectors, with the index's model."""
+        texts = _check_texts(texts)
+        return self.encoder.encode_texts(texts)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Images (paths, encoded bytes or PIL images) -> n x dim float32 unit vectors, with the index's model."""
+        decoded = _decode_images(images)
+        return self.encoder.encode_images(decoded)
+
+    def search(
+        self,
+        *,
+        vectors: Any = None,
+        texts: Sequence[str] | None = None,
+        images: Sequence[Any] | None = None,
+        k: int = 10,
+        with_items: bool = True,
+    ) -> SearchResult:
+        """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``.
+
+        ``with_items=False`` skips reading the hits' metadata rows (``items`` is then a list of empty lists)."""
+        given = [
+            name for name, value in (("vectors", vectors), ("texts", texts), ("images", images)) if value is not None
+        ]
+        if len(given) != 1:
+            raise QueryError(f"give exactly one of vectors, texts or images (got {', '.join(given) or 'none'})")
+        k = _check_k(k)
+        if vectors is not None:
+            queries = self._check_vectors(vectors)
+        elif texts is not None:
+            queries = self.encode_texts(texts)
+        else:
+            queries = self.encode_images(images)
+        return self.search_vectors(queries, k, with_items)
+
+    def search_vectors(self, queries: np.ndarray, k: int, with_items: bool = True) -> SearchResult:
+        """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``."""
+        n = len(queries)
+        found = min(k, self.ntotal)  # FAISS would pad past ntotal anyway; don't make it allocate the padding
+        scores = np.full((n, k), _MISSING_SCORE, dtype=np.float32)
+        labels = np.full((n, k), -1, dtype=np.int64)
+        if n and found:
+            distances, hits = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), found)
+            scores[:, :found], labels[:, :found] = distances, hits
+        scores[labels < 0] = _MISSING_SCORE
+        if not with_items:
+            ids = np.empty(labels.size, dtype=object)
+            ids[:] = self._rows(labels, ["id"]).column("id").to_pylist()
+            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)])
+        table = self._rows(labels)  # one pass over items.arrow for all n x k hits
+        names = [*table.column_names, "score"]
+        columns = [table.column(name).to_pylist() for name in table.column_names]  # column-wise: 2x faster
+        rows = [dict(zip(names, values)) for values in zip(*columns, scores.reshape(-1).tolist())]
+        hit = (labels >= 0).reshape(-1)
+        ids = np.empty(labels.size, dtype=object)
+        ids[:] = [row["id"] if ok else None for row, ok in zip(rows, hit)]
+        items = [[rows[p] for p in range(q * k, (q + 1) * k) if hit[p]] for q in range(n)]
+        return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items)
+
+    def _rows(self, labels: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Metadata rows of FAISS ``labels`` (flattened, in order; null rows for -1): IndexDirectory.items
+        without its per-call batch lookups, one ``take`` per record batch touched."""
+        labels = labels.reshape(-1)
+        valid = labels >= 0
+        where = np.flatnonzero(valid)
+        order = np.argsort(labels[where], kind="stable")
+        wanted = labels[where][order]
+        rows = self.info.items_batch_rows
+        batch_of, row_in = wanted // rows, wanted % rows
+        bounds = [0, *(np.flatnonzero(np.diff(batch_of)) + 1).tolist(), len(wanted)]
+        schema = self.directory.item_schema
+        parts = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end > start:
+                batch = self._batches[int(batch_of[start])]
+                parts.append((batch if columns is None else batch.select(columns)).take(row_in[start:end]))
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        table = pa.Table.from_batches(parts, schema=schema)
+        position = np.zeros(len(labels), dtype=np.int64)
+        position[where[order]] = np.arange(len(order))  # row j of ``table`` answers position where[order[j]]
+        return table.take(pa.array(position, mask=~valid))
+
+    def _check_vectors(self, vectors: Any) -> np.ndarray:
+        try:
+            queries = np.array(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise QueryError(f"vectors: not an array of numbers ({err})") from err
+        if queries.ndim == 1:
+            queries = queries.reshape(1, -1)
+        if queries.ndim != 2 or queries.shape[1] != self.dim or queries.shape[0] == 0:
+            raise QueryError(f"vectors: expected n x {self.dim} (n >= 1, dim of the index), got shape {queries.shape}")
+        if not np.isfinite(queries).all():
+            raise QueryError("vectors: NaN or infinite values")
+        if self.info.normalized:
+            norms = np.linalg.norm(queries, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise QueryError("vectors: a zero vector has no direction (the index is searched by cosine)")
+            queries /= norms
+        return queries
+
+    # --- items ---------------------------------------------------------------------------------
+
+    def item(self, id: str) -> dict[str, Any] | None:
+        """The metadata row of the item ``id`` (None if the index does not hold it)."""
+        label = self.directory.label_of(id)
+        return None if label is None else self.directory.items([label]).to_pylist()[0]
+
+    def vector(self, id: str) -> np.ndarray | None:
+        """The stored vector of ``id`` when FAISS can reconstruct it (exact for flat codes, approximate for
+        PQ), for "search by this result"; None when the id is unknown or the index cannot reconstruct."""
+        label = self.directory.label_of(id)
+        if label is None:
+            return None
+        index = self.directory.index
+        try:
+            return index.reconstruct(int(label)).astype(np.float32)
+        except RuntimeError:
+            pass
+        with self._encoder_lock:  # IVF indexes reconstruct only with a direct map (label -> list), built once
+            if self._direct_map_tried:
+                return None
+            self._direct_map_tried = True
+            try:
+                faiss.extract_index_ivf(index).make_direct_map()
+            except (RuntimeError, AttributeError):
+                return None
+        try:
+            return index.reconstruct(int(label)).astype(np.float32)
+        except RuntimeError:
+            return None
+
+
+# --- checks and decoding ----------------------------------------------------------------------------
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise QueryError(f"k={k!r}: must be a positive integer")
+    return int(k)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise QueryError("texts: no query (an empty list)")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise QueryError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise QueryError(f"texts[{i}]: empty text")
+    return texts
+
+
+def decode_query_image(image: Any, i: int = 0) -> Image.Image:
+    """A query image (path, encoded bytes or PIL image) as a PIL image; QueryError names ``images[i]``."""
+    from pipeline.encode.preprocess import BadImage, decode_image
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        where = f"images[{i}] ({len(data)} bytes)"
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise QueryError(f"images[{i}]: no such file: {path}")
+        data = path.read_bytes()
+        where = f"images[{i}] ({path})"
+    else:
+        raise QueryError(f"images[{i}]: expected a path, bytes or a PIL image, got {type(image).__name__}")
+    try:
+        return decode_image(data, MAX_QUERY_IMAGE_PIXELS)
+    except BadImage as err:
+        raise QueryError(f"{where}: not a usable image: {err}") from err
+
+
+def _decode_images(images: Sequence[Any]) -> list[Image.Image]:
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise QueryError("images: no query (an empty list)")
+    return [decode_query_image(image, i) for i, image in enumerate(images)]
+
+
+# --- the query encoder ------------------------------------------------------------------------------
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | None = None) -> ModelSpec:
+    """The ModelSpec of the model that made the index's vectors, checked against its fingerprint.
+
+    ``gpus``: the GPUs the encoder may use (default: those this process sees), for ``cfg.device=auto``."""
+    import open_clip
+
+    from pipeline.runtime import resolve_device, resolve_precision
+
+    fingerprint = info.embedding.model if info.embedding is not None else None
+    if not fingerprint:
+        raise QueryError(
+            "this index has no model fingerprint (its vectors were not made by `latent embed`, e.g. .npy "
+            "inputs): it answers vector queries only"
+        )
+    name = fingerprint.get("name")
+    if name not in open_clip.list_models():
+        raise QueryError(
+            f"the index's vectors come from model '{name}', which is not an open_clip model known here: "
+            f"it answers vector queries only"
+        )
+    recorded, sha = fingerprint.get("pretrained"), fingerprint.get("checkpoint_sha256")
+    tag = recorded if recorded in open_clip.list_pretrained_tags_by_model(name) else None
+    if cfg.pretrained:
+        weights = cfg.pretrained
+    elif sha is None:
+        weights = None  # random weights, seeded: every process builds the same model
+    elif tag is not None:
+        weights = tag
+    else:
+        raise LatentError(
+            f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}): "
+            f"point at that file with model.pretrained=/path/to/{recorded}"
+        )
+    device = resolve_device(cfg.device, _gpus() if gpus is None else gpus)
+    spec = resolve_model(name, weights, device, resolve_precision(cfg.precision, device))
+    if spec.checkpoint_sha256 != sha:
+        got = f"sha256 {spec.checkpoint_sha256}" if spec.checkpoint_sha256 else "random weights"
+        want = f"sha256 {sha}" if sha else "random weights"
+        raise LatentError(
+            f"model.pretrained={weights}: these weights ({got}) are not the ones the index was built with "
+            f"({want}, '{recorded}')"
+        )
+    if tag is not None:  # a tag's own settings hold even when its weights come from a local file
+        tag_cfg = open_clip.get_pretrained_cfg(name, tag)
+        overrides = {key: tag_cfg[key] for key in _PREPROCESS_KEYS if tag_cfg.get(key) is not None}
+        spec = dataclasses.replace(
+            spec, quick_gelu=bool(tag_cfg.get("quick_gelu", False)), preprocess_overrides=overrides
+        )
+    described = describe_model(spec).fingerprint
+    problems = [
+        f"{key}: {described.get(key)} != {fingerprint.get(key)}"
+        for key in ("dim", "quick_gelu", "preprocess", "context_length")
+        if key in fingerprint and described.get(key) != fingerprint.get(key)
+    ]
+    if described["dim"] != info.dim:
+        problems.append(f"dim: the model makes {described['dim']}-d vectors, the index holds {info.dim}-d")
+    if problems:
+        raise LatentError(f"model {name} does not match the index's model fingerprint: {'; '.join(problems)}")
+    return spec

@@ -1,0 +1,82 @@
+"""The HTTP API's request and response bodies (docs/http-api.md); FastAPI derives /openapi.json from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+API_VERSION = "1"
+
+
+class SearchQuery(BaseModel):
+    """Exactly one of ``text``, ``image``, ``vector`` or ``id``; ``k`` hits at most."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    text: str | None = Field(None, description="search by a text (needs an index built by `latent embed`)")
+    image: str | None = Field(
+        None, description="search by an image: its encoded bytes (JPEG, PNG, …) in base64, or a data: URL"
+    )
+    vector: list[float] | None = Field(None, description="search by a vector of the index's dimension")
+    id: str | None = Field(None, description="search by the stored vector of an indexed item")
+    k: int = Field(10, ge=1, description="number of hits, at most the server's max_k")
+
+
+def search_query_model(max_k: int, default_k: int, dim: int) -> type[SearchQuery]:
+    """SearchQuery with this server's bounds, so that /openapi.json states them."""
+    return create_model(
+        "SearchRequest",
+        __base__=SearchQuery,
+        __doc__=SearchQuery.__doc__,
+        vector=(
+            list[float] | None,
+            Field(None, min_length=dim, max_length=dim, description=f"search by a {dim}-d vector"),
+        ),
+        k=(int, Field(default_k, ge=1, le=max_k, description=f"number of hits, 1..{max_k}")),
+    )
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity (metric ip on unit vectors) or squared L2 distance")
+    rank: int = Field(description="1 for the best hit")
+    metadata: dict[str, Any] = Field(description="the item's row of items.arrow: source, text, passed-through columns")
+    thumbnail: str = Field(description="URL of the item's thumbnail (404 when it has no readable image)")
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="the kind of query: text, image, vector or id")
+    k: int
+    hits: list[Hit]
+    took_ms: float = Field(description="server time for the request, in milliseconds")
+
+
+class Item(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+    thumbnail: str
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok"')
+    api_version: str = Field(description="this API's version; it changes when a field changes meaning or disappears")
+    latent_version: str
+    ntotal: int = Field(description="items in the index")
+    dim: int
+    metric: str
+    factory: str
+    model: str | None = Field(description="the open_clip model of the index's vectors (null: vectors only)")
+    queries: list[str] = Field(description="the query kinds this server answers")
+    text_queries_unavailable: str | None = Field(
+        None, description="why text and image queries are refused, when they are"
+    )
+    max_k: int
+    default_k: int
+    max_body_bytes: int
+    batches: dict[str, int] = Field(description="micro-batches run since start, per query kind")
+    batched_queries: dict[str, int] = Field(description="queries answered since start, per query kind")
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong with the request")

@@ -1,0 +1,73 @@
+"""`latent serve index.path=DIR`: the HTTP API and the web page on uvicorn, bound to loopback by default."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+
+from pipeline.config import ServeConfig
+from pipeline.errors import LatentError
+
+log = logging.getLogger(__name__)
+
+
+def _check(cfg: ServeConfig) -> None:
+    if not 0 <= cfg.port <= 65535:
+        raise LatentError(f"port={cfg.port}: must be in 0..65535")
+    for key in ("max_k", "default_k", "max_batch", "max_body_bytes", "thumbnail_size"):
+        if getattr(cfg, key) <= 0:
+            raise LatentError(f"{key}={getattr(cfg, key)}: must be positive")
+    if cfg.default_k > cfg.max_k:
+        raise LatentError(f"default_k={cfg.default_k} is above max_k={cfg.max_k}")
+    if cfg.batch_wait_ms < 0:
+        raise LatentError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), or a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted connections only for such sockets, and
+    # without it Nagle's algorithm holds a response's body behind its headers until the client's delayed ACK
+    # (40 ms on Linux, per request on a keep-alive connection)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise LatentError(f"cannot listen on {host}:{port}: {err.strerror} (set host=/port=)") from err
+    sock.listen(2048)
+    return sock
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    """Open the index, build the app, serve until interrupted."""
+    import uvicorn
+
+    import pipeline.index  # noqa: F401  (first: it sets OMP_WAIT_POLICY=PASSIVE before FAISS loads OpenMP)
+    from pipeline.search import Searcher
+    from pipeline.serve.app import create_app
+
+    _check(cfg)
+    searcher = Searcher.open(cfg.index.path, cfg.model)
+    app = create_app(searcher, cfg)
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    if not _is_loopback(cfg.host):
+        log.warning("listening on %s: reachable from other machines (the API has no authentication)", cfg.host)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"latent serve: {cfg.index.path} ({searcher.ntotal:,} items, {searcher.dim}-d) on http://{shown}:{port}/")
+    server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, access_log=cfg.access_log))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully, then re-raises the signal
+        server.run(sockets=[sock])
+    print("latent serve: stopped")

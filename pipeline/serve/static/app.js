@@ -1,0 +1,232 @@
+// latent's search page: talks to the HTTP API of the same server (docs/http-api.md). No dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("search-form");
+const input = $("query");
+const fileInput = $("file");
+const kSelect = $("k");
+const statusLine = $("status");
+const results = $("results");
+const chip = $("query-chip");
+const chipImage = $("query-chip-image");
+const chipLabel = $("query-chip-label");
+const drop = $("drop");
+
+let pending = null;      // the query of the search box when it is not text: {image} or {id}
+let sequence = 0;        // answers to older requests are dropped
+let textQueries = true;  // false when the server answers vector and id queries only
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function errorText(body, status) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+  return detail || `HTTP ${status}`;
+}
+
+function showChip(imageUrl, label) {
+  chipImage.src = imageUrl || "";
+  chipImage.hidden = !imageUrl;
+  chipLabel.textContent = label;
+  chip.hidden = false;
+  input.value = "";
+  input.placeholder = "";
+}
+
+function clearChip() {
+  pending = null;
+  chip.hidden = true;
+  chipImage.removeAttribute("src");
+  input.placeholder = textQueries ? "Search by text, or drop an image here" : "Text and image queries are off on this server";
+}
+
+async function search(query, description) {
+  const mine = ++sequence;
+  const k = Number(kSelect.value);
+  setStatus("Searching…");
+  form.classList.add("busy");
+  let response, body;
+  try {
+    response = await fetch("search", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ ...query, k }),
+    });
+    body = await response.json().catch(() => null);
+  } catch (err) {
+    if (mine === sequence) setStatus(`Cannot reach the server: ${err}`, true);
+    return;
+  } finally {
+    if (mine === sequence) form.classList.remove("busy");
+  }
+  if (mine !== sequence) return;
+  if (!response.ok) {
+    setStatus(errorText(body, response.status), true);
+    return;
+  }
+  render(body.hits);
+  const n = body.hits.length;
+  setStatus(`${n} result${n === 1 ? "" : "s"} ${description} · ${body.took_ms.toFixed(1)} ms`);
+}
+
+function caption(hit) {
+  const text = hit.metadata && hit.metadata.text;
+  return text && text.trim() ? text : hit.id;
+}
+
+function render(hits) {
+  results.replaceChildren();
+  for (const hit of hits) {
+    const li = document.createElement("li");
+    li.className = "card";
+    li.dataset.id = hit.id;
+
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = `Search for items like ${hit.id}`;
+    button.addEventListener("click", () => searchById(hit));
+
+    const frame = document.createElement("div");
+    frame.className = "thumb";
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = caption(hit);
+    img.src = hit.thumbnail;
+    img.addEventListener("error", () => {
+      frame.classList.add("missing");
+      img.remove();
+    });
+    frame.append(img);
+
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3);
+    score.title = "score";
+    frame.append(score);
+
+    const text = document.createElement("p");
+    text.className = "caption";
+    text.textContent = caption(hit);
+    const id = document.createElement("p");
+    id.className = "id";
+    id.textContent = hit.id;
+
+    button.append(frame, text, id);
+    li.append(button);
+    results.append(li);
+  }
+}
+
+function searchById(hit) {
+  pending = { id: hit.id };
+  showChip(hit.thumbnail, `Like: ${caption(hit)}`);
+  history.replaceState(null, "", `?id=${encodeURIComponent(hit.id)}`);
+  window.scrollTo({ top: 0, behavior: "smooth" });
+  search(pending, `like “${caption(hit)}”`);
+}
+
+function searchByImage(file) {
+  if (!file || !file.type.startsWith("image/")) {
+    setStatus("That is not an image file.", true);
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    pending = { image: reader.result };  // a data: URL; the server accepts it as it is
+    showChip(reader.result, file.name || "pasted image");
+    history.replaceState(null, "", "./");
+    search(pending, `like ${file.name || "the image"}`);
+  };
+  reader.onerror = () => setStatus("Cannot read that file.", true);
+  reader.readAsDataURL(file);
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = input.value.trim();
+  if (text) {
+    clearChip();
+    input.value = text;
+    history.replaceState(null, "", `?q=${encodeURIComponent(text)}`);
+    search({ text }, `for “${text}”`);
+  } else if (pending) {
+    search(pending, "");
+  } else {
+    setStatus("Type a query, or drop an image.", true);
+  }
+});
+
+$("query-chip-clear").addEventListener("click", () => {
+  clearChip();
+  input.focus();
+});
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Backspace" && !input.value && pending) clearChip();
+});
+fileInput.addEventListener("change", () => {
+  if (fileInput.files.length) searchByImage(fileInput.files[0]);
+  fileInput.value = "";
+});
+kSelect.addEventListener("change", () => {
+  if (pending || input.value.trim()) form.requestSubmit();
+});
+
+// drag and drop anywhere on the page, and paste from the clipboard
+let dragDepth = 0;
+window.addEventListener("dragenter", (event) => {
+  if (!event.dataTransfer || !Array.from(event.dataTransfer.types).includes("Files")) return;
+  dragDepth += 1;
+  drop.hidden = false;
+});
+window.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) drop.hidden = true;
+});
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dragDepth = 0;
+  drop.hidden = true;
+  const file = event.dataTransfer && event.dataTransfer.files[0];
+  if (file) searchByImage(file);
+});
+window.addEventListener("paste", (event) => {
+  const file = Array.from(event.clipboardData ? event.clipboardData.files : []).find((f) => f.type.startsWith("image/"));
+  if (file) searchByImage(file);
+});
+
+async function start() {
+  try {
+    const response = await fetch("healthz");
+    const health = await response.json();
+    textQueries = health.queries.includes("text");
+    const model = health.model ? ` · ${health.model}` : "";
+    $("index-info").textContent = `${health.ntotal.toLocaleString()} items${model}`;
+    if (!textQueries) {
+      input.disabled = true;
+      input.title = health.text_queries_unavailable || "";
+      clearChip();
+    }
+  } catch (err) {
+    setStatus(`Cannot reach the server: ${err}`, true);
+  }
+  const params = new URLSearchParams(location.search);
+  if (params.get("q") && textQueries) {
+    input.value = params.get("q");
+    form.requestSubmit();
+  } else if (params.get("id")) {
+    const id = params.get("id");
+    pending = { id };
+    showChip(`thumbnails/${encodeURIComponent(id)}`, `Like: ${id}`);
+    search(pending, `like ${id}`);
+  } else {
+    setStatus(textQueries ? "Type what you are looking for, or drop an image." : "This index answers vector and id queries only.");
+  }
+}
+
+start();

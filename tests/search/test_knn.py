@@ -1,0 +1,144 @@
+"""`latent knn` on a real local Ray: complete output equal to Searcher's, errors recorded, dedup groups."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from index.helpers import build, dataset, vectors
+
+from pipeline.config import compose
+from pipeline.errors import LatentError
+from pipeline.io.shards import commit_table
+from pipeline.search import Searcher
+from pipeline.search.knn import GROUPS_SCHEMA, NEIGHBORS_SCHEMA, near_duplicate_groups, run_knn
+
+
+def knn(input_path, index, out, *extra: str):
+    overrides = [f"input.path={input_path}", f"index.path={index}", f"output.path={out}", "ray.num_cpus=2"]
+    return run_knn(compose("knn", [*overrides, "progress=false", "model.device=cpu", *extra]))
+
+
+def read(path) -> pa.Table:
+    return pads.dataset(str(path), format="parquet").to_table()
+
+
+def as_dict(table: pa.Table) -> dict[str, tuple[list[str], list[float]]]:
+    return {r["query_id"]: (r["neighbor_ids"], r["scores"]) for r in table.to_pylist()}
+
+
+def planted_duplicates(n: int = 400, groups: int = 8, seed: int = 3) -> tuple[np.ndarray, list[set[str]]]:
+    """n clustered vectors plus, for ``groups`` of them, 1 or 2 slightly perturbed copies (cosine > 0.99)."""
+    rng = np.random.default_rng(seed)
+    x = vectors(n, seed=seed)
+    copies, planted = [], []
+    for g in range(groups):
+        original = g * 37
+        members = {f"v{original}"}
+        for _ in range(1 + g % 2):
+            copy = x[original] + 0.005 * rng.standard_normal(x.shape[1]).astype(np.float32)
+            members.add(f"v{n + len(copies)}")
+            copies.append(copy / np.linalg.norm(copy))
+        planted.append(members)
+    return np.concatenate([x, np.stack(copies)]).astype(np.float32), planted
+
+
+def test_vector_knn_of_a_dataset_against_its_own_index_with_dedup(local_ray, tmp_path):
+    x, planted = planted_duplicates()
+    data = dataset(tmp_path / "emb", x, rows_per_shard=100, dtype="float32")
+    build(data, tmp_path / "idx", "index.factory=Flat")
+    summary = knn(data, tmp_path / "idx", tmp_path / "out", "k=5", "threshold=0.97", "batch_size=64")
+    assert summary.queries == len(x) and summary.errors == 0 and summary.kind == "vector"
+    neighbours = read(tmp_path / "out" / "neighbors")
+    assert neighbours.schema.remove_metadata() == NEIGHBORS_SCHEMA
+    got = as_dict(neighbours)
+    assert sorted(got) == sorted(f"v{i}" for i in range(len(x)))  # every query, once
+    expected = Searcher.open(tmp_path / "idx").search(vectors=x, k=5, with_items=False)
+    for i in range(len(x)):
+        ids, scores = got[f"v{i}"]
+        assert ids == expected.ids[i].tolist()
+        np.testing.assert_allclose(scores, expected.scores[i], atol=1e-5)
+    groups = read(tmp_path / "out" / "groups")
+    assert groups.schema.remove_metadata() == GROUPS_SCHEMA
+    found = [set(members) for members in groups.column("member_ids").to_pylist()]
+    assert sorted(map(sorted, found)) == sorted(map(sorted, planted))
+    assert groups.column("size").to_pylist() == [len(m) for m in groups.column("member_ids").to_pylist()]
+    assert summary.groups == len(planted) and summary.duplicates == sum(len(p) - 1 for p in planted)
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    recorded = json.loads((tmp_path / "out" / "_latent" / "summary.json").read_text())
+    assert recorded["queries"] == len(x) and recorded["groups"] == len(planted)
+    again = knn(data, tmp_path / "idx", tmp_path / "out", "k=5", "threshold=0.97")
+    assert again.already_complete and again.queries == len(x)
+
+
+def test_text_queries_from_csv_equal_searcher_and_bad_rows_are_recorded(
+    local_ray, tmp_path, photo_index, tiny_checkpoint
+):
+    texts = ["a photo of coffee", "a photo of rocket", "  ", "a cat playing jazz", "a photo of coins"]
+    (tmp_path / "q.csv").write_text("caption,other\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(texts)))
+    summary = knn(tmp_path / "q.csv", photo_index, tmp_path / "out", "k=3", f"model.pretrained={tiny_checkpoint}")
+    assert (summary.queries, summary.errors, summary.kind) == (4, 1, "text")
+    got = as_dict(read(tmp_path / "out" / "neighbors"))
+    good = [i for i, t in enumerate(texts) if t.strip()]
+    assert sorted(got) == sorted(f"q.csv:{i}" for i in good)  # ids: file and row
+    searcher = Searcher.open(photo_index, compose("knn", ["input.path=x", "index.path=x", "output.path=x",
+                                                          f"model.pretrained={tiny_checkpoint}"]).model)  # fmt: skip
+    expected = searcher.search(texts=[texts[i] for i in good], k=3)
+    for row, i in enumerate(good):
+        assert got[f"q.csv:{i}"][0] == expected.ids[row].tolist()
+        np.testing.assert_allclose(got[f"q.csv:{i}"][1], expected.scores[row], atol=1e-5)
+    errors = read(tmp_path / "out" / "_errors").to_pylist()
+    assert errors == [{"query_id": "q.csv:2", "error": "empty text"}]
+
+
+def test_image_path_queries_from_jsonl(local_ray, tmp_path, photo_index, photos, tiny_checkpoint):
+    rows = [{"id": "a", "image": str(photos / "coffee.jpg")}, {"id": "b", "image": "missing.jpg"},
+            {"id": "c", "image": str(photos / "sub" / "chelsea.jpg")}]  # fmt: skip
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = knn(tmp_path / "q.jsonl", photo_index, tmp_path / "out", "k=2", f"model.pretrained={tiny_checkpoint}")
+    assert (summary.queries, summary.errors, summary.kind) == (2, 1, "image")
+    got = as_dict(read(tmp_path / "out" / "neighbors"))
+    assert got["a"][0][0] == "coffee.jpg" and got["c"][0][0] == "sub/chelsea.jpg"
+    assert got["a"][1][0] == pytest.approx(1.0, abs=1e-4)
+    (error,) = read(tmp_path / "out" / "_errors").to_pylist()
+    assert error["query_id"] == "b" and "cannot read image file" in error["error"]
+
+
+def test_groups_are_connected_components_of_pairs_above_threshold(tmp_path):
+    rows = [
+        ("a", ["a", "b", "z"], [1.0, 0.95, 0.2]),
+        ("b", ["b", "c"], [1.0, 0.91]),  # a-b-c: one group through b
+        ("d", ["e"], [0.99]),
+        ("e", ["e", "d"], [1.0, 0.99]),
+        ("f", ["g"], [0.89]),  # below the threshold: no group
+        ("z", [], []),
+    ]
+    table = pa.table(
+        {"query_id": [r[0] for r in rows], "neighbor_ids": [r[1] for r in rows], "scores": [r[2] for r in rows]}
+    ).cast(NEIGHBORS_SCHEMA)
+    commit_table(table.slice(0, 3), str(tmp_path))
+    commit_table(table.slice(3), str(tmp_path))
+    groups = near_duplicate_groups(str(tmp_path), 0.9)
+    assert groups.to_pylist() == [
+        {"group_id": 0, "size": 3, "member_ids": ["a", "b", "c"]},
+        {"group_id": 1, "size": 2, "member_ids": ["d", "e"]},
+    ]
+    assert near_duplicate_groups(str(tmp_path), 0.999).num_rows == 0
+
+
+def test_bad_configs_are_refused_before_any_work(tmp_path, flat_index, vector_corpus):
+    path, _ = vector_corpus
+    with pytest.raises(LatentError, match="threshold=1.5"):
+        knn(path, flat_index, tmp_path / "out", "threshold=1.5")
+    with pytest.raises(LatentError, match="k=0"):
+        knn(path, flat_index, tmp_path / "out", "k=0")
+    with pytest.raises(LatentError, match="input.column=nope: no such column"):
+        knn(path, flat_index, tmp_path / "out", "input.column=nope")
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "numbers.parquet")
+    with pytest.raises(LatentError, match="found no embedding, image or text column"):
+        knn(tmp_path / "numbers.parquet", flat_index, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
