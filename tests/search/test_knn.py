@@ -142,3 +142,25 @@ def test_bad_configs_are_refused_before_any_work(tmp_path, flat_index, vector_co
     with pytest.raises(LatentError, match="found no embedding, image or text column"):
         knn(tmp_path / "numbers.parquet", flat_index, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_stages_on_float16_embeddings_without_ray(tmp_path, flat_index, vector_corpus):
+    """read_queries -> KnnBatches -> write_neighbours called directly, on a float16 embedding dataset."""
+    from pipeline.search.knn import KnnBatches, list_queries, read_queries, write_neighbours
+
+    x = vectors(300, seed=9)
+    data = dataset(tmp_path / "emb16", x, rows_per_shard=120)  # float16, as `latent embed` writes by default
+    cfg = compose("knn", [f"input.path={data}", f"index.path={flat_index}", f"output.path={tmp_path / 'out'}"])
+    queries = list_queries(cfg)
+    assert (queries.kind, queries.column, queries.id_column) == ("vector", "image_embedding", "id")
+    assert queries.total_rows == 300
+    units = pa.table({"unit": [json.dumps(u) for u in queries.units]})
+    searcher = KnnBatches(str(flat_index), None, k=4, kind="vector", threads=None)
+    answered = [searcher(records) for records in read_queries(units, rows=64)]
+    stats = [write_neighbours(batch, str(tmp_path / "out")) for batch in answered]
+    assert sum(s.column("rows")[0].as_py() for s in stats) == 300
+    got = as_dict(read(tmp_path / "out" / "neighbors"))
+    ids = sorted(got, key=lambda i: int(i[1:]))
+    stored = np.stack([x[int(i[1:])] for i in ids]).astype(np.float16).astype(np.float32)
+    expected = Searcher.open(flat_index).search(vectors=stored, k=4, with_items=False)
+    assert [got[i][0] for i in ids] == expected.ids.tolist()
