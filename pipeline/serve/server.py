@@ -54,7 +54,6 @@ def run_serve(cfg: ServeConfig) -> None:
     """Open the index, build the app, serve until interrupted."""
     import uvicorn
 
-    import pipeline.index  # noqa: F401  (first: it sets OMP_WAIT_POLICY=PASSIVE before FAISS loads OpenMP)
     from pipeline.search import Searcher
     from pipeline.serve.app import create_app
 
