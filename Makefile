@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install test lint demo bench-embed bench-index bench-search clean
+.PHONY: install test lint demo jobs bench-embed bench-index bench-search bench-cluster clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,14 @@ bench-embed: install
 # latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
+
+# embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
+bench-cluster: install
+	$(PY) bench/bench_cluster.py $(BENCH_ARGS)
+
+# the example RayJob manifest and sbatch script in jobs/, rendered from conf/job.yaml
+jobs: install
+	$(PY) jobs/render_examples.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -154,19 +154,19 @@ export RAY_USAGE_STATS_ENABLED=0
 
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head_node=${{nodes[0]}}
-head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk '{{print $1}}')
+head_ip=$(hostname --ip-address | awk '{{print $1}}')  # this script runs on the first node
 port={port}
 export RAY_ADDRESS="$head_ip:$port"
 cpus=${{SLURM_CPUS_PER_TASK:-{cpus}}}
 
 echo "ray head on $head_node ($RAY_ADDRESS), ${{#nodes[@]}} nodes"
-srun --nodes=1 --ntasks=1 -w "$head_node" \\
+srun --nodes=1 --ntasks=1 --overlap -w "$head_node" \\
   ray start --head --node-ip-address="$head_ip" --port="$port" --num-cpus="$cpus" --num-gpus={gpus} --block &
 for _ in $(seq 60); do ray status --address "$RAY_ADDRESS" >/dev/null 2>&1 && break; sleep 5; done
 ray status --address "$RAY_ADDRESS" >/dev/null
 
 for node in "${{nodes[@]:1}}"; do
-  srun --nodes=1 --ntasks=1 -w "$node" \\
+  srun --nodes=1 --ntasks=1 --overlap -w "$node" \\
     ray start --address "$RAY_ADDRESS" --num-cpus="$cpus" --num-gpus={gpus} --block &
 done
 # wait until every node has joined (at most 10 minutes)

@@ -60,10 +60,10 @@ def cluster_cpus() -> int:
 
 
 def cluster_cpu_nodes() -> int:
-    """Alive nodes that offer CPUs to tasks (at least 1)."""
+    """Alive nodes with CPUs to spare for a CPU encoder actor (2 or more: one stays for decoding); at least 1."""
     import ray
 
-    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1))
+    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 2))
 
 
 def node_cpus() -> int:

@@ -92,14 +92,16 @@ class LocalCluster:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
 
     @classmethod
-    def start(cls, head_cpus: int = 2, worker_cpus: int = 2) -> LocalCluster:
+    def start(cls, head_cpus: int = 2, worker_cpus: int | None = 2) -> LocalCluster:
+        """A head with ``head_cpus`` and, unless ``worker_cpus`` is None, one worker node with ``worker_cpus``."""
         # Ray's socket paths live under the temp dir and must stay short (AF_UNIX: 107 bytes)
         temp_dir = tempfile.mkdtemp(prefix="lc", dir="/tmp")
         gcs, dashboard = free_ports(2)
         cluster = cls(temp_dir, gcs, dashboard)
         try:
             cluster._start_node("head", head_cpus, {HEAD_LABEL: 1.0})
-            cluster.add_worker(worker_cpus)
+            if worker_cpus is not None:
+                cluster.add_worker(worker_cpus)
         except BaseException:
             cluster.stop()
             raise

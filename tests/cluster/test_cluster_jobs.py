@@ -82,4 +82,4 @@ def test_index_add_phase_spreads_over_both_nodes(ray_cluster, tmp_path):
     index = IndexDirectory.open(tmp_path / "idx")
     assert index.info.ntotal == 4000
     distances, _ = index.index.search(x[:20], 1)
-    np.testing.assert_allclose(distances[:, 0], 1.0, atol=1e-4)  # each vector finds itself (cosine 1)
+    np.testing.assert_allclose(distances[:, 0], 1.0, atol=2e-3)  # each finds itself (float16 vectors)
