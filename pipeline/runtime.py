@@ -125,8 +125,14 @@ class RunRecord:
         from pipeline.io.shards import filesystem
 
         fs, root = filesystem(state_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        now = time.time()
+        # sortable by start time; unique also for runs started in the same process and second (sweeps)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}-{os.getpid()}"
         directory = f"{root}/{RUNS_DIR}/{stamp}"
+        n = 0
+        while fs.exists(directory):
+            n += 1
+            directory = f"{root}/{RUNS_DIR}/{stamp}-{n}"
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(f"{directory}/config.yaml", to_yaml(config).encode())
         fs.pipe_file(f"{directory}/version.json", json.dumps(code_version(), indent=2).encode())
