@@ -56,10 +56,8 @@ def _hydra_app(command: str) -> Callable[[], None]:
         try:
             config = to_dataclass(cfg)
         except MissingMandatoryValue as err:
-            print(
-                f"latent {command}: missing value for key '{err.full_key}' (set it: {err.full_key}=...)",
-                file=sys.stderr,
-            )
+            how = "after `--`: ... -- latent embed ..." if command in CONFIGS else f"set it: {err.full_key}=..."
+            print(f"latent {command}: missing value for key '{err.full_key}' ({how})", file=sys.stderr)
             sys.exit(2)
         try:
             _load(target)(config)

@@ -41,7 +41,7 @@ def test_embed_job_through_the_jobs_api_runs_on_both_nodes(ray_cluster, cluster_
     assert (out / "_SUCCESS").exists()
     summary = latest_summary(out / "_latent")
     assert summary["rows"] == len(names) and summary["errors"] == 0
-    assert (out / "_latent" / "runs").glob("*/config.yaml")
+    assert list((out / "_latent" / "runs").glob("*/config.yaml"))
     # both nodes ran the job's work: decode tasks and encoder actors spread over the cluster
     assert job_nodes(ray_cluster, result.submission_id) == {n.node_id for n in ray_cluster.nodes.values()}
 

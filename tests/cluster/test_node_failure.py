@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from pipeline.launch import submit_job
@@ -17,7 +15,7 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
     from ray.job_submission import JobSubmissionClient
 
     corpus = tmp_path / "images"
-    names = make_corpus(corpus, 160, seed=7)
+    names = make_corpus(corpus, 320, seed=7)  # enough that an idle machine is still busy when the kill lands
     out = tmp_path / "emb"
     # small shards and read tasks: many commits, so the kill lands with most of the corpus still to do
     command = tiny_embed_command(
@@ -58,4 +56,3 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
             client.stop_job(submission)
         if ray_cluster.nodes["worker"].raylet() is None:  # the next test gets two nodes again
             ray_cluster.add_worker(ray_cluster.nodes["worker"].num_cpus)
-        time.sleep(0)

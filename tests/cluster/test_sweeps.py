@@ -44,6 +44,6 @@ def test_index_factory_sweep_writes_one_recorded_index_per_factory(tmp_path):
         recorded = yaml.safe_load(config.read_text())
         assert recorded["index"]["factory"] == summary["factory"]
         assert recorded["index"]["path"] == str(directory)
-        assert (directory / "runs").glob("*/version.json")
+        assert list((directory / "runs").glob("*/version.json"))
         factories[summary["factory"]] = summary["ntotal"]
     assert factories == {"IVF16,Flat": 3000, "HNSW16": 3000}
