@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install chromium test lint demo bench-embed bench-index bench-search bench-serve clean
+.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster clean
 
 install: $(VENV)/.installed chromium
 
@@ -58,6 +58,14 @@ bench-search: install
 # latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
 bench-serve: install
 	$(PY) bench/bench_serve.py $(BENCH_ARGS)
+
+# embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
+bench-cluster: install
+	$(PY) bench/bench_cluster.py $(BENCH_ARGS)
+
+# the example RayJob manifest and sbatch script in jobs/, rendered from conf/job.yaml
+jobs: install
+	$(PY) jobs/render_examples.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

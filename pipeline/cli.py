@@ -7,6 +7,7 @@ calls the library.
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -27,9 +28,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
+    "render-job": (
+        "pipeline.launch:run_render_job",
+        "render a KubeRay RayJob, an sbatch script or a Ray Jobs submission of a command",
+    ),
+    "submit-job": ("pipeline.launch:run_submit_job", "run a command on a Ray cluster through its Jobs API"),
 }
+CONFIGS = {"render-job": "job", "submit-job": "job"}  # commands sharing another's conf/<name>.yaml
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]
+       latent render-job|submit-job [key=value ...] -- latent <command> [key=value ...]
 
 commands:
 {commands}
@@ -46,15 +54,13 @@ def _load(target: str) -> Callable:
 def _hydra_app(command: str) -> Callable[[], None]:
     target, _ = COMMANDS[command]
 
-    @hydra.main(config_path=f"pkg://{CONFIG_PACKAGE}", config_name=command, version_base=None)
+    @hydra.main(config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIGS.get(command, command), version_base=None)
     def app(cfg: DictConfig) -> None:
         try:
             config = to_dataclass(cfg)
         except MissingMandatoryValue as err:
-            print(
-                f"latent {command}: missing value for key '{err.full_key}' (set it: {err.full_key}=...)",
-                file=sys.stderr,
-            )
+            how = "after `--`: ... -- latent embed ..." if command in CONFIGS else f"set it: {err.full_key}=..."
+            print(f"latent {command}: missing value for key '{err.full_key}' ({how})", file=sys.stderr)
             sys.exit(2)
         try:
             _load(target)(config)
@@ -65,9 +71,16 @@ def _hydra_app(command: str) -> Callable[[], None]:
     return app
 
 
+def command_override(argv: list[str]) -> list[str]:
+    """``[k=v ..., "--", word ...]`` -> ``[k=v ..., "command='word ...'"]``: the job's command, quoted for Hydra."""
+    cut = argv.index("--")
+    command = shlex.join(argv[cut + 1 :]).replace("\\", "\\\\").replace("'", "\\'")
+    return [*argv[:cut], f"command='{command}'"]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+    commands = "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands=commands))
         sys.exit(0 if argv else 2)
@@ -75,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"latent: unknown command '{command}'\n\n" + USAGE.format(commands=commands), file=sys.stderr)
         sys.exit(2)
+    if command in CONFIGS and "--" in argv:
+        argv = command_override(argv)
     register_configs()
     sys.argv = [f"latent {command}", *argv]  # Hydra reads sys.argv
     _hydra_app(command)()

@@ -312,3 +312,72 @@ class ServeConfig:
 
 
 SCHEMAS["serve"] = ServeConfig
+
+# --- latent render-job / submit-job ---------------------------------------------------------------
+
+
+class JobKind(str, Enum):
+    ray = "ray"  # a Ray Jobs API submission to a running cluster
+    k8s = "k8s"  # a KubeRay RayJob manifest
+    slurm = "slurm"  # an sbatch script: a Ray head and workers across the allocation, then the job
+
+
+@dataclass
+class JobHead:
+    """The head node (k8s: its container's limits; slurm: the first node of the allocation)."""
+
+    cpus: int = MISSING  # CPUs the head offers to tasks (the driver and the GCS need some too)
+    memory: str = MISSING  # k8s quantity (16Gi) / SLURM --mem (16G)
+
+
+@dataclass
+class JobWorkers:
+    """Each worker node; a SLURM allocation gets ``count`` + 1 nodes (the head runs tasks too)."""
+
+    count: int = MISSING
+    cpus: int = MISSING
+    gpus: int = MISSING
+    memory: str = MISSING
+
+
+@dataclass
+class RuntimeEnvConfig:
+    working_dir: str | None = MISSING  # a local folder (ray: uploaded) or a remote zip URI; null: none
+    pip: list[str] = MISSING  # extra packages installed on every node for the job
+    excludes: list[str] = MISSING  # left out of an uploaded working_dir
+    env_vars: dict[str, str] = MISSING
+
+
+@dataclass
+class K8sJobConfig:
+    namespace: str | None = MISSING
+    image: str = MISSING  # a Ray image with latent installed
+    ttl_seconds: int = MISSING  # how long the finished RayJob's cluster stays for inspection
+
+
+@dataclass
+class SlurmJobConfig:
+    partition: str | None = MISSING
+    account: str | None = MISSING
+    time: str = MISSING  # --time
+    setup: str = MISSING  # shell run on every node before `ray start` (modules, the venv)
+    port: int = MISSING  # the head's GCS port
+
+
+@dataclass
+class JobConfig:
+    kind: JobKind = MISSING
+    name: str = MISSING
+    command: str = MISSING  # the latent command line the job runs
+    address: str = MISSING  # kind=ray: the cluster's dashboard (Jobs API), http://host:8265
+    wait: bool = MISSING  # kind=ray: follow the job's logs until it ends, exit with its status
+    timeout_s: int = MISSING  # kind=ray with wait: give up (and stop the job) after this long
+    out: str | None = MISSING  # render-job: write here (null: print)
+    head: JobHead = field(default_factory=JobHead)
+    workers: JobWorkers = field(default_factory=JobWorkers)
+    runtime_env: RuntimeEnvConfig = field(default_factory=RuntimeEnvConfig)
+    k8s: K8sJobConfig = field(default_factory=K8sJobConfig)
+    slurm: SlurmJobConfig = field(default_factory=SlurmJobConfig)
+
+
+SCHEMAS["job"] = JobConfig

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +25,15 @@ from pipeline.errors import LatentError
 from pipeline.io.output import OutputDir
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
 from pipeline.io.sources import Source, filter_done_units, open_source, read_unit, units_to_json
-from pipeline.runtime import RunRecord, cluster_cpus, cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.runtime import (
+    RunRecord,
+    cluster_cpu_nodes,
+    cluster_cpus,
+    cluster_gpus,
+    init_ray,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +136,12 @@ def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
     if device == "cuda":
         actors = res.encoder_actors or max(1, int(cluster_gpus() // res.gpus_per_encoder))
         return EncoderResources(actors, res.gpus_per_encoder, res.cpus_per_encoder or 1.0, None)
-    actors = res.encoder_actors or 1
-    # A CPU actor reserves one CPU but runs torch on all of the node's cores: decode tasks are short
+    # One CPU actor per node (Ray Data spreads its actors): it reserves one CPU but runs torch on all of
+    # its node's cores (threads=None: decided in the actor, runtime.node_cpus); decode tasks are short
     # and interleave, so the cores stay busy instead of half of them waiting on a reservation.
+    actors = res.encoder_actors or cluster_cpu_nodes()
     cpus = res.cpus_per_encoder or 1.0
-    threads = int(res.cpus_per_encoder) if res.cpus_per_encoder else max(1, (os.cpu_count() or 1) // actors)
+    threads = int(res.cpus_per_encoder) if res.cpus_per_encoder else None
     return EncoderResources(actors, 0.0, cpus, threads)
 
 

@@ -17,6 +17,7 @@ from pipeline.errors import LatentError
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, summary.json
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -56,6 +57,25 @@ def cluster_cpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_cpu_nodes() -> int:
+    """Alive nodes with CPUs to spare for a CPU encoder actor (2 or more: one stays for decoding); at least 1."""
+    import ray
+
+    return max(1, sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 2))
+
+
+def node_cpus() -> int:
+    """CPUs that the node this process runs on declares to Ray (``ray start --num-cpus``), at most its cores."""
+    import ray
+
+    cores = os.cpu_count() or 1
+    if not ray.is_initialized():
+        return cores
+    here = ray.get_runtime_context().get_node_id()
+    declared = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+    return max(1, min(cores, int(declared) or cores))
 
 
 def resolve_device(requested: Device, gpus: int, key: str = "model.device") -> str:
@@ -105,8 +125,14 @@ class RunRecord:
         from pipeline.io.shards import filesystem
 
         fs, root = filesystem(state_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        directory = f"{root}/runs/{stamp}"
+        now = time.time()
+        # sortable by start time; unique also for runs started in the same process and second (sweeps)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}-{os.getpid()}"
+        directory = f"{root}/{RUNS_DIR}/{stamp}"
+        n = 0
+        while fs.exists(directory):
+            n += 1
+            directory = f"{root}/{RUNS_DIR}/{stamp}-{n}"
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(f"{directory}/config.yaml", to_yaml(config).encode())
         fs.pipe_file(f"{directory}/version.json", json.dumps(code_version(), indent=2).encode())

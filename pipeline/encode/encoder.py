@@ -75,6 +75,10 @@ class EmbedBatches:
     """Ray Data actor: prepared rows in, rows with ``image_embedding``/``text_embedding`` out."""
 
     def __init__(self, spec: ModelSpec, modality: str, dtype: str, threads: int | None = None) -> None:
+        if threads is None and spec.device == "cpu":
+            from pipeline.runtime import node_cpus
+
+            threads = node_cpus()  # the CPUs of the node this actor landed on, not the driver's
         self.encoder = ClipEncoder(spec, threads)
         self.kinds = ["image", "text"] if modality == "both" else [modality]
         self.dtype = dtype

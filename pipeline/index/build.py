@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ from pipeline.index.store import (
     write_id_map,
 )
 from pipeline.index.tune import GroundTruth, TuneResult, tune, without_self
-from pipeline.runtime import resolve_device
+from pipeline.runtime import RUNS_DIR, RunRecord, resolve_device
 
 
 @dataclass
@@ -78,6 +79,7 @@ class IndexSummary:
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
     ray_tasks: int = 0
+    ray_nodes: list[str] = field(default_factory=list)  # ids of the Ray nodes that ran add tasks
     peak_rss_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -96,7 +98,7 @@ class IndexSummary:
             f"  search    {self.search_params or '{}'}: {recall}, {self.qps or 0:.0f} queries/s (batch)",
             f"  memory    index {human(self.memory_bytes)}, peak RSS {human(self.peak_rss_bytes)}",
             f"  time      {self.seconds:.1f}s on {self.device}"
-            + (f", add on {self.ray_tasks} Ray tasks" if self.ray_tasks else "")
+            + (f", add on {self.ray_tasks} Ray tasks across {len(self.ray_nodes)} node(s)" if self.ray_tasks else "")
             + f" ({phases})",
         ]
         lines += [f"  warning   {w}" for w in self.warnings]
@@ -125,6 +127,8 @@ def run_index(cfg: IndexCommandConfig) -> IndexSummary:
         summary = append_index(cfg, source, device, budget)
     else:
         summary = build_index(cfg, source, device, budget)
+    # the run's record lives in the published index directory (older runs' records are carried over)
+    RunRecord.start(cfg.index.path, cfg).finish(asdict(summary))
     print(summary.text())
     return summary
 
@@ -249,6 +253,9 @@ def _finish(
     faiss.write_index(index, str(stage.file(INDEX_FILE)))
     info.memory_bytes = os.path.getsize(stage.file(INDEX_FILE))
     stage.write_info(info)
+    previous_runs = stage.target / RUNS_DIR
+    if previous_runs.is_dir():  # the run records of the index being replaced or appended to
+        shutil.copytree(previous_runs, stage.file(RUNS_DIR))
     stage.commit()
     return info.memory_bytes
 
@@ -322,7 +329,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
 
         truth = GroundTruth(queries, ic.k, metric)
         rows_out = _Rows(ItemsWriter(stage.file(ITEMS_FILE), source.item_schema))
-        ray_tasks = 0
+        ray_tasks, ray_nodes = 0, []
         use_ray = (
             cfg.parallel.min_vectors is not None
             and n >= cfg.parallel.min_vectors
@@ -336,7 +343,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
                     rows_out.write(items)
                     bar.update(items.num_rows)
 
-                index, ray_tasks = parallel.add_on_ray(
+                index, ray_tasks, ray_nodes = parallel.add_on_ray(
                     index, source, cfg.ray, cfg.parallel.tasks, ic.batch_size, metric_name, truth, on_group
                 )
             else:
@@ -393,6 +400,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         seconds=round(time.perf_counter() - start, 2),
         phases={k: round(v, 2) for k, v in clock.phases.items()},
         ray_tasks=ray_tasks,
+        ray_nodes=ray_nodes,
         peak_rss_bytes=_peak_rss(),
         warnings=[w for w in (choice.warning,) if w] + _warn_recall(result, cfg),
     )

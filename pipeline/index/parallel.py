@@ -125,6 +125,7 @@ class GroupResult:
     distances: np.ndarray  # the group's exact neighbours of the tune queries (global labels)
     labels: np.ndarray
     rows: int
+    node: str  # the Ray node that added the group (its node id)
 
 
 def add_group(
@@ -139,6 +140,8 @@ def add_group(
     threads: int,
 ) -> GroupResult:
     """One Ray task: the shards ``shards`` added to a copy of the ``trained`` (serialized) empty index."""
+    import ray
+
     faiss.omp_set_num_threads(threads)
     index = faiss.deserialize_index(trained)
     truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
@@ -150,7 +153,8 @@ def add_group(
         tables.append(batch.items)
         label += n
     items = pa.concat_tables(tables) if tables else source.item_schema.empty_table()
-    return GroupResult(faiss.serialize_index(index), items, truth.heap.D, truth.heap.I, label - first_label)
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return GroupResult(faiss.serialize_index(index), items, truth.heap.D, truth.heap.I, label - first_label, node)
 
 
 def add_on_ray(
@@ -162,9 +166,10 @@ def add_on_ray(
     metric: str,
     truth: GroundTruth,
     on_group: Callable[[pa.Table, int], Any],
-) -> tuple[faiss.Index, int]:
+) -> tuple[faiss.Index, int, list[str]]:
     """Every shard added to a copy of the trained ``index`` by Ray tasks; ``on_group(items, first_label)``
-    sees each group's item rows in label order. Returns the filled index and how many tasks ran at once."""
+    sees each group's item rows in label order. Returns the filled index, how many tasks ran at once, and
+    the ids of the nodes that added groups (each once, in the order first seen)."""
     import ray
 
     from pipeline.runtime import cluster_cpus, init_ray
@@ -177,16 +182,19 @@ def add_on_ray(
     trained = ray.put(serialized)
     merger = ListMerger(faiss.deserialize_index(serialized))  # same concrete types as the tasks' copies
     queries = ray.put(truth.queries)
-    remote = ray.remote(num_cpus=1)(add_group)
+    # SPREAD: on a cluster the groups go to every node (each reads its own shards), not first to the driver's
+    remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(add_group)
     refs = [
         remote.remote(trained, source, group, int(offsets[group[0]]), batch_size, metric, queries, truth.k - 1, 1)
         for group in groups
     ]
+    nodes: dict[str, None] = {}
     for group, ref in zip(groups, refs):
         result: GroupResult = ray.get(ref)
+        nodes[result.node] = None
         first = int(offsets[group[0]])
         merger.add(faiss.deserialize_index(result.index), first)
         truth.merge(result.distances, result.labels)
         on_group(result.items, first)
         del result
-    return merger.finish(), width
+    return merger.finish(), width, list(nodes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -129,7 +130,7 @@ def test_append_refuses_a_budget_the_grown_index_cannot_fit(tmp_path):
 
 
 def snapshot(path) -> dict[str, bytes]:
-    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(Path(path).rglob("*")) if f.is_file()}
 
 
 def test_a_failure_late_in_the_build_leaves_the_old_index_intact(tmp_path):
