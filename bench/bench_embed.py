@@ -101,13 +101,18 @@ def measure_ceiling(corpus: Path, checkpoint: Path, arch: str, batch: int, limit
 
 
 class PeakRss:
-    """Peak summed RSS of a process and all its descendants, sampled every ``interval`` seconds."""
+    """Peak summed memory of a process and all its descendants, sampled every ``interval`` seconds.
+
+    ``peak`` sums RSS, which counts pages shared between processes (Ray's object store, torch's
+    libraries) once per process; ``peak_pss`` sums PSS, which splits shared pages among their users.
+    """
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         self._thread.start()
@@ -118,19 +123,20 @@ class PeakRss:
         while not self._stop.is_set():
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
-                total = 0
+                rss = pss = 0
                 for proc in procs:
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-                self.peak = max(self.peak, total)
+                        info = proc.memory_full_info()
+                        rss, pss = rss + info.rss, pss + info.pss
+                self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             except psutil.Error:
                 return
             time.sleep(interval)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.peak, self.peak_pss
 
 
 def run_latent(corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int) -> dict:
@@ -155,11 +161,16 @@ def run_latent(corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int)
     rss = PeakRss(proc.pid)
     output, _ = proc.communicate()
     wall = time.perf_counter() - start
-    peak = rss.stop()
+    peak, peak_pss = rss.stop()
     if proc.returncode != 0:
         sys.exit(f"latent embed failed:\n{output[-3000:]}")
     summary = json.loads((out / "_latent" / "summary.json").read_text())
-    return {"wall_s": round(wall, 2), "peak_rss_gib": round(peak / 2**30, 2), **summary}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_gib": round(peak / 2**30, 2),
+        "peak_pss_gib": round(peak_pss / 2**30, 2),
+        **summary,
+    }
 
 
 def run_clip_retrieval(peers: Path, corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int) -> dict:
@@ -240,6 +251,7 @@ def main() -> None:
         big = make_corpus(work / f"corpus-{args.images * args.scale}", args.images * args.scale)
         result["latent_x_scale"] = run_latent(big, work / "latent-out-big", checkpoint, args.arch, args.batch)
         result["rss_ratio_scale_vs_1x"] = round(result["latent_x_scale"]["peak_rss_gib"] / latent["peak_rss_gib"], 2)
+        result["pss_ratio_scale_vs_1x"] = round(result["latent_x_scale"]["peak_pss_gib"] / latent["peak_pss_gib"], 2)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embed.json").write_text(json.dumps(result, indent=2))
@@ -256,7 +268,8 @@ def render_markdown(r: dict) -> str:
         f"| latent steady state | {r['latent']['steady_rows_per_second']:.1f} images/s "
         f"({r['steady_vs_ceiling']:.2f}x the ceiling) |",
         f"| latent wall time (CLI, Ray start-up included) | {r['latent']['wall_s']:.1f} s |",
-        f"| latent peak RSS, all processes | {r['latent']['peak_rss_gib']:.2f} GiB |",
+        f"| latent peak memory, all processes: RSS (shared pages counted per process) / PSS | "
+        f"{r['latent']['peak_rss_gib']:.2f} / {r['latent']['peak_pss_gib']:.2f} GiB |",
     ]
     if isinstance(r.get("clip_retrieval"), dict):
         lines += [
@@ -268,8 +281,9 @@ def render_markdown(r: dict) -> str:
     if "latent_x_scale" in r:
         big = r["latent_x_scale"]
         lines.append(
-            f"| latent peak RSS at {big['rows']} images | {big['peak_rss_gib']:.2f} GiB "
-            f"({r['rss_ratio_scale_vs_1x']:.2f}x the 1x peak) |"
+            f"| latent peak RSS / PSS at {big['rows']} images | "
+            f"{big['peak_rss_gib']:.2f} / {big['peak_pss_gib']:.2f} GiB "
+            f"({r['rss_ratio_scale_vs_1x']:.2f}x / {r['pss_ratio_scale_vs_1x']:.2f}x the 1x peak) |"
         )
     return "\n".join(lines)
 

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
-from index.helpers import dataset, vectors
+from index.helpers import build, dataset, vectors
 
 from pipeline.launch import submit_job
 
@@ -83,3 +84,37 @@ def test_index_add_phase_spreads_over_both_nodes(ray_cluster, tmp_path):
     assert index.info.ntotal == 4000
     distances, _ = index.index.search(x[:20], 1)
     np.testing.assert_allclose(distances[:, 0], 1.0, atol=2e-3)  # each finds itself (float16 vectors)
+
+
+def test_knn_job_through_the_jobs_api_is_complete_and_runs_on_both_nodes(ray_cluster, tmp_path):
+    from pipeline.search import Searcher
+
+    x = vectors(1200, seed=5)
+    src = dataset(tmp_path / "emb", x, rows_per_shard=100, dtype="float32")  # 12 shards: read tasks to spread
+    build(src, tmp_path / "idx", "index.factory=Flat")
+    out = tmp_path / "knn"
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "knn",
+        f"input.path={src}",
+        f"index.path={tmp_path / 'idx'}",
+        f"output.path={out}",
+        "k=5",
+        "batch_size=100",
+        "resources.actors=2",
+        "model.device=cpu",
+        "progress=false",
+        "ray.address=auto",
+    ]
+    result = submit_job(job_config(ray_cluster, *command, name="knn-api"))
+    assert result.status == "SUCCEEDED", result.logs[-3000:]
+
+    table = pads.dataset(str(out / "neighbors"), format="parquet").to_table()
+    got = {r["query_id"]: r["neighbor_ids"] for r in table.to_pylist()}
+    assert sorted(got) == sorted(f"v{i}" for i in range(len(x)))  # every query, once
+    expected = Searcher.open(tmp_path / "idx").search(vectors=x, k=5, with_items=False)
+    assert [got[f"v{i}"] for i in range(len(x))] == expected.ids.tolist()
+    assert (out / "_SUCCESS").exists()
+    assert job_nodes(ray_cluster, result.submission_id) == {n.node_id for n in ray_cluster.nodes.values()}
