@@ -285,6 +285,25 @@ def _pick(configured: str | None, guesses: tuple[str, ...], names: list[str], ke
     return next((g for g in guesses if g in names), None)
 
 
+def table_units(fs, paths: list[str], fmt: InputFormat) -> tuple[list[dict[str, Any]], int | None]:
+    """Read units of table files: one per Parquet row group (rows known), one per CSV/JSONL file (rows unknown)."""
+    units: list[dict[str, Any]] = []
+    total: int | None = 0
+    for path in paths:
+        if fmt == InputFormat.parquet:
+            with fs.open(path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+            offset = 0
+            for group in range(meta.num_row_groups):
+                units.append({"kind": "parquet", "path": path, "row_group": group, "offset": offset})
+                offset += meta.row_group(group).num_rows
+            total = None if total is None else total + offset
+        else:
+            units.append({"kind": fmt.value, "path": path, "offset": 0})
+            total = None
+    return units, total
+
+
 def _open_table(fs, root: str, files: list[str], fmt: InputFormat, cfg: InputConfig) -> Source:
     ext = next(e for e, f in TABLE_EXTENSIONS.items() if f == fmt)
     paths = [posixpath.join(root, f) for f in files if f.lower().endswith(ext)]
@@ -306,20 +325,7 @@ def _open_table(fs, root: str, files: list[str], fmt: InputFormat, cfg: InputCon
         for f in schema
         if f.name not in used
     ]
-    units: list[dict[str, Any]] = []
-    total: int | None = 0
-    for path in paths:
-        if fmt == InputFormat.parquet:
-            with fs.open(path, "rb") as f:
-                meta = pq.ParquetFile(f).metadata
-            offset = 0
-            for group in range(meta.num_row_groups):
-                units.append({"kind": "parquet", "path": path, "row_group": group, "offset": offset})
-                offset += meta.row_group(group).num_rows
-            total += offset
-        else:
-            units.append({"kind": fmt.value, "path": path, "offset": 0})
-            total = None
+    units, total = table_units(fs, paths, fmt)
     columns = {"image": image_col, "text": text_col, "id": id_col}
     for unit in units:
         unit.update(root=root, columns=columns)

@@ -41,6 +41,7 @@ from pipeline.io.sources import (
     _list_files,
     _table_images,
     _table_schema,
+    table_units,
 )
 from pipeline.runtime import RunRecord, cluster_gpus, init_ray, resolve_device, resolve_precision
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image, resolve_query_model
@@ -140,20 +141,7 @@ def list_queries(cfg: KnnCommandConfig) -> QueryTable:
     id_column = cfg.input.id_column or next((c for c in ID_COLUMN_GUESSES if c in schema.names), None)
     if id_column is not None and id_column not in schema.names:
         raise LatentError(f"input.id_column={id_column}: no such column (columns: {', '.join(schema.names)})")
-    units: list[dict[str, Any]] = []
-    total: int | None = 0
-    for path in paths:
-        if fmt == InputFormat.parquet:
-            with fs.open(path, "rb") as f:
-                meta = pq.ParquetFile(f).metadata
-            offset = 0
-            for group in range(meta.num_row_groups):
-                units.append({"kind": "parquet", "path": path, "row_group": group, "offset": offset})
-                offset += meta.row_group(group).num_rows
-            total = (total or 0) + offset
-        else:
-            units.append({"kind": fmt.value, "path": path, "offset": 0})
-            total = None
+    units, total = table_units(fs, paths, fmt)
     for unit in units:
         unit.update(root=base, column=column, id_column=id_column, query_kind=kind)
     return QueryTable(base, fmt, kind, column, id_column, units, total)
