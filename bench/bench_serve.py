@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import compose  # noqa: E402
+from pipeline.cli import compose  # noqa: E402
 from pipeline.index.build import run_index  # noqa: E402
 from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset  # noqa: E402
 

@@ -26,8 +26,7 @@ EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
 
 
 def render(path: str) -> str:
-    from pipeline.cli import command_override
-    from pipeline.config import compose
+    from pipeline.cli import command_override, compose
     from pipeline.launch import render_job
 
     overrides, command = EXAMPLES[path]

@@ -1,22 +1,26 @@
 """`latent <command> [key=value ...]`: one console script, one Hydra app per command.
 
-Hydra stays here, at the edge: each app turns its DictConfig into the command's dataclass and
-calls the library.
+Hydra and omegaconf stay here, at the edge: the command line is checked against the command's
+dataclass (pipeline/config.py: the one source of keys, defaults and explanations), composed by
+Hydra, turned into that dataclass and handed to the library.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
-
-from pipeline.config import CONFIG_PACKAGE, register_configs, to_dataclass
+from pipeline.config import SCHEMAS, describe
 from pipeline.errors import LatentError
+
+CONFIG_PACKAGE = "pipeline.conf"  # conf/ is installed as this package (see pyproject.toml)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 # command -> ("module:function" taking the command's dataclass, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +39,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit-job": ("pipeline.launch:run_submit_job", "run a command on a Ray cluster through its Jobs API"),
 }
 CONFIGS = {"render-job": "job", "submit-job": "job"}  # commands sharing another's conf/<name>.yaml
+DOCS = {
+    "embed": "docs/embedding-dataset.md",
+    "index": "docs/indexing.md, docs/index-directory.md",
+    "search": "docs/search.md",
+    "knn": "docs/search.md",
+    "serve": "docs/http-api.md",
+    "job": "docs/cluster.md",
+}
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]
        latent render-job|submit-job [key=value ...] -- latent <command> [key=value ...]
@@ -42,8 +54,189 @@ USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]
 commands:
 {commands}
 
-`latent <command> --help` lists the command's keys and their defaults.
+`latent <command> --help` lists the command's keys, their defaults and what they mean.
 """
+
+
+class ConfigKeyError(LatentError):
+    """A command line override names a key the command does not have."""
+
+
+def config_name(command: str) -> str:
+    return CONFIGS.get(command, command)
+
+
+def register_configs() -> None:
+    """Register each command's dataclass with Hydra as ``<name>_schema`` (conf/<name>.yaml composes it)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=node)
+
+
+# -- checking overrides against the schema --------------------------------------------------------------
+
+
+def presets(name: str) -> dict[str, list[str]]:
+    """Config groups a command may select (``model=vit-l-14``): group -> preset names in conf/<group>/."""
+    fields = {f.name for f in dataclasses.fields(SCHEMAS[name])}
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir() and group.name in fields
+    }
+
+
+def _open_keys(cls: type, prefix: str = "") -> list[str]:
+    """Keys whose value is a mapping: any sub-key below them is the user's (runtime_env.env_vars.NAME)."""
+    found = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            found += _open_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif isinstance(f.default_factory(), dict) if f.default_factory is not dataclasses.MISSING else False:  # type: ignore[misc]
+            found.append(f"{prefix}{f.name}")
+    return found
+
+
+def check_overrides(name: str, overrides: list[str]) -> None:
+    """Refuse any override (``key=``, ``+key=``, ``++key=``, ``~key``) of a key the command lacks.
+
+    Hydra would suggest ``+key=value`` for an unknown key, which then composes and is dropped when the
+    config becomes its dataclass: the setting is lost without a word. Here it is an error that names
+    the closest valid key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise ConfigKeyError(f"cannot parse the command line: {err}") from err
+    keys = [key for key, _, _, _ in describe(SCHEMAS[name])]
+    groups = presets(name)
+    open_keys = _open_keys(SCHEMAS[name])
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
+            continue  # Hydra's own settings (hydra.run.dir, hydra/launcher=...): Hydra checks them
+        if key in groups and override.package is None:
+            if not override.is_sweep_override() and override.value() not in groups[key]:
+                raise ConfigKeyError(
+                    f"{key}={override.value()}: no such preset (conf/{key}/ has {', '.join(groups[key])})"
+                )
+            continue
+        if key in keys or any(key.startswith(f"{k}.") for k in open_keys):
+            continue
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6) or difflib.get_close_matches(
+            key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.6
+        )
+        hint = ""
+        if close:
+            match = next((k for k in keys if k == close[0] or k.endswith(f".{close[0]}")), close[0])
+            hint = f" (did you mean {match}?)"
+        raise ConfigKeyError(
+            f"unknown key '{key}' in '{override.input_line}'{hint}. "
+            f"`latent {name if name != 'job' else 'render-job'} --help` lists the keys"
+        )
+
+
+# -- composing -------------------------------------------------------------------------------------
+
+
+def to_dataclass(cfg: Any) -> Any:
+    """A composed Hydra ``DictConfig`` as its schema's dataclass; a missing required key is an error."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigKeyError(f"missing value for key '{err.full_key}': set it, {err.full_key}=...") from err
+
+
+def compose_dictconfig(name: str, overrides: list[str] | None = None) -> Any:
+    """conf/<name>.yaml composed with ``key=value`` overrides (checked first), as Hydra's ``DictConfig``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    overrides = list(overrides or [])
+    check_overrides(name, overrides)
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base=None):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+def compose(name: str, overrides: list[str] | None = None) -> Any:
+    """The dataclass of conf/<name>.yaml with ``key=value`` overrides applied, as the CLI composes it."""
+    return to_dataclass(compose_dictconfig(name, overrides))
+
+
+def check_values(name: str, overrides: list[str]) -> None:
+    """Compose once before Hydra runs the app, so that a bad value exits 2 with the key it names."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        to_dataclass(compose_dictconfig(name, overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        raise ConfigKeyError(" ".join(str(cause).split())) from err
+
+
+# -- --help ----------------------------------------------------------------------------------------
+
+
+def _format(value: Any) -> str:
+    if hasattr(value, "value") and not isinstance(value, (str, int, float)):
+        value = value.value
+    if isinstance(value, str) and hasattr(value, "value"):  # a str Enum
+        value = value.value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value if value else '""'
+    return str(value)
+
+
+def render_help(command: str, values: dict[str, Any] | None = None) -> str:
+    """The keys of ``command`` with their values (``values``, nested, else the defaults) and explanations."""
+    name = config_name(command)
+    lines = [f"latent {command}: {COMMANDS[command][1]}", ""]
+    if name == "job":
+        lines += [f"usage: latent {command} [key=value ...] -- latent <command> [key=value ...]", ""]
+    else:
+        required = " ".join(f"{k}=..." for k, d, _, s in describe(SCHEMAS[name]) if not s and d == "???")
+        lines += [f"usage: latent {command} {required} [key=value ...] [-m key=a,b ...]", ""]
+    lines.append("keys (key: default  # what it means):")
+    for key, default, text, section in describe(SCHEMAS[name]):
+        depth = key.count(".")
+        leaf = key.rsplit(".", 1)[-1]
+        if section:
+            left = f"{'  ' * depth}{leaf}:"
+        else:
+            value = default
+            if values is not None:
+                value = values
+                for part in key.split("."):
+                    value = value[part]
+            left = f"{'  ' * depth}{leaf}: {_format(value)}"
+        lines.append(f"  {left:<34} # {text}" if text else f"  {left}")
+    groups = presets(name)
+    if groups:
+        lines += ["", "presets (group=NAME sets several keys at once):"]
+        lines += [f"  {group}={' | '.join(names)}" for group, names in groups.items()]
+    lines += [
+        "",
+        "Override any key with key=value; sweep with -m key=a,b. "
+        f"Docs: {DOCS[name]}. Hydra's own flags: latent {command} --hydra-help",
+    ]
+    return "\n".join(lines)
+
+
+# -- the apps ----------------------------------------------------------------------------------------
 
 
 def _load(target: str) -> Callable:
@@ -51,22 +244,29 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
+def _fail(command: str, err: LatentError) -> None:
+    print(f"latent {command}: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
 def _hydra_app(command: str) -> Callable[[], None]:
+    import hydra
+    from omegaconf import DictConfig
+
     target, _ = COMMANDS[command]
 
-    @hydra.main(config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIGS.get(command, command), version_base=None)
+    @hydra.main(config_path=f"pkg://{CONFIG_PACKAGE}", config_name=config_name(command), version_base=None)
     def app(cfg: DictConfig) -> None:
         try:
             config = to_dataclass(cfg)
-        except MissingMandatoryValue as err:
-            how = "after `--`: ... -- latent embed ..." if command in CONFIGS else f"set it: {err.full_key}=..."
-            print(f"latent {command}: missing value for key '{err.full_key}' ({how})", file=sys.stderr)
-            sys.exit(2)
+        except ConfigKeyError as err:
+            if command in CONFIGS:
+                err = ConfigKeyError(f"{err} (the command goes after `--`: ... -- latent embed ...)")
+            _fail(command, err)
         try:
             _load(target)(config)
         except LatentError as err:
-            print(f"latent {command}: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            _fail(command, err)
 
     return app
 
@@ -79,6 +279,8 @@ def command_override(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.runtime import configure_process
+
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -90,6 +292,25 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command in CONFIGS and "--" in argv:
         argv = command_override(argv)
+    overrides = [a for a in argv if "=" in a or a.startswith("~")]  # Hydra's flags (-m, --cfg job) aside
+    try:
+        check_overrides(config_name(command), overrides)
+        if "-h" in argv or "--help" in argv:
+            values = None
+            if overrides:  # the values these overrides give (model=vit-l-14 --help shows its keys)
+                from omegaconf import OmegaConf
+
+                dictconfig = compose_dictconfig(config_name(command), overrides)
+                values = OmegaConf.to_container(dictconfig, throw_on_missing=False, enum_to_str=True)
+            print(render_help(command, values))
+            sys.exit(0)
+        if not ({"-m", "--multirun"} & set(argv)):
+            check_values(config_name(command), overrides)
+    except LatentError as err:
+        if command in CONFIGS and "'command'" in str(err):
+            err = ConfigKeyError("no command to run: give it after `--`: latent render-job ... -- latent embed ...")
+        _fail(command, err)
+    configure_process()
     register_configs()
     sys.argv = [f"latent {command}", *argv]  # Hydra reads sys.argv
     _hydra_app(command)()

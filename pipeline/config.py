@@ -1,20 +1,78 @@
-"""Structured configs: the typed schema of every command.
+"""Each command's settings: plain dataclasses with their defaults and explanations (the one source of both).
 
-The dataclasses declare keys and types only; every default lives in ``conf/*.yaml`` (the single
-source of defaults), which Hydra merges onto these schemas. Library code takes the dataclasses;
-``compose`` builds one from ``conf/`` for callers who are not behind a Hydra entry point.
+The library takes these dataclasses (or plain arguments) and never imports Hydra or omegaconf: the
+CLI (pipeline/cli.py) composes them from the command line, and ``latent <command> --help`` renders
+each key's default and explanation from here. A key whose default is ``REQUIRED`` must be set.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+REQUIRED: Any = "???"  # the default of a key the user must set (omegaconf reads "???" as missing, too)
 
-CONFIG_PACKAGE = "pipeline.conf"  # conf/ is installed as this package (see pyproject.toml)
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its default and the one-line explanation ``--help`` shows."""
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return field(default_factory=default, metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def describe(cls: type) -> list[tuple[str, Any, str, bool]]:
+    """``(dotted key, default, explanation, is_section)`` of every key of a config class, in order."""
+    rows: list[tuple[str, Any, str, bool]] = []
+
+    def walk(node: type, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            key, text = f"{prefix}{f.name}", f.metadata.get("help", "")
+            if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+                rows.append((key, None, text, True))
+                walk(f.default_factory, f"{key}.")  # type: ignore[arg-type]
+            else:
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                rows.append((key, default, text, False))
+
+    walk(cls, "")
+    return rows
+
+
+def missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` still at ``REQUIRED``."""
+    missing = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            missing += missing_keys(value, f"{prefix}{f.name}.")
+        elif isinstance(value, str) and value == REQUIRED:
+            missing.append(f"{prefix}{f.name}")
+    return missing
+
+
+def to_plain(value: Any) -> Any:
+    """A config (dataclass, enum, list, dict) as plain YAML/JSON-able values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    return value
+
+
+def to_yaml(cfg: Any) -> str:
+    """A config as YAML, for run records."""
+    import yaml
+
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False)
 
 
 class InputFormat(str, Enum):
@@ -51,94 +109,83 @@ class OutputDtype(str, Enum):
     float32 = "float32"
 
 
+PRECISION_HELP = "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16"
+
+
+# --- latent embed ---------------------------------------------------------------------------------
+
+
 @dataclass
 class InputConfig:
-    path: str = MISSING
-    format: InputFormat = MISSING
-    image_column: str | None = MISSING
-    text_column: str | None = MISSING
-    id_column: str | None = MISSING
-    files_per_task: int = MISSING
+    path: str = setting(REQUIRED, "folder of images, WebDataset tars (folder or brace pattern), or a table file/folder")
+    format: InputFormat = setting(InputFormat.auto, "auto | images | webdataset | parquet | csv | jsonl")
+    image_column: str | None = setting(
+        None,
+        "tables: column of image paths or bytes (null: image, image_path, img, jpg, path, filepath, file, "
+        "image_bytes if present)",
+    )
+    text_column: str | None = setting(None, "tables: column of texts (null: text, caption, txt if present)")
+    id_column: str | None = setting(None, "tables: column of stable ids (null: id, key if present, else file and row)")
+    files_per_task: int = setting(256, "image files per read task")
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    pretrained: str | None = MISSING  # open_clip tag, local checkpoint path, or null (random weights)
-    precision: Precision = MISSING
-    device: Device = MISSING
+    name: str = setting("ViT-B-32", "an open_clip model name (presets: model=vit-b-32 | vit-l-14)")
+    pretrained: str | None = setting(
+        "laion2b_s34b_b79k", "open_clip pretrained tag, a local checkpoint file, or null (random weights)"
+    )
+    precision: Precision = setting(Precision.auto, PRECISION_HELP)
+    device: Device = setting(Device.auto, "auto (cuda when the cluster has GPUs) | cpu | cuda")
 
 
 @dataclass
 class OutputConfig:
-    path: str = MISSING
-    dtype: OutputDtype = MISSING
-    rows_per_shard: int = MISSING
+    path: str = setting(REQUIRED, "the embedding dataset to write (docs/embedding-dataset.md)")
+    dtype: OutputDtype = setting(OutputDtype.float16, "float16 | float32")
+    rows_per_shard: int = setting(8192, "rows per Parquet shard")
 
 
 @dataclass
 class RayConfig:
-    """Where jobs run: shared by every command that uses Ray (conf/ray/*.yaml)."""
+    """Where jobs run: shared by every command that uses Ray (presets: ray=local | cluster)."""
 
-    address: str = MISSING  # "": start a local Ray; "auto", "host:port" or "ray://…": join a cluster
-    num_cpus: int | None = MISSING  # local Ray only
-    num_gpus: int | None = MISSING  # local Ray only
+    address: str = setting(
+        "", '"": a private Ray started inside the job on loopback; auto, host:port or ray://…: join a cluster'
+    )
+    num_cpus: int | None = setting(None, "local Ray only (null: all)")
+    num_gpus: int | None = setting(None, "local Ray only (null: all)")
 
 
 @dataclass
 class EmbedResources:
     """Resources of the embed job's stages; nulls are derived from the cluster at the edge."""
 
-    encoder_actors: int | None = MISSING  # null: one per GPU, or one CPU actor
-    gpus_per_encoder: float = MISSING
-    cpus_per_encoder: float | None = MISSING  # null: 1 reserved (a CPU actor then runs torch on all cores)
-    cpus_per_reader: float = MISSING
-    object_store_budget: int | None = MISSING  # bytes of data in flight, across stages; null: Ray Data's default
+    encoder_actors: int | None = setting(None, "null: one per GPU (gpus_per_encoder each), or one CPU actor per node")
+    gpus_per_encoder: float = setting(1.0, "GPUs per encoder actor (CUDA only)")
+    cpus_per_encoder: float | None = setting(
+        None, "null: 1 reserved (a CPU actor runs torch on all of its node's cores)"
+    )
+    cpus_per_reader: float = setting(1.0, "CPUs per decode/preprocess task")
+    object_store_budget: int | None = setting(
+        2147483648, "bytes in flight between stages: readers wait beyond it, so memory stays flat (null: Ray's default)"
+    )
 
 
 @dataclass
 class EmbedConfig:
-    input: InputConfig = field(default_factory=InputConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    resources: EmbedResources = field(default_factory=EmbedResources)
-    modality: Modality = MISSING
-    batch_size: int = MISSING
-    max_error_fraction: float = MISSING
-    max_image_pixels: int = MISSING
-    progress: bool = MISSING
-
-
-def register_configs() -> None:
-    """Register each command's schema under ``<command>_schema`` for conf/<command>.yaml."""
-    store = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=node)
-
-
-SCHEMAS: dict[str, type] = {"embed": EmbedConfig}
-
-
-def compose(command: str, overrides: list[str] | None = None) -> Any:
-    """The typed config of ``command`` with conf/'s defaults and ``key=value`` overrides applied."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    register_configs()
-    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base=None):
-        cfg = hydra_compose(config_name=command, overrides=list(overrides or []))
-    return to_dataclass(cfg)
-
-
-def to_dataclass(cfg: Any) -> Any:
-    """A composed Hydra ``DictConfig`` as its schema's dataclass."""
-    return OmegaConf.to_object(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    """A dataclass config as YAML, for run records."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    input: InputConfig = setting(InputConfig, "the corpus")
+    model: ModelConfig = setting(ModelConfig, "the open_clip encoder")
+    output: OutputConfig = setting(OutputConfig, "the embedding dataset")
+    ray: RayConfig = setting(RayConfig, "where the job runs")
+    resources: EmbedResources = setting(EmbedResources, "per stage; on a cluster the nulls are derived from it")
+    modality: Modality = setting(
+        Modality.auto, "auto (images, plus captions where they exist; else texts) | image | text | both"
+    )
+    batch_size: int = setting(256, "rows per encoder batch")
+    max_error_fraction: float = setting(0.1, "fail the job once more than this fraction of rows failed")
+    max_image_pixels: int = setting(89478485, "larger images are recorded as errors (decompression bombs)")
+    progress: bool = setting(True, "show a progress bar")
 
 
 # --- latent index -------------------------------------------------------------------------------
@@ -157,42 +204,43 @@ class IndexMode(str, Enum):
 
 @dataclass
 class IndexInputConfig:
-    path: str = MISSING
-    column: str | None = MISSING  # null: the dataset's one embedding column
+    path: str = setting(REQUIRED, "embedding dataset, Parquet folder with an embedding column, or folder of .npy files")
+    column: str | None = setting(None, "null: the dataset's one embedding column (`embedding` or `*_embedding`)")
 
 
 @dataclass
 class IndexBuildConfig:
-    path: str = MISSING
-    mode: IndexMode = MISSING
-    factory: str = MISSING  # "auto" or any FAISS index_factory string
-    metric: Metric = MISSING
-    target_recall: float = MISSING
-    k: int = MISSING
-    max_memory: str = MISSING  # "auto" (half the available RAM), "4G", "512M", "1.5GiB" or bytes
-    train_sample: int = MISSING
-    tune_queries: int = MISSING
-    batch_size: int = MISSING
-    device: Device = MISSING
-    seed: int = MISSING
+    path: str = setting(REQUIRED, "the index directory to write (docs/index-directory.md)")
+    mode: IndexMode = setting(
+        IndexMode.create, "create (fails if path holds an index) | append (new rows, no retraining) | overwrite"
+    )
+    factory: str = setting("auto", "auto (from size, dim, memory, target recall) | any FAISS index_factory string")
+    metric: Metric = setting(Metric.ip, "ip (cosine on unit vectors) | l2")
+    target_recall: float = setting(0.95, "tune search parameters to the cheapest setting reaching this recall@k")
+    k: int = setting(10, "the k of the recall@k target")
+    max_memory: str = setting(
+        "auto", "budget for the index and the build's buffers: auto (half the free RAM) | 4G | 512M | bytes"
+    )
+    train_sample: int = setting(100000, "at most this many vectors sampled to train the index")
+    tune_queries: int = setting(1000, "held-out corpus vectors used to measure recall and throughput")
+    batch_size: int = setting(16384, "vectors read and added per batch")
+    device: Device = setting(Device.auto, "auto (a GPU when faiss sees one) | cpu | cuda")
+    seed: int = setting(0, "seed of sampling and training")
 
 
 @dataclass
 class ParallelAddConfig:
-    min_vectors: int | None = MISSING  # add on Ray from this many vectors (IVF indexes only); null: never
-    tasks: int | None = MISSING  # Ray add tasks (null: one per cluster CPU, at most one per shard)
+    min_vectors: int | None = setting(20000000, "add on Ray from this many vectors (IVF indexes only; null: never)")
+    tasks: int | None = setting(None, "Ray add tasks (null: one per cluster CPU, at most one per shard)")
 
 
 @dataclass
 class IndexCommandConfig:
-    input: IndexInputConfig = field(default_factory=IndexInputConfig)
-    index: IndexBuildConfig = field(default_factory=IndexBuildConfig)
-    parallel: ParallelAddConfig = field(default_factory=ParallelAddConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    progress: bool = MISSING
-
-
-SCHEMAS["index"] = IndexCommandConfig
+    input: IndexInputConfig = setting(IndexInputConfig, "the vectors")
+    index: IndexBuildConfig = setting(IndexBuildConfig, "the index to build")
+    parallel: ParallelAddConfig = setting(ParallelAddConfig, "the add phase on Ray")
+    ray: RayConfig = setting(RayConfig, "where the parallel add runs")
+    progress: bool = setting(True, "show progress bars")
 
 
 # --- latent search / latent knn -----------------------------------------------------------------
@@ -202,10 +250,13 @@ SCHEMAS["index"] = IndexCommandConfig
 class SearchModelConfig:
     """The query encoder of a search: the model recorded in the index (its fingerprint), placed here."""
 
-    pretrained: str | None = MISSING  # null: the index's own weights (its open_clip tag, or random weights);
-    # a local checkpoint file: used if its sha256 matches the fingerprint's (indexes built from a checkpoint)
-    device: Device = MISSING
-    precision: Precision = MISSING
+    pretrained: str | None = setting(
+        None,
+        "null: the index's own weights (its open_clip tag, or random weights); an index built from a checkpoint "
+        "file: that file (used if its sha256 matches)",
+    )
+    device: Device = setting(Device.auto, "auto (cuda when one is visible) | cpu | cuda")
+    precision: Precision = setting(Precision.auto, PRECISION_HELP)
 
 
 class SearchOutput(str, Enum):
@@ -215,29 +266,28 @@ class SearchOutput(str, Enum):
 
 @dataclass
 class IndexPathConfig:
-    path: str = MISSING  # an index directory written by `latent index`
+    path: str = setting(REQUIRED, "an index directory written by `latent index`")
 
 
 @dataclass
 class QueryConfig:
     """One query: exactly one of these is set."""
 
-    text: str | None = MISSING
-    image: str | None = MISSING  # an image file
-    vector: list[float] | None = MISSING  # [0.1,0.2,…] with the index's dimension
-    id: str | None = MISSING  # an item of the index: search by its stored vector
+    text: str | None = setting(None, 'query.text="a cat playing jazz"')
+    image: str | None = setting(None, "query.image=/path/to/photo.jpg")
+    vector: list[float] | None = setting(
+        None, "query.vector=[0.1,0.2,...] (the index's dimension; normalised for cosine indexes)"
+    )
+    id: str | None = setting(None, "query.id=ITEM: the item's stored vector (search by a result)")
 
 
 @dataclass
 class SearchCommandConfig:
-    index: IndexPathConfig = field(default_factory=IndexPathConfig)
-    query: QueryConfig = field(default_factory=QueryConfig)
-    model: SearchModelConfig = field(default_factory=SearchModelConfig)
-    k: int = MISSING
-    output: SearchOutput = MISSING
-
-
-SCHEMAS["search"] = SearchCommandConfig
+    index: IndexPathConfig = setting(IndexPathConfig, "the index")
+    query: QueryConfig = setting(QueryConfig, "exactly one of these")
+    model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: always the model recorded in the index")
+    k: int = setting(10, "how many hits")
+    output: SearchOutput = setting(SearchOutput.table, "table | json")
 
 
 class QueryKind(str, Enum):
@@ -249,42 +299,50 @@ class QueryKind(str, Enum):
 
 @dataclass
 class KnnInputConfig:
-    path: str = MISSING
-    format: InputFormat = MISSING  # auto | parquet | csv | jsonl
-    kind: QueryKind = MISSING
-    column: str | None = MISSING  # the query column (null: found by kind)
-    id_column: str | None = MISSING  # null: `id` if present, else "<file>:<row>"
+    path: str = setting(
+        REQUIRED, "a Parquet/CSV/JSONL file or folder of them, or an embedding dataset (`latent embed`)"
+    )
+    format: InputFormat = setting(InputFormat.auto, "auto (by extension) | parquet | csv | jsonl")
+    kind: QueryKind = setting(
+        QueryKind.auto,
+        "auto (the one embedding column, else an image column, else a text column) | vector | image | text",
+    )
+    column: str | None = setting(None, "the query column (null: found by kind)")
+    id_column: str | None = setting(None, 'null: `id` or `key` if present, else "<file>:<row>"')
 
 
 @dataclass
 class KnnOutputConfig:
-    path: str = MISSING
-    rows_per_shard: int = MISSING
+    path: str = setting(REQUIRED, "neighbors/ (and groups/ with threshold) are written here; see docs/search.md")
+    rows_per_shard: int = setting(65536, "rows per Parquet shard")
 
 
 @dataclass
 class KnnResources:
-    actors: int | None = MISSING  # searcher actors (null: one per GPU for text/image queries on CUDA, else one)
-    cpus_per_actor: float | None = MISSING  # null: 1 reserved (the actor's FAISS and torch then use all cores)
-    gpus_per_actor: float = MISSING
-    cpus_per_reader: float = MISSING
+    actors: int | None = setting(
+        None, "searcher actors, each opening the memory-mapped index once (null: one per GPU, or one)"
+    )
+    cpus_per_actor: float | None = setting(
+        None, "null: 1 reserved (a CPU actor runs FAISS and torch on all of its node's cores)"
+    )
+    gpus_per_actor: float = setting(1.0, "text/image queries on CUDA only")
+    cpus_per_reader: float = setting(1.0, "CPUs per read task")
 
 
 @dataclass
 class KnnCommandConfig:
-    input: KnnInputConfig = field(default_factory=KnnInputConfig)
-    index: IndexPathConfig = field(default_factory=IndexPathConfig)
-    output: KnnOutputConfig = field(default_factory=KnnOutputConfig)
-    model: SearchModelConfig = field(default_factory=SearchModelConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    resources: KnnResources = field(default_factory=KnnResources)
-    k: int = MISSING
-    threshold: float | None = MISSING  # cosine: also write near-duplicate groups of pairs scoring >= threshold
-    batch_size: int = MISSING
-    progress: bool = MISSING
-
-
-SCHEMAS["knn"] = KnnCommandConfig
+    input: KnnInputConfig = setting(KnnInputConfig, "the queries")
+    index: IndexPathConfig = setting(IndexPathConfig, "the index")
+    output: KnnOutputConfig = setting(KnnOutputConfig, "where the neighbours go")
+    model: SearchModelConfig = setting(SearchModelConfig, "text/image queries: the model recorded in the index")
+    ray: RayConfig = setting(RayConfig, "where the job runs")
+    resources: KnnResources = setting(KnnResources, "per stage")
+    k: int = setting(10, "neighbours per query")
+    threshold: float | None = setting(
+        None, "cosine in [-1, 1]: also write near-duplicate groups (connected components of pairs >= threshold)"
+    )
+    batch_size: int = setting(1024, "queries per encoder batch and FAISS search")
+    progress: bool = setting(True, "show a progress bar")
 
 
 # --- latent serve -------------------------------------------------------------------------------
@@ -294,24 +352,22 @@ SCHEMAS["knn"] = KnnCommandConfig
 class ServeConfig:
     """`latent serve`: the HTTP API and web page over one index directory (docs/http-api.md)."""
 
-    index: IndexPathConfig = field(default_factory=IndexPathConfig)
-    model: SearchModelConfig = field(default_factory=SearchModelConfig)
-    host: str = MISSING  # 127.0.0.1: this machine only
-    port: int = MISSING  # 0: any free port
-    max_k: int = MISSING  # largest k a query may ask for
-    default_k: int = MISSING  # k of a query that gives none
-    max_body_bytes: int = MISSING  # larger request bodies get 413
-    max_batch: int = MISSING  # most queries of one kind in one Searcher call
-    batch_wait_ms: float = MISSING  # a text/image query waits this long for others to share its encoder call
-    max_image_pixels: int = MISSING  # larger query images are refused (decompression bombs)
-    thumbnail_size: int = MISSING  # long side of thumbnails, pixels
-    thumbnail_cache: int = MISSING  # thumbnails kept in memory
-    warmup: bool = MISSING  # build the query encoder at start (else on the first text/image query)
-    log_level: str = MISSING
-    access_log: bool = MISSING
+    index: IndexPathConfig = setting(IndexPathConfig, "the index to serve")
+    model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: the model recorded in the index")
+    host: str = setting("127.0.0.1", "127.0.0.1: this machine only; 0.0.0.0: every interface")
+    port: int = setting(8080, "0: any free port")
+    max_k: int = setting(100, "largest k a query may ask for (more gets 400)")
+    default_k: int = setting(10, "k of a query that gives none")
+    max_body_bytes: int = setting(10485760, "larger request bodies (base64 images) get 413")
+    max_batch: int = setting(64, "most queries of one kind answered by one Searcher call")
+    batch_wait_ms: float = setting(2.0, "a text/image query waits up to this long for others to share its encoder call")
+    max_image_pixels: int = setting(89478485, "query images and thumbnails above this many pixels are refused")
+    thumbnail_size: int = setting(256, "long side of thumbnails, pixels (JPEG)")
+    thumbnail_cache: int = setting(1024, "thumbnails kept in memory")
+    warmup: bool = setting(True, "build the query encoder at start, so the first query is fast")
+    log_level: str = setting("info", "uvicorn's: critical | error | warning | info | debug")
+    access_log: bool = setting(False, "one log line per request")
 
-
-SCHEMAS["serve"] = ServeConfig
 
 # --- latent render-job / submit-job ---------------------------------------------------------------
 
@@ -326,58 +382,73 @@ class JobKind(str, Enum):
 class JobHead:
     """The head node (k8s: its container's limits; slurm: the first node of the allocation)."""
 
-    cpus: int = MISSING  # CPUs the head offers to tasks (the driver and the GCS need some too)
-    memory: str = MISSING  # k8s quantity (16Gi) / SLURM --mem (16G)
+    cpus: int = setting(4, "CPUs the head offers to tasks (the driver and the GCS need some too)")
+    memory: str = setting("16Gi", "k8s: the head container's memory limit (slurm: every node gets workers.memory)")
 
 
 @dataclass
 class JobWorkers:
     """Each worker node; a SLURM allocation gets ``count`` + 1 nodes (the head runs tasks too)."""
 
-    count: int = MISSING
-    cpus: int = MISSING
-    gpus: int = MISSING
-    memory: str = MISSING
+    count: int = setting(2, "worker nodes besides the head")
+    cpus: int = setting(8, "CPUs per worker")
+    gpus: int = setting(1, "GPUs per worker: one encoder actor per GPU (resources.encoder_actors: null)")
+    memory: str = setting("32Gi", "k8s quantity (32Gi) / SLURM --mem of every node (32G)")
 
 
 @dataclass
 class RuntimeEnvConfig:
-    working_dir: str | None = MISSING  # a local folder (ray: uploaded) or a remote zip URI; null: none
-    pip: list[str] = MISSING  # extra packages installed on every node for the job
-    excludes: list[str] = MISSING  # left out of an uploaded working_dir
-    env_vars: dict[str, str] = MISSING
+    working_dir: str | None = setting(
+        None, 'kind=ray: a local folder ("." uploads this project); k8s: a remote zip URI; null: none'
+    )
+    pip: list[str] = setting([], "extra pip packages installed on every node for the job, e.g. [open_clip_torch]")
+    excludes: list[str] = setting(
+        [".git", ".venv", "**/__pycache__", "bench/results", "demo-output", "outputs", "multirun", "*.egg-info"],
+        "left out of an uploaded working_dir",
+    )
+    env_vars: dict[str, str] = setting({}, "environment of the job on every node: +runtime_env.env_vars.NAME=value")
 
 
 @dataclass
 class K8sJobConfig:
-    namespace: str | None = MISSING
-    image: str = MISSING  # a Ray image with latent installed
-    ttl_seconds: int = MISSING  # how long the finished RayJob's cluster stays for inspection
+    namespace: str | None = setting(None, "null: the current namespace")
+    image: str = setting(
+        "rayproject/ray:2.60.0-py311", "a Ray image with latent installed (build FROM it: pip install latent)"
+    )
+    ttl_seconds: int = setting(3600, "the finished job's cluster stays this long for logs, then is deleted")
 
 
 @dataclass
 class SlurmJobConfig:
-    partition: str | None = MISSING
-    account: str | None = MISSING
-    time: str = MISSING  # --time
-    setup: str = MISSING  # shell run on every node before `ray start` (modules, the venv)
-    port: int = MISSING  # the head's GCS port
+    partition: str | None = setting(None, "--partition (null: the cluster's default)")
+    account: str | None = setting(None, "--account (null: none)")
+    time: str = setting("04:00:00", "--time")
+    setup: str = setting("source .venv/bin/activate", "shell run on every node before `ray start`: modules, the venv")
+    port: int = setting(6379, "the head's GCS port")
 
 
 @dataclass
 class JobConfig:
-    kind: JobKind = MISSING
-    name: str = MISSING
-    command: str = MISSING  # the latent command line the job runs
-    address: str = MISSING  # kind=ray: the cluster's dashboard (Jobs API), http://host:8265
-    wait: bool = MISSING  # kind=ray: follow the job's logs until it ends, exit with its status
-    timeout_s: int = MISSING  # kind=ray with wait: give up (and stop the job) after this long
-    out: str | None = MISSING  # render-job: write here (null: print)
-    head: JobHead = field(default_factory=JobHead)
-    workers: JobWorkers = field(default_factory=JobWorkers)
-    runtime_env: RuntimeEnvConfig = field(default_factory=RuntimeEnvConfig)
-    k8s: K8sJobConfig = field(default_factory=K8sJobConfig)
-    slurm: SlurmJobConfig = field(default_factory=SlurmJobConfig)
+    kind: JobKind = setting(JobKind.ray, "ray (submit to a running cluster) | k8s (RayJob manifest) | slurm (sbatch)")
+    name: str = setting("latent-job", "the job's name (RayJob metadata.name, SLURM --job-name, submission id prefix)")
+    command: str = setting(REQUIRED, "the latent command line, given after `--`")
+    address: str = setting("http://127.0.0.1:8265", "kind=ray: the cluster's dashboard, which serves the Jobs API")
+    wait: bool = setting(True, "kind=ray: follow the job's logs until it ends and exit with its status")
+    timeout_s: int = setting(86400, "kind=ray with wait: stop the job if it runs longer than this")
+    out: str | None = setting(None, "render-job: write the manifest/script here (null: print it)")
+    head: JobHead = setting(JobHead, "the head node")
+    workers: JobWorkers = setting(JobWorkers, "each worker node")
+    runtime_env: RuntimeEnvConfig = setting(RuntimeEnvConfig, "what every node gets for the job (Ray runtime_env)")
+    k8s: K8sJobConfig = setting(K8sJobConfig, "kind=k8s")
+    slurm: SlurmJobConfig = setting(SlurmJobConfig, "kind=slurm")
 
 
-SCHEMAS["job"] = JobConfig
+# conf/<name>.yaml composes each of these (pipeline/cli.py registers them with Hydra as <name>_schema)
+SCHEMAS: dict[str, type] = {
+    "embed": EmbedConfig,
+    "index": IndexCommandConfig,
+    "search": SearchCommandConfig,
+    "knn": KnnCommandConfig,
+    "serve": ServeConfig,
+    "job": JobConfig,
+}

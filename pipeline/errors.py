@@ -5,3 +5,14 @@ class LatentError(Exception):
     """A problem with the user's input, config or environment, phrased as what to do about it."""
 
     exit_code = 2
+
+
+def describe_error(err: BaseException) -> str:
+    """An exception as ``Type: message`` for error tables and messages, without Python object addresses
+    (``<_io.BytesIO object at 0x…>``), which differ on every run and mean nothing to a user."""
+    import re
+
+    text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename else "")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -84,6 +84,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The test process is an application like the CLI: it chooses its OpenMP policy (the library doesn't).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +93,10 @@ def local_ray():
     """One small local Ray for the whole session, on loopback."""
     import ray
 
-    from pipeline.config import compose
+    from pipeline.config import RayConfig
     from pipeline.runtime import init_ray
 
-    init_ray(compose("embed", ["input.path=unused", "output.path=unused", "ray.num_cpus=2"]).ray)
+    init_ray(RayConfig(num_cpus=2))
     yield ray
     ray.shutdown()
 

@@ -14,7 +14,7 @@ from conftest import embed_overrides
 from corpora import jpeg_bytes, write_image_folder, write_table, write_tar, write_webdataset
 from PIL import Image
 
-from pipeline.config import compose
+from pipeline.cli import compose
 from pipeline.embed import EmbedSummary, run_embed
 from pipeline.errors import LatentError
 from pipeline.io.shards import METADATA_KEY, EmbeddingInfo, arrow_to_vectors, list_shards, read_info

@@ -14,8 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.cli import command_override
-from pipeline.config import compose
+from pipeline.cli import command_override, compose
 from pipeline.errors import LatentError
 from pipeline.launch import cluster_command, render_job, render_rayjob, render_sbatch, runtime_env
 

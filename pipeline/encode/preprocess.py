@@ -9,6 +9,7 @@ Normalize, so vectors equal ``model.encode_image(preprocess(img))``.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = None  # size is checked by decode_image against its own limit
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit greyscale (PNG)
+_OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class BadImage(ValueError):
@@ -60,21 +62,48 @@ class ImagePrep:
         return (x - mean) / std
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open image bytes (first frame of animations) as RGB, refusing empty, broken and huge images."""
+def clean_message(err: BaseException) -> str:
+    """An exception as ``Type: message`` without Python object addresses (``<_io.BytesIO object at 0x…>``)."""
+    text = _OBJECT_ADDRESS.sub("", str(err)).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """The decompression-bomb check of every image latent opens (corpus, query, thumbnail), from its header."""
+    if width * height > max_pixels:
+        raise BadImage(f"image too large: {width}x{height} pixels > max_image_pixels={max_pixels}")
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Image bytes opened lazily (header only) and checked against ``max_pixels`` before anything is decoded."""
     if not data:
         raise BadImage("empty file")
     try:
         image = Image.open(io.BytesIO(data))
-        width, height = image.size  # from the header: nothing decoded yet
-        if width * height > max_pixels:
-            raise BadImage(f"image too large: {width}x{height} pixels > max_image_pixels={max_pixels}")
-        image.load()
-    except BadImage:
-        raise
+    except Image.DecompressionBombError as err:  # Pillow's own guard, where the process keeps it (a library user)
+        raise BadImage(f"image too large for Pillow's MAX_IMAGE_PIXELS: {clean_message(err)}") from err
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImage(f"cannot decode image: {type(err).__name__}: {err}") from err
+        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
+    check_pixels(*image.size, max_pixels)
     return image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG) scaled to 8 bits (65535 -> 255); ``convert("RGB")`` would clip it to white."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open image bytes (first frame of animations), refusing empty, broken and huge images; 16 bits -> 8."""
+    image = open_image(data, max_pixels)
+    try:
+        image.load()
+        return to_8bit(image)
+    except Exception as err:  # PIL raises many types for broken files
+        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
 
 
 def prepare_records(records: pa.Table, prep: ImagePrep | None, needs_text: bool, max_pixels: int) -> pa.Table:

@@ -15,6 +15,8 @@ from collections import OrderedDict
 
 from PIL import Image
 
+from pipeline.encode.preprocess import BadImage, open_image, to_8bit
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
 
@@ -55,17 +57,14 @@ def _read_tar_sample_image(tar_path: str, key: str) -> bytes:
 def make_thumbnail(data: bytes, size: int, max_pixels: int, quality: int = 85) -> bytes:
     """A JPEG no larger than ``size`` on its long side."""
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size  # from the header: refuse decompression bombs before decoding
-        if width * height > max_pixels:
-            raise NoThumbnail(f"image too large: {width}x{height}")
+        image = to_8bit(open_image(data, max_pixels))  # header only: decompression bombs refused before decoding
         image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big photos
         image = image.convert("RGB")
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=quality, optimize=True)
-    except NoThumbnail:
-        raise
+    except BadImage as err:
+        raise NoThumbnail(str(err)) from err
     except Exception as err:  # PIL raises many types for broken files
         raise NoThumbnail(f"cannot decode the image: {type(err).__name__}") from err
     return out.getvalue()

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import command_override
-from pipeline.config import compose
+from pipeline.cli import command_override, compose
 
 from .localcluster import LocalCluster
 

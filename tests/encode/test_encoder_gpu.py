@@ -30,7 +30,7 @@ def test_cuda_half_precision_matches_cpu_fp32(tiny_model, tiny_checkpoint, photo
 def test_embed_job_on_gpu(local_gpu_ray, tmp_path, photos, tiny_model):
     from conftest import embed_overrides
 
-    from pipeline.config import compose
+    from pipeline.cli import compose
     from pipeline.embed import run_embed
 
     cfg = compose("embed", embed_overrides(photos, tmp_path / "out", tiny_model, "model.device=cuda"))

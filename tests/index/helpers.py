@@ -10,7 +10,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pipeline.config import IndexCommandConfig, compose
+from pipeline.cli import compose
+from pipeline.config import IndexCommandConfig
 from pipeline.index.build import IndexSummary, run_index
 from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset
 

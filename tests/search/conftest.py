@@ -9,7 +9,7 @@ import pytest
 from conftest import embed_overrides
 from index.helpers import build, dataset, vectors
 
-from pipeline.config import compose
+from pipeline.cli import compose
 from pipeline.embed import run_embed
 
 # One OpenMP thread: the searches here are tiny, and spinning threads on a shared 2-core machine are slow.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from index.helpers import REPO, run_cli
 
-from pipeline.config import compose
+from pipeline.cli import compose
 from pipeline.search import QueryError, Searcher
 from pipeline.search.command import run_search
 

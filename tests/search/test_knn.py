@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from index.helpers import build, dataset, vectors
 
-from pipeline.config import compose
+from pipeline.cli import compose
 from pipeline.errors import LatentError
 from pipeline.io.shards import commit_table
 from pipeline.search import Searcher

@@ -198,7 +198,7 @@ def test_a_model_whose_dimension_differs_is_refused(photo_index, tiny_checkpoint
 def test_random_weights_indexes_rebuild_the_same_model(local_ray, tmp_path, photos, tiny_model):
     from conftest import embed_overrides
 
-    from pipeline.config import compose
+    from pipeline.cli import compose
     from pipeline.embed import run_embed
 
     run_embed(compose("embed", embed_overrides(photos, tmp_path / "emb", tiny_model, "output.dtype=float32")))
