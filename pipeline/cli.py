@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.index.build:run_index",
         "build a FAISS index of an embedding dataset, tuned to a target recall",
     ),
+    "verify": ("pipeline.index.verify:run_verify", "check an index directory's files against their recorded checksums"),
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),

@@ -290,6 +290,16 @@ class SearchCommandConfig:
     output: SearchOutput = setting(SearchOutput.table, "table | json")
 
 
+@dataclass
+class VerifyCommandConfig:
+    """`latent verify`: check every file of an index directory against the checksums in its index.json."""
+
+    index: IndexPathConfig = field(default_factory=IndexPathConfig)
+
+
+SCHEMAS["verify"] = VerifyCommandConfig
+
+
 class QueryKind(str, Enum):
     auto = "auto"  # the one vector column, else an image column, else a text column
     vector = "vector"

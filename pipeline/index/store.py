@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,10 @@ INFO_FILE = "index.json"
 ITEMS_BATCH_ROWS = 4096  # rows per record batch of items.arrow: label -> (label // rows, label % rows)
 IDS_BATCH_ROWS = 4096
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+CHECKED_FILES = (INDEX_FILE, ITEMS_FILE, IDS_FILE)  # the files index.json records a checksum of
+SMALL_FILE_BYTES = 16 << 20  # files up to this size are hashed in full on every open; larger: size only
+SCORE_TOLERANCE = 1e-2  # cosine rounding (float16 vectors, |norm - 1| <= 1e-2) clipped to [-1, 1]
+LOSSY_SCORE_TOLERANCE = 0.5  # codes-only indexes (PQ/SQ without an exact re-rank) approximate the cosine
 _STAGING_MARK = ".tmp-"
 
 
@@ -70,6 +75,7 @@ class IndexInfo:
     normalized: bool = True  # vectors were unit-length (metric ip is then cosine)
     items_batch_rows: int = ITEMS_BATCH_ROWS
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
+    files: dict[str, dict[str, Any]] | None = None  # name -> {"bytes", "sha256"}; None: written before checksums
     format_version: int = FORMAT_VERSION
 
     @property
@@ -85,7 +91,12 @@ class IndexInfo:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> IndexInfo:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            raise IndexCorrupted(f"{INFO_FILE} is not valid JSON ({err}); the index directory is damaged") from err
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise LatentError(
                 f"index format version {data['format_version']} is newer than this latent understands "
@@ -117,13 +128,18 @@ class IndexDirectory:
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
+        check_files(self.path, info, full=False)  # sizes always; small files' checksums
         flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
-        self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
+        self._index = read_faiss_index(self.path, info, flags)
         apply_search_params(self._index, info.search_params)
-        self._items = pa.ipc.open_file(pa.memory_map(str(self.path / ITEMS_FILE)))
-        self._ids = pa.ipc.open_file(pa.memory_map(str(self.path / IDS_FILE)))
+        self._items = open_arrow(self.path, ITEMS_FILE)
+        self._ids = open_arrow(self.path, IDS_FILE)
+        rows = sum(self._items.get_batch(i).num_rows for i in range(self._items.num_record_batches))
+        if rows != info.ntotal:
+            raise IndexCorrupted(f"{self.path / ITEMS_FILE}: {rows} rows, index.json says {info.ntotal}")
         # the first id of each sorted batch: label_of bisects these, then one batch
         self._id_fences = [self._ids.get_batch(i).column(0)[0].as_py() for i in range(self._ids.num_record_batches)]
+        self._score_bound = 1.0 + (LOSSY_SCORE_TOLERANCE if lossy_scores(info.factory) else SCORE_TOLERANCE)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = True) -> IndexDirectory:
@@ -146,6 +162,22 @@ class IndexDirectory:
 
     def __len__(self) -> int:
         return self.info.ntotal
+
+    def check_scores(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``scores`` of a search, checked: on a normalised ip index a cosine far outside [-1, 1] means the
+        index's data is corrupted (refused, naming the file); rounding just past +-1 is clipped."""
+        if self.info.metric != "ip" or not self.info.normalized:
+            return scores
+        hit = labels >= 0
+        bad = hit & ~(np.abs(scores) <= self._score_bound)  # NaN counts as bad
+        if bad.any():
+            row, col = (int(v[0]) for v in np.nonzero(bad))
+            raise IndexCorrupted(
+                f"{self.path / INDEX_FILE}: a search returned cosine {float(scores[row, col]):.6g} for label "
+                f"{int(labels[row, col])} on a normalised index (cosines lie in [-1, 1]): the index data is corrupted; "
+                f"check it with `latent verify index.path={self.path}` and rebuild it with index.mode=overwrite"
+            )
+        return np.clip(scores, -1.0, 1.0, out=scores)
 
     def items(self, labels: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         """Metadata rows of FAISS ``labels`` (flattened), in their order; a label of -1 gives a null row."""
@@ -214,6 +246,87 @@ class IndexDirectory:
             with self._lock:
                 batch = self._items.get_batch(i)
             yield batch
+
+
+class IndexCorrupted(LatentError):
+    """A file of an index directory does not match index.json (size, checksum) or cannot be parsed."""
+
+
+def lossy_scores(factory: str) -> bool:
+    """Whether the final scores of ``factory`` come from compressed codes (PQ, SQ8…) rather than exact
+    (or float16) vectors; such cosines may stray past +-1 by the quantisation error."""
+    exact_rerank = "RFlat" in factory or "Refine(Flat)" in factory or "Refine(SQfp16)" in factory
+    return not exact_rerank and any(code in factory for code in ("PQ", "SQ4", "SQ6", "SQ8", "LSH", "RaBitQ"))
+
+
+def open_arrow(root: Path, name: str) -> pa.ipc.RecordBatchFileReader:
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(root / name)))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise IndexCorrupted(
+            f"{root / name}: not a readable Arrow file ({err}); the index directory is damaged"
+        ) from err
+
+
+def read_faiss_index(root: Path, info: IndexInfo, flags: int = 0) -> faiss.Index:
+    """index.faiss, parsed by FAISS; a file FAISS cannot parse, or one that disagrees with index.json, is an
+    IndexCorrupted naming the file (never FAISS's C++ traceback)."""
+    path = root / INDEX_FILE
+    try:
+        index = faiss.read_index(str(path), flags)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise IndexCorrupted(
+            f"{path}: FAISS cannot read it ({reason[:200]}); the file is damaged: rebuild the index"
+        ) from err
+    if index.d != info.dim or index.ntotal != info.ntotal:
+        raise IndexCorrupted(
+            f"{path}: holds {index.ntotal} {index.d}-d vectors, index.json says {info.ntotal} {info.dim}-d"
+        )
+    return index
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(root: str | os.PathLike, names: Iterable[str] = CHECKED_FILES) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes": size, "sha256": hex}}`` of files of an index directory (per file, so that any
+    layout, sharded ones included, records each of its files the same way)."""
+    root = Path(root)
+    return {name: {"bytes": (root / name).stat().st_size, "sha256": sha256_of(root / name)} for name in names}
+
+
+def check_files(root: str | os.PathLike, info: IndexInfo, full: bool) -> list[str]:
+    """Check an index directory's files against index.json's ``files``: sizes always, checksums of small
+    files (every file with ``full``). Raises IndexCorrupted naming the first bad file; returns what was
+    checked, one line per file."""
+    root = Path(root)
+    done = []
+    for name in CHECKED_FILES if info.files is None else info.files:
+        if not (root / name).is_file():
+            raise IndexCorrupted(f"{root / name}: missing; the index directory is incomplete")
+    for name, want in (info.files or {}).items():
+        path = root / name
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise IndexCorrupted(
+                f"{path}: {size} bytes, index.json records {want['bytes']}: the file was truncated or replaced"
+            )
+        if full or size <= SMALL_FILE_BYTES:
+            if sha256_of(path) != want["sha256"]:
+                raise IndexCorrupted(
+                    f"{path}: sha256 differs from the one recorded in index.json: the file is corrupted; "
+                    f"rebuild the index (index.mode=overwrite)"
+                )
+            done.append(f"{name}: {size} bytes, sha256 ok")
+        else:
+            done.append(f"{name}: {size} bytes ok (sha256 checked by `latent verify`)")
+    return done
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -333,6 +446,8 @@ class StagedIndexDirectory:
         return self.dir / name
 
     def write_info(self, info: IndexInfo) -> None:
+        """index.json, with the size and sha256 of every staged data file (written before it)."""
+        info.files = file_checksums(self.dir)
         self.file(INFO_FILE).write_text(info.to_json())
 
     def commit(self) -> None:
