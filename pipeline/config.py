@@ -202,6 +202,12 @@ class IndexMode(str, Enum):
     overwrite = "overwrite"  # build anew and replace index.path atomically
 
 
+class DuplicatePolicy(str, Enum):
+    error = "error"  # refuse the append, naming the id (nothing written)
+    skip = "skip"  # keep the vector already indexed; the input's row is left out (counted, warned)
+    replace = "replace"  # the input's vector replaces the indexed one (same label, metadata updated)
+
+
 @dataclass
 class IndexInputConfig:
     path: str = setting(REQUIRED, "embedding dataset, Parquet folder with an embedding column, or folder of .npy files")
@@ -216,16 +222,25 @@ class IndexBuildConfig:
     )
     factory: str = setting("auto", "auto (from size, dim, memory, target recall) | any FAISS index_factory string")
     metric: Metric = setting(Metric.ip, "ip (cosine on unit vectors) | l2")
-    target_recall: float = setting(0.95, "tune search parameters to the cheapest setting reaching this recall@k")
+    target_recall: float = setting(
+        0.95, "the cheapest setting whose recall@k (the lower end of its 95% interval) reaches this"
+    )
     k: int = setting(10, "the k of the recall@k target")
     max_memory: str = setting(
         "auto", "budget for the index and the build's buffers: auto (half the free RAM) | 4G | 512M | bytes"
     )
     train_sample: int = setting(100000, "at most this many vectors sampled to train the index")
-    tune_queries: int = setting(1000, "held-out corpus vectors used to measure recall and throughput")
+    tune_queries: int = setting(
+        1000, "corpus vectors held out of the index while it is tuned (fresh queries): recall and throughput"
+    )
     batch_size: int = setting(16384, "vectors read and added per batch")
     device: Device = setting(Device.auto, "auto (a GPU when faiss sees one) | cpu | cuda")
     seed: int = setting(0, "seed of sampling and training")
+    on_duplicate_id: DuplicatePolicy = setting(
+        DuplicatePolicy.error,
+        "append: an id the index holds with a DIFFERENT vector: error (name it, write nothing) | skip (keep the "
+        "indexed vector) | replace (take the input's); the same id with the same vector is skipped as indexed",
+    )
 
 
 @dataclass
@@ -294,10 +309,7 @@ class SearchCommandConfig:
 class VerifyCommandConfig:
     """`latent verify`: check every file of an index directory against the checksums in its index.json."""
 
-    index: IndexPathConfig = field(default_factory=IndexPathConfig)
-
-
-SCHEMAS["verify"] = VerifyCommandConfig
+    index: IndexPathConfig = setting(IndexPathConfig, "the index directory to check")
 
 
 class QueryKind(str, Enum):
@@ -458,6 +470,7 @@ SCHEMAS: dict[str, type] = {
     "embed": EmbedConfig,
     "index": IndexCommandConfig,
     "search": SearchCommandConfig,
+    "verify": VerifyCommandConfig,
     "knn": KnnCommandConfig,
     "serve": ServeConfig,
     "job": JobConfig,

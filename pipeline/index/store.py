@@ -52,6 +52,9 @@ class Recall:
     value: float
     queries: int
     target: float | None = None
+    lower: float | None = None  # the 95% Wilson interval of ``value`` over the queries (None: older indexes)
+    upper: float | None = None
+    method: str | None = None  # "held-out": queries not in the index while measured; "leave-one-out"
 
 
 @dataclass
@@ -76,6 +79,7 @@ class IndexInfo:
     items_batch_rows: int = ITEMS_BATCH_ROWS
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
     files: dict[str, dict[str, Any]] | None = None  # name -> {"bytes", "sha256"}; None: written before checksums
+    exact_qps: float | None = None  # exact search's batch throughput on the tune queries, for comparison
     format_version: int = FORMAT_VERSION
 
     @property

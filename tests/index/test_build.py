@@ -83,7 +83,7 @@ def test_l2_metric_accepts_unnormalised_vectors(tmp_path):
     d = IndexDirectory.open(tmp_path / "idx")
     assert summary.metric == "l2" and d.info.metric == "l2" and d.index.metric_type == faiss.METRIC_L2
     _, labels = d.index.search(x[:5], 1)
-    assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert d.ids(labels[:, 0]).tolist() == [f"emb_00000:{r}" for r in range(5)]
 
 
 def test_append_adds_only_new_ids_and_remeasures(tmp_path):
