@@ -202,12 +202,15 @@ def _fingerprint(spec: ModelSpec, model: torch.nn.Module) -> dict[str, Any]:
     pcfg = dict(model.visual.preprocess_cfg)
     size = pcfg.get("size")
     weights = spec.pretrained
+    path = None
     if spec.checkpoint is not None and weights is not None and os.path.isfile(weights):
         weights = os.path.basename(weights)  # a path is local to one machine; the hash identifies it
+        path = os.path.abspath(spec.pretrained)  # where it was loaded from: search reuses it while the hash matches
     return {
         "name": spec.name,
         "pretrained": weights,
         "checkpoint_sha256": spec.checkpoint_sha256,
+        "checkpoint_path": path,
         "random_weights_seed": RANDOM_WEIGHTS_SEED if spec.checkpoint is None else None,
         "quick_gelu": spec.quick_gelu,
         "dim": int(model.visual.output_dim),

@@ -332,15 +332,19 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
         )
     recorded, sha = fingerprint.get("pretrained"), fingerprint.get("checkpoint_sha256")
     tag = recorded if recorded in open_clip.list_pretrained_tags_by_model(name) else None
+    path = fingerprint.get("checkpoint_path")  # where embed loaded a checkpoint file from (absolute)
     if cfg.pretrained:
         weights = cfg.pretrained
     elif sha is None:
         weights = None  # random weights, seeded: every process builds the same model
     elif tag is not None:
         weights = tag
+    elif path and os.path.isfile(path):
+        weights = path  # the file embed read: used while its sha256 still matches (checked below)
     else:
+        where = f" (it was at {path}, which is gone)" if path else ""
         raise LatentError(
-            f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}): "
+            f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}){where}: "
             f"point at that file with model.pretrained=/path/to/{recorded}"
         )
     device = resolve_device(cfg.device, _gpus() if gpus is None else gpus)
@@ -348,6 +352,11 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
     if spec.checkpoint_sha256 != sha:
         got = f"sha256 {spec.checkpoint_sha256}" if spec.checkpoint_sha256 else "random weights"
         want = f"sha256 {sha}" if sha else "random weights"
+        if not cfg.pretrained and weights == path:
+            raise LatentError(
+                f"the checkpoint the index was built from, {path}, has changed since ({got}, the index's {want}): "
+                f"point at the original weights with model.pretrained=/path/to/{recorded}"
+            )
         raise LatentError(
             f"model.pretrained={weights}: these weights ({got}) are not the ones the index was built with "
             f"({want}, '{recorded}')"
