@@ -34,6 +34,7 @@ from pipeline.index.build import (
 )
 from pipeline.index.choose import build_bytes, estimate_index_bytes, human
 from pipeline.index.gpu import coarse_quantizer_on
+from pipeline.index.integrity import lossy_scores
 from pipeline.index.read import EmbeddingSource, iter_batches, read_rows
 from pipeline.index.store import (
     ITEMS_FILE,
@@ -42,7 +43,6 @@ from pipeline.index.store import (
     ItemsWriter,
     StagedIndexDirectory,
     is_index_directory,
-    lossy_scores,
 )
 from pipeline.index.summary import Clock, IndexSummary, progress_bar, summarize
 from pipeline.index.tune import GroundTruth

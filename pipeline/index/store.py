@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
+from pipeline.index.integrity import (
+    LOSSY_SCORE_TOLERANCE,
+    SCORE_TOLERANCE,
+    IndexCorrupted,
+    check_files,
+    file_checksums,
+    lossy_scores,
+    open_arrow,
+    read_faiss_index,
+)
 from pipeline.io.shards import EmbeddingInfo
 
 FORMAT_VERSION = 1
@@ -38,9 +47,6 @@ ITEMS_BATCH_ROWS = 4096  # rows per record batch of items.arrow: label -> (label
 IDS_BATCH_ROWS = 4096
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 CHECKED_FILES = (INDEX_FILE, ITEMS_FILE, IDS_FILE)  # the files index.json records a checksum of
-SMALL_FILE_BYTES = 16 << 20  # files up to this size are hashed in full on every open; larger: size only
-SCORE_TOLERANCE = 1e-2  # cosine rounding (float16 vectors, |norm - 1| <= 1e-2) clipped to [-1, 1]
-LOSSY_SCORE_TOLERANCE = 0.5  # codes-only indexes (PQ/SQ without an exact re-rank) approximate the cosine
 _STAGING_MARK = ".tmp-"
 
 
@@ -132,12 +138,12 @@ class IndexDirectory:
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
-        check_files(self.path, info, full=False)  # sizes always; small files' checksums
+        check_files(self.path, info.files, CHECKED_FILES, full=False)  # sizes always; small files' checksums
         flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
-        self._index = read_faiss_index(self.path, info, flags)
+        self._index = read_faiss_index(self.path / INDEX_FILE, info.dim, info.ntotal, flags)
         apply_search_params(self._index, info.search_params)
-        self._items = open_arrow(self.path, ITEMS_FILE)
-        self._ids = open_arrow(self.path, IDS_FILE)
+        self._items = open_arrow(self.path / ITEMS_FILE)
+        self._ids = open_arrow(self.path / IDS_FILE)
         rows = sum(self._items.get_batch(i).num_rows for i in range(self._items.num_record_batches))
         if rows != info.ntotal:
             raise IndexCorrupted(f"{self.path / ITEMS_FILE}: {rows} rows, index.json says {info.ntotal}")
@@ -250,87 +256,6 @@ class IndexDirectory:
             with self._lock:
                 batch = self._items.get_batch(i)
             yield batch
-
-
-class IndexCorrupted(LatentError):
-    """A file of an index directory does not match index.json (size, checksum) or cannot be parsed."""
-
-
-def lossy_scores(factory: str) -> bool:
-    """Whether the final scores of ``factory`` come from compressed codes (PQ, SQ8…) rather than exact
-    (or float16) vectors; such cosines may stray past +-1 by the quantisation error."""
-    exact_rerank = "RFlat" in factory or "Refine(Flat)" in factory or "Refine(SQfp16)" in factory
-    return not exact_rerank and any(code in factory for code in ("PQ", "SQ4", "SQ6", "SQ8", "LSH", "RaBitQ"))
-
-
-def open_arrow(root: Path, name: str) -> pa.ipc.RecordBatchFileReader:
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(root / name)))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise IndexCorrupted(
-            f"{root / name}: not a readable Arrow file ({err}); the index directory is damaged"
-        ) from err
-
-
-def read_faiss_index(root: Path, info: IndexInfo, flags: int = 0) -> faiss.Index:
-    """index.faiss, parsed by FAISS; a file FAISS cannot parse, or one that disagrees with index.json, is an
-    IndexCorrupted naming the file (never FAISS's C++ traceback)."""
-    path = root / INDEX_FILE
-    try:
-        index = faiss.read_index(str(path), flags)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise IndexCorrupted(
-            f"{path}: FAISS cannot read it ({reason[:200]}); the file is damaged: rebuild the index"
-        ) from err
-    if index.d != info.dim or index.ntotal != info.ntotal:
-        raise IndexCorrupted(
-            f"{path}: holds {index.ntotal} {index.d}-d vectors, index.json says {info.ntotal} {info.dim}-d"
-        )
-    return index
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_checksums(root: str | os.PathLike, names: Iterable[str] = CHECKED_FILES) -> dict[str, dict[str, Any]]:
-    """``{name: {"bytes": size, "sha256": hex}}`` of files of an index directory (per file, so that any
-    layout, sharded ones included, records each of its files the same way)."""
-    root = Path(root)
-    return {name: {"bytes": (root / name).stat().st_size, "sha256": sha256_of(root / name)} for name in names}
-
-
-def check_files(root: str | os.PathLike, info: IndexInfo, full: bool) -> list[str]:
-    """Check an index directory's files against index.json's ``files``: sizes always, checksums of small
-    files (every file with ``full``). Raises IndexCorrupted naming the first bad file; returns what was
-    checked, one line per file."""
-    root = Path(root)
-    done = []
-    for name in CHECKED_FILES if info.files is None else info.files:
-        if not (root / name).is_file():
-            raise IndexCorrupted(f"{root / name}: missing; the index directory is incomplete")
-    for name, want in (info.files or {}).items():
-        path = root / name
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            raise IndexCorrupted(
-                f"{path}: {size} bytes, index.json records {want['bytes']}: the file was truncated or replaced"
-            )
-        if full or size <= SMALL_FILE_BYTES:
-            if sha256_of(path) != want["sha256"]:
-                raise IndexCorrupted(
-                    f"{path}: sha256 differs from the one recorded in index.json: the file is corrupted; "
-                    f"rebuild the index (index.mode=overwrite)"
-                )
-            done.append(f"{name}: {size} bytes, sha256 ok")
-        else:
-            done.append(f"{name}: {size} bytes ok (sha256 checked by `latent verify`)")
-    return done
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -451,7 +376,7 @@ class StagedIndexDirectory:
 
     def write_info(self, info: IndexInfo) -> None:
         """index.json, with the size and sha256 of every staged data file (written before it)."""
-        info.files = file_checksums(self.dir)
+        info.files = file_checksums(self.dir, CHECKED_FILES)
         self.file(INFO_FILE).write_text(info.to_json())
 
     def commit(self) -> None:

@@ -15,18 +15,8 @@ import numpy as np
 
 from pipeline.config import VerifyCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.store import (
-    IDS_FILE,
-    INDEX_FILE,
-    INFO_FILE,
-    ITEMS_FILE,
-    IndexCorrupted,
-    IndexInfo,
-    check_files,
-    lossy_scores,
-    open_arrow,
-    read_faiss_index,
-)
+from pipeline.index.integrity import IndexCorrupted, check_files, lossy_scores, open_arrow, read_faiss_index
+from pipeline.index.store import CHECKED_FILES, IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo
 
 NORM_CHUNK = 65536  # stored vectors reconstructed at a time for the norm check
 NORM_TOLERANCE = 0.05  # float16 copies of unit vectors stay well within this
@@ -50,15 +40,15 @@ def verify_index(path: str | Path) -> VerifyReport:
         raise LatentError(f"index.path={root}: not an index directory (no {INFO_FILE})")
     info = IndexInfo.from_json((root / INFO_FILE).read_bytes())
     report = VerifyReport(str(root))
-    report.checks += check_files(root, info, full=True)
+    report.checks += check_files(root, info.files, CHECKED_FILES, full=True)
     if info.files is None:
         report.warnings.append(
             f"{INFO_FILE} records no checksums (written by an older latent): only the structure was checked; "
             "rebuild with index.mode=overwrite to record them"
         )
-    index = read_faiss_index(root, info)
+    index = read_faiss_index(root / INDEX_FILE, info.dim, info.ntotal)
     report.checks.append(f"{INDEX_FILE}: {index.ntotal} x {index.d} parsed")
-    items, ids = open_arrow(root, ITEMS_FILE), open_arrow(root, IDS_FILE)
+    items, ids = open_arrow(root / ITEMS_FILE), open_arrow(root / IDS_FILE)
     item_rows = sum(items.get_batch(i).num_rows for i in range(items.num_record_batches))
     id_rows = sum(ids.get_batch(i).num_rows for i in range(ids.num_record_batches))
     if item_rows != info.ntotal or id_rows != info.ntotal:

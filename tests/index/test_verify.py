@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.index import store
-from pipeline.index.store import INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexCorrupted, IndexDirectory
+from pipeline.index import integrity
+from pipeline.index.integrity import IndexCorrupted
+from pipeline.index.store import INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexDirectory
 from pipeline.index.verify import verify_index
 from pipeline.search import Searcher
 
@@ -70,7 +71,7 @@ def test_flipped_data_is_refused_on_open_when_small_and_by_verify(index_copy, tm
 
 def test_flipped_data_of_a_large_index_never_returns_a_cosine_outside_minus_one_one(index_copy, monkeypatch):
     path, x = index_copy
-    monkeypatch.setattr(store, "SMALL_FILE_BYTES", 0)  # as for a big index: open checks sizes only
+    monkeypatch.setattr(integrity, "SMALL_FILE_BYTES", 0)  # as for a big index: open checks sizes only
     plant_huge_value(path / INDEX_FILE, x, 17)
     searcher = Searcher.open(path)  # cheap checks pass: same size
     with pytest.raises(IndexCorrupted, match=r"cosine \d{3,}.*label 17.*latent verify"):
