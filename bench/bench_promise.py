@@ -7,7 +7,7 @@ For each corpus, `latent index` runs with its defaults (auto, target 0.95 at k=1
 float32 .npy shards; then FRESH queries, never in the index, are searched: recall@10 against exact
 search over every indexed vector, and batch QPS against IndexFlatIP on the same queries (best of 3).
 
-  clustered  the benchmark's clustered vectors (pipeline.index.synthetic, 512-d), 200k
+  clustered  the benchmark's clustered vectors (pipeline.index.synthetic), 200k x 256
   random     isotropic random unit vectors, 300k x 128 (the case that settled at recall 0.79)
   shapes     a second, differently shaped generator (here, not in pipeline/): Zipf-sized clusters with
              their own anisotropic covariance and heavy-tailed spread, 256-d, 200k
@@ -51,7 +51,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def clustered(n: int) -> np.ndarray:
-    return clustered_unit_vectors(n + FRESH, ClusteredSpec(dim=512, seed=7))
+    return clustered_unit_vectors(n + FRESH, ClusteredSpec(dim=256, seed=7))
 
 
 def isotropic(n: int) -> np.ndarray:
