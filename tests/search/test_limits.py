@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from index.helpers import run_cli
 
-from pipeline.config import ServeConfig, compose
+from pipeline.cli import compose
+from pipeline.config import ServeConfig
 from pipeline.errors import LatentError
 from pipeline.search import QueryError, Searcher
 from pipeline.search.knn import _check_config
