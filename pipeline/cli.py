@@ -44,6 +44,7 @@ DOCS = {
     "embed": "docs/embedding-dataset.md",
     "index": "docs/indexing.md, docs/index-directory.md",
     "search": "docs/search.md",
+    "verify": "docs/indexing.md#verify",
     "knn": "docs/search.md",
     "serve": "docs/http-api.md",
     "job": "docs/cluster.md",
