@@ -31,6 +31,7 @@ from pipeline.index import parallel
 from pipeline.index.choose import (
     Choice,
     build_bytes,
+    choose_factory,
     estimate_index_bytes,
     exact_bytes,
     human,
@@ -172,9 +173,7 @@ def _plan(cfg: IndexCommandConfig, source: EmbeddingSource, budget: int, metric:
     ic = cfg.index
     if ic.factory.strip().lower() == "auto":
         fitting = plan_candidates(n, dim, budget, ic.target_recall, metric, ic.train_sample, ic.batch_size, queries)
-        if not fitting:
-            from pipeline.index.choose import choose_factory
-
+        if not fitting:  # raises, saying how much the smallest candidate needs
             choose_factory(n, dim, budget, ic.target_recall, metric, ic.train_sample, ic.batch_size, queries)
         return fitting
     factory = ic.factory.strip()
