@@ -153,7 +153,7 @@ def table(results: list[dict]) -> str:
         before = ", ".join(t["factory"] for t in r["tried"][:-1])
         chose = f"`{r['factory']}`" + (f" ({before})" if before else "")
         if r["factory"] == "Flat":
-            chose += ": exact search, nothing approximate beat it"
+            chose += ": exact search, nothing approximate beat it" if before else ": exact search (a small corpus)"
         p = r["promised"]
         lines.append(
             f"| {r['corpus']} | {r['n'] // 1000}k × {r['dim']} | {chose} | {p['value']:.3f} ({p['lower']:.3f}–"
