@@ -173,12 +173,29 @@ class EmbedResources:
 
 
 @dataclass
+class DecodeConfig:
+    """Where and how images are decoded (docs/embedding-dataset.md, "Decoding")."""
+
+    device: Device = setting(
+        Device.auto,
+        "auto (cuda when the encoder is on a GPU) | cpu (Pillow in decode tasks: exact) | cuda (the encoder gets "
+        "the JPEG bytes and decodes each batch with nvJPEG; cosine >= 0.995 to exact; other images take Pillow)",
+    )
+    draft: bool = setting(
+        False,
+        "CPU path: decode JPEGs >= 4x the model input at a reduced DCT scale (Pillow's draft) before the exact "
+        "resize; faster, vectors not bit-equal (cosine >= 0.995)",
+    )
+
+
+@dataclass
 class EmbedConfig:
     input: InputConfig = setting(InputConfig, "the corpus")
     model: ModelConfig = setting(ModelConfig, "the open_clip encoder")
     output: OutputConfig = setting(OutputConfig, "the embedding dataset")
     ray: RayConfig = setting(RayConfig, "where the job runs")
     resources: EmbedResources = setting(EmbedResources, "per stage; on a cluster the nulls are derived from it")
+    decode: DecodeConfig = setting(DecodeConfig, "where and how images are decoded (docs/embedding-dataset.md)")
     modality: Modality = setting(
         Modality.auto, "auto (images, plus captions where they exist; else texts) | image | text | both"
     )
