@@ -17,10 +17,13 @@ chromium:
 	    echo "make install: the browser tests need Debian's chromium: run 'sudo apt-get install chromium'" >&2; exit 1; \
 	  fi; }
 
-$(VENV)/.installed: pyproject.toml
+# FAISS comes from an extra (pyproject.toml): CUDA 12's faiss-gpu on Linux x86-64, faiss-cpu elsewhere;
+# FAISS_EXTRA=cu13 for Meta's CUDA 13 wheel. constraints/ci.txt pins the tested torch/torchvision.
+FAISS_EXTRA ?= $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),cu12,cpu)
+$(VENV)/.installed: pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[test,$(FAISS_EXTRA)]'
 	touch $@
 
 test: install

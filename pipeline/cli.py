@@ -241,9 +241,20 @@ def render_help(command: str, values: dict[str, Any] | None = None) -> str:
 # -- the apps ----------------------------------------------------------------------------------------
 
 
+FAISS_MISSING = (
+    "FAISS is not installed: pick the build for this host's driver, "
+    "pip install 'latent[cu12]' (CUDA 12), 'latent[cu13]' (CUDA 13) or 'latent[cpu]' (README: Install)"
+)
+
+
 def _load(target: str) -> Callable:
     module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as err:
+        if err.name == "faiss":
+            raise LatentError(FAISS_MISSING) from err
+        raise
 
 
 def _fail(command: str, err: LatentError) -> None:
