@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -250,15 +251,25 @@ def _check_errors(rows: int, errors: int, limit: float, output: str, final: bool
         )
 
 
+def _describe(name: str, pretrained: str | None):
+    weights = resolve_model(name, pretrained)
+    return weights, describe_model(weights)
+
+
 def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
     started = time.perf_counter()
-    source = open_source(cfg.input)
-    modality = resolve_modality(cfg.modality, source)
-    weights = resolve_model(cfg.model.name, cfg.model.pretrained)
-    described = describe_model(weights)
-    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
     output = OutputDir(cfg.output.path)
+    # Start-up: the weights are resolved and hashed, and the model described, in a thread while Ray
+    # starts (both take seconds, mostly waiting); a finished output starts no Ray at all.
+    with ThreadPoolExecutor(1, thread_name_prefix="latent-model") as pool:
+        model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
+        source = open_source(cfg.input)
+        modality = resolve_modality(cfg.modality, source)
+        if not output.complete:
+            init_ray(cfg.ray)
+        weights, described = model.result()
+    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
     output.claim(info)
     if output.complete:
         counts = output.counts()
@@ -266,7 +277,6 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
         print(summary.render())
         return summary
 
-    init_ray(cfg.ray)
     device = resolve_device(cfg.model.device, cluster_gpus())
     spec = weights.on(device, resolve_precision(cfg.model.precision, device))
     log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
