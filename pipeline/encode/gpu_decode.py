@@ -8,8 +8,9 @@ the encoder receives the raw bytes and turns a whole batch into pixels on its ow
      limit go to the batch decoder; anything else (PNG, CMYK, too large, unreadable) goes to the
      CPU path one by one, where broken files become recorded errors as before;
   2. ``torchvision.io.decode_jpeg`` decodes the list at once on the device (nvJPEG on CUDA; the same
-     call runs libjpeg on CPU tensors, which is how CI checks this code); a batch the decoder refuses
-     is retried image by image, and the images it still refuses take the CPU path;
+     call runs libjpeg on CPU tensors, which is how CI checks this code), or nvImageCodec's batch
+     decoder when ``nvidia.nvimgcodec`` is installed (GPU only; not exercised in CI); a batch the
+     decoder refuses is retried image by image, and the images it still refuses take the CPU path;
   3. ``TensorTransform`` applies the geometry of open_clip's eval transform (its own Resize /
      ResizeKeepRatio / CenterCrop / CenterCropOrPad steps, read from the transform object, with
      their interpolation and antialiasing) to uint8 CHW tensors, grouped by input shape.
@@ -140,9 +141,39 @@ class BatchImageDecoder:
         self.max_pixels = max_pixels
         self.fallbacks = 0  # images that took the CPU path (not JPEG, refused by the decoder, broken)
 
+    def _nvimgcodec(self):
+        """nvImageCodec's batch decoder when it is installed and the device is a GPU; else None (torchvision)."""
+        if not hasattr(self, "_nv"):
+            self._nv = None
+            if self.device.type == "cuda":
+                try:
+                    from nvidia import nvimgcodec
+
+                    self._nv = nvimgcodec.Decoder(device_id=self.device.index or 0)
+                except Exception:  # not installed, or no usable backend: torchvision's nvJPEG does it
+                    self._nv = None
+        return self._nv
+
+    def _decode_nvimgcodec(self, decoder, blobs: list[bytes]) -> list[torch.Tensor | None] | None:
+        """nvImageCodec's batch decode (None per image it refuses); None when the call itself fails."""
+        try:
+            images = decoder.decode(blobs)
+            out: list[torch.Tensor | None] = []
+            for image in images:
+                tensor = None if image is None else torch.from_dlpack(image.to_dlpack())
+                out.append(tensor.permute(2, 0, 1) if tensor is not None and tensor.shape[-1] == 3 else None)
+            return out
+        except Exception as err:  # an unexpected failure of the optional decoder: torchvision's path instead
+            log.warning("nvImageCodec failed on a batch (%s); decoding it with torchvision", err)
+            return None
+
     def _decode_jpegs(self, blobs: list[bytes]) -> list[torch.Tensor | None]:
         """Decode on the device: the whole list at once, or image by image when the batch is refused."""
         from torchvision.io import ImageReadMode, decode_jpeg
+
+        nv = self._nvimgcodec()
+        if nv is not None and (decoded := self._decode_nvimgcodec(nv, blobs)) is not None:
+            return decoded
 
         tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
         try:
