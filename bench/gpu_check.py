@@ -164,7 +164,7 @@ def run_embed_once(corpus: Path, out: Path, arch: str, checkpoint: Path, decode:
     import shutil
 
     import pipeline.embed as embed_module
-    from pipeline.config import compose
+    from pipeline.cli import compose
 
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
@@ -213,7 +213,7 @@ def exact_search_torch(vectors: np.ndarray, queries: int, k: int, device: str) -
 def run_index_once(vectors_dir: Path, out: Path, device: str, factory: str, train_sample: int) -> dict:
     import shutil
 
-    from pipeline.config import compose
+    from pipeline.cli import compose
     from pipeline.index.build import run_index
 
     shutil.rmtree(out, ignore_errors=True)

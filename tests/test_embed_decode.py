@@ -8,7 +8,7 @@ from conftest import embed_overrides
 from corpora import write_image_folder
 
 import pipeline.embed as embed_module
-from pipeline.config import compose
+from pipeline.cli import compose
 from pipeline.embed import run_embed
 from pipeline.io.shards import arrow_to_vectors
 
