@@ -40,9 +40,18 @@ TINY = {  # --cpu: a tiny open_clip model so the dry run takes seconds
 }
 
 
+_OUT: Path | None = None  # where each finished step's figures are written at once (a timeout keeps them)
+
+
+def save(result: dict) -> None:
+    if _OUT is not None:
+        (_OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+        (_OUT / "gpu_check.md").write_text(render_markdown(result))
+
+
 @contextmanager
 def step(result: dict, name: str):
-    """Record a step's seconds, and its error instead of stopping the whole check."""
+    """Record a step's seconds, and its error instead of stopping the whole check; save what is known so far."""
     start = time.perf_counter()
     entry = result.setdefault(name, {})
     try:
@@ -53,6 +62,7 @@ def step(result: dict, name: str):
         print(f"[gpu_check] {name} failed: {entry['error']}", file=sys.stderr, flush=True)
     entry["seconds"] = round(time.perf_counter() - start, 2)
     print(f"[gpu_check] {name}: {entry['seconds']} s", file=sys.stderr, flush=True)
+    save(result)
 
 
 def environment(device: str) -> dict:
@@ -257,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work or (out.parent / "gpu-check-work"))
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    global _OUT
+    _OUT = out
     images = args.images or (48 if cpu else 20000)
     index_rows = args.index_rows or (5000 if cpu else 1_000_000)
     seconds = args.seconds if args.seconds is not None else (0.0 if cpu else 3.0)
@@ -316,8 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry.update(run_index_once(vectors_dir, work / "index-out", faiss_device, factory, 2000 if cpu else 200_000))
 
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "gpu_check.md").write_text(render_markdown(result))
+    save(result)
     print(render_markdown(result))
     return result
 
