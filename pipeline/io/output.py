@@ -96,7 +96,9 @@ def writable_error(path: str, err: OSError) -> LatentError:
         errno.EEXIST: "a file is in the way of a folder",
     }
     reason = reasons.get(err.errno, err.strerror or str(err))
-    where = getattr(err, "filename", None) or path
+    where = getattr(err, "filename", None)
+    if not isinstance(where, str) or "\n" in where or len(where) > 500:  # a re-raised error's message, not a path
+        where = path
     return LatentError(
         f"cannot write the output {path}: {reason} ({where}). Fix that and rerun the same command: "
         f"finished work is kept and the job resumes."
