@@ -280,6 +280,9 @@ def _hydra_app(command: str) -> Callable[[], None]:
             _load(target)(config)
         except LatentError as err:
             _fail(command, err)
+        except KeyboardInterrupt:  # before or after a runner job (the runner says the same within one)
+            print(f"latent {command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
 
     return app
 

@@ -151,10 +151,15 @@ class RayConfig:
     """Where jobs run: shared by every command that uses Ray (presets: ray=local | cluster)."""
 
     address: str = setting(
-        "", '"": a private Ray started inside the job on loopback; auto, host:port or ray://…: join a cluster'
+        "",
+        '"": a private Ray started inside the job on loopback (never the cluster named by Ray\'s '
+        "ray_current_cluster file; RAY_ADDRESS joins one); auto, host:port or ray://…: join a cluster",
     )
     num_cpus: int | None = setting(None, "local Ray only (null: all)")
     num_gpus: int | None = setting(None, "local Ray only (null: all)")
+    stall_timeout_s: float = setting(
+        600.0, "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why"
+    )
 
 
 @dataclass
@@ -359,7 +364,7 @@ class KnnOutputConfig:
 @dataclass
 class KnnResources:
     actors: int | None = setting(
-        None, "searcher actors, each opening the memory-mapped index once (null: one per GPU, or one)"
+        None, "searcher actors, each opening the memory-mapped index once (null: one per GPU, or one per node)"
     )
     cpus_per_actor: float | None = setting(
         None, "null: 1 reserved (a CPU actor runs FAISS and torch on all of its node's cores)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import open_clip
@@ -160,6 +162,20 @@ def test_rerun_of_a_finished_job_does_nothing(local_ray, tmp_path, tiny_model, c
     assert list_shards(str(tmp_path / "out")) == shards
 
 
+def test_rerun_of_a_finished_job_says_so_before_ray_the_model_or_the_input(local_ray, tmp_path, tiny_model):
+    """The plain CLI (the tiny model unregistered: building it would fail), an unreachable Ray address and a
+    missing input: "already complete" can only come out if none of them is touched."""
+    corpus = write_image_folder(tmp_path / "corpus", 3)
+    embed(tmp_path, corpus, tiny_model)
+    args = [f"input.path={tmp_path / 'gone'}", f"output.path={tmp_path / 'out'}", f"model.name={tiny_model}"]
+    args += ["model.pretrained=null", "ray.address=127.0.0.1:1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "embed", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is already complete (3 rows, 0 errors); nothing to do" in done.stdout
+
+
 def test_reusing_an_output_with_another_model_is_refused(local_ray, tmp_path, tiny_model, tiny_checkpoint):
     corpus = write_image_folder(tmp_path / "corpus", 3)
     embed(tmp_path, corpus, tiny_model)
@@ -203,23 +219,23 @@ def _png_of_size(width: int, height: int) -> bytes:
 
 
 def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_path, tiny_model):
-    from pipeline.embed import build_embed_plan
+    from pipeline.embed import embed_job
     from pipeline.encode.model import describe_model, resolve_model
     from pipeline.encode.preprocess import ImagePrep
     from pipeline.io.sources import open_source
+    from pipeline.runner import build_plan
 
     corpus = write_image_folder(tmp_path / "corpus", 4)
     cfg = compose("embed", embed_overrides(corpus, tmp_path / "out", tiny_model))
     spec = resolve_model(tiny_model, None)
     described = describe_model(spec)
     info = EmbeddingInfo.create(described.fingerprint, "float16", "image")
-    plan = build_embed_plan(
-        open_source(cfg.input), None, ImagePrep.from_transform(described.image_transform), spec, info, cfg
-    )
+    job = embed_job(open_source(cfg.input), ImagePrep.from_transform(described.image_transform), spec, info, cfg)
+    plan = build_plan(job)
     assert sum(b.column("rows")[0].as_py() for b in plan.iter_batches(batch_size=None, batch_format="pyarrow")) == 4
     stats = plan.stats()
-    assert "MapBatches(read_and_prepare)" in stats
-    assert "read_and_prepare)->MapBatches(EmbedBatches)" not in stats  # not fused into the encoder actor
+    assert "MapBatches(_read_units)" in stats  # the runner's read stage, running embed's read_and_prepare
+    assert "_read_units)->MapBatches(_StageActor)" not in stats  # not fused into the encoder actor
 
 
 def test_summary_reports_a_steady_pace_only_when_one_was_measured():
