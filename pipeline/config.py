@@ -509,7 +509,7 @@ class CoarseRegions(str, Enum):
 class LabelMethod(str, Enum):
     auto = "auto"  # text when the rows have captions/texts, zero-shot when the source has an open_clip model
     text = "text"
-    zero_shot = "zero-shot"
+    zero_shot = "zero_shot"
     none = "none"
 
 
@@ -550,7 +550,7 @@ class MapParams:
     )
     coarse_k: int = setting(20, "regions of level 0 when coarse=kmeans")
     labels: LabelMethod = setting(
-        LabelMethod.auto, "auto | text (class-based TF-IDF of captions) | zero-shot (the model's text tower) | none"
+        LabelMethod.auto, "auto | text (class-based TF-IDF of captions) | zero_shot (the model's text tower) | none"
     )
     vocabulary: str | None = setting(None, "zero-shot concepts, one per line (null: the 1000+ shipped with latent)")
     max_full_umap: int = setting(200000, "method=umap is refused above this many rows (use landmarks)")

@@ -26,7 +26,7 @@ from pipeline.errors import LatentError
 from pipeline.index.store import _pid_alive, publish_directory
 from pipeline.map import labels as labelling
 from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
-from pipeline.map.place import Placer, place_unit, read_record, unit_file
+from pipeline.map.place import Placer, place_unit, read_record, record_file, unit_file
 from pipeline.map.quality import neighbourhood_preservation, reference_preservation
 from pipeline.map.regions import find_regions
 from pipeline.map.source import MapSource, Unit, open_dataset, open_index
@@ -78,7 +78,7 @@ def _target(cfg: MapCommandConfig) -> Path:
 
 def _run_key(source: MapSource, cfg: MapCommandConfig) -> str:
     """The same source and parameters -> the same staging directory (resume after a kill)."""
-    params = {"source": source.fingerprint(), "map": asdict(cfg.map), "quality": asdict(cfg.quality)}
+    params = {"source": source.fingerprint(), "map": asdict(cfg.map)}  # what the layout and placement depend on
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -103,14 +103,14 @@ def _label_method(cfg: MapCommandConfig, source: MapSource, texts: list[str | No
     if chosen == LabelMethod.auto:
         if with_text >= 0.5 * max(1, len(texts)):
             return "text"
-        return "zero-shot" if _known_model(source) else "none"
+        return "zero_shot" if _known_model(source) else "none"
     if chosen == LabelMethod.zero_shot and not _known_model(source):
         raise LatentError(
-            "map.labels=zero-shot needs the source's open_clip model, but its vectors carry no model fingerprint "
+            "map.labels=zero_shot needs the source's open_clip model, but its vectors carry no model fingerprint "
             "of an open_clip model (e.g. .npy or synthetic inputs): use map.labels=text or none"
         )
     if chosen == LabelMethod.text and not with_text:
-        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero-shot or none")
+        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero_shot or none")
     return chosen.value
 
 
@@ -138,14 +138,14 @@ def make_labels(
     """Labels per level (``region <n>`` where a method finds nothing)."""
     out = []
     encode = concepts = None
-    if method == "zero-shot":
+    if method == "zero_shot":
         concepts = labelling.read_vocabulary(cfg.map.vocabulary)
         encode = _text_encoder(cfg, source)
     for level, assigned in enumerate(regions.landmark_labels):
         n = len(regions.parents[level])
         if method == "text":
             names = labelling.text_labels(texts, assigned, n)
-        elif method == "zero-shot":
+        elif method == "zero_shot":
             names = labelling.zero_shot_labels(labelling.centroids_of(vectors, assigned, n), concepts, encode)
         else:
             names = [""] * n
@@ -352,9 +352,11 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     if old is not None:
         kept, new = _append_units(old, source)
         for unit in kept:
-            for name in (unit_file(unit), f"{unit.name}.done.json"):
-                if (old.path / POINTS_DIR / name).exists():
-                    shutil.copy2(old.path / POINTS_DIR / name, staging / POINTS_DIR / name)
+            shutil.copy2(old.path / POINTS_DIR / unit_file(unit), staging / POINTS_DIR / unit_file(unit))
+            record = record_file(old.path / POINTS_DIR, unit)
+            if record.is_file():
+                record_file(staging / POINTS_DIR, unit).parent.mkdir(exist_ok=True)
+                shutil.copy2(record, record_file(staging / POINTS_DIR, unit))
         shutil.copy2(old.path / LANDMARKS_FILE, staging / LANDMARKS_FILE)
         landmarks = Landmarks.load(staging / LANDMARKS_FILE)
         table = old.clusters()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.map.layout import LandmarkIndex, PcaProjection
 from pipeline.map.regions import vote
 from pipeline.map.source import MapSource, Unit
-from pipeline.map.store import DONE_SUFFIX, Landmarks, level_column, points_schema
+from pipeline.map.store import RECORDS_DIR, Landmarks, level_column, points_schema
 
 
 @dataclass
@@ -97,15 +97,21 @@ def place_unit(source: MapSource, unit: Unit, placer: Placer, points_dir: str) -
         "sums": [s.tolist() for s in sums],
         "bounds": [*lo.tolist(), *hi.tolist()],
     }
-    done = Path(points_dir) / f"{unit.name}{DONE_SUFFIX}"
+    done = record_file(points_dir, unit)
+    done.parent.mkdir(exist_ok=True)
     done.with_suffix(".tmp").write_text(json.dumps(record))
     os.replace(done.with_suffix(".tmp"), done)
     return record
 
 
+def record_file(points_dir: str | Path, unit: Unit) -> Path:
+    """``<map>/records/<unit>.json``, beside ``<map>/points/``."""
+    return Path(points_dir).parent / RECORDS_DIR / f"{unit.name}.json"
+
+
 def read_record(points_dir: str | Path, unit: Unit) -> dict | None:
     """The completion record of a placed unit (None: not placed, or its shard is missing)."""
-    done = Path(points_dir) / f"{unit.name}{DONE_SUFFIX}"
+    done = record_file(points_dir, unit)
     if not done.is_file() or not (Path(points_dir) / unit_file(unit)).is_file():
         return None
     record = json.loads(done.read_text())

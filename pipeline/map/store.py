@@ -26,7 +26,7 @@ IMAGE_FILE = "map.png"
 LANDMARKS_FILE = "landmarks.npz"  # landmark vectors (float16), positions, regions: what append places from
 LABELS_FILE = "labels.json"  # staging only: the layout stage's labels
 STAGING_MARK = ".tmp-map-"
-DONE_SUFFIX = ".done.json"  # staging only: a placed unit's region sums
+RECORDS_DIR = "records"  # <unit>.json: a placed unit's region counts and sums (its completion record)
 
 
 def level_column(level: int) -> str:

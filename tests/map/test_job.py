@@ -129,9 +129,9 @@ def test_killed_run_resumes_from_its_placed_units(tmp_path, local_ray):
     )
     staged = None
     for _ in range(6000):
-        found = list(tmp_path.glob(".map.tmp-map-*/points/*.done.json"))
+        found = list(tmp_path.glob(".map.tmp-map-*/records/*.json"))
         if len(found) >= 2:
-            staged = found[0].parent
+            staged = found[0].parent.parent / "points"
             break
         if proc.poll() is not None:
             break
@@ -142,7 +142,8 @@ def test_killed_run_resumes_from_its_placed_units(tmp_path, local_ray):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert staged is not None, proc.stdout.read().decode()[-2000:]
-    done = {p.name: p.stat().st_mtime_ns for p in staged.glob("*.parquet")}
+    placed = [staged / p.name.replace(".json", ".parquet") for p in staged.parent.glob("records/*.json")]
+    done = {p.name: p.stat().st_mtime_ns for p in placed}  # units with a completion record
     assert 2 <= len(done) < 20 and not (out / "map.json").exists()  # killed midway: nothing published
     result = run_map(map_config(*args[:2], *args[2:5]))
     assert result["rows"] == 4000
@@ -162,8 +163,8 @@ def test_bad_inputs_are_refused_and_nothing_is_published(tmp_path, grouped):
     write_embedding_dataset(mixed, np.eye(8, 16, dtype=np.float32), dtype="float32", first_row=90000)
     with pytest.raises(LatentError, match="(?i)mixed|dimension"):
         run_map(map_config(f"input.path={mixed}", f"output.path={tmp_path / 'm2'}"))
-    with pytest.raises(LatentError, match="zero-shot"):
-        run_map(map_config(f"input.path={path}", f"output.path={tmp_path / 'm3'}", "map.labels=zero-shot"))
+    with pytest.raises(LatentError, match="zero_shot"):
+        run_map(map_config(f"input.path={path}", f"output.path={tmp_path / 'm3'}", "map.labels=zero_shot"))
     with pytest.raises(LatentError, match="exactly one"):
         run_map(map_config(f"output.path={tmp_path / 'm4'}"))
     assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3", "m4"))

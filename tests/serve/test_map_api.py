@@ -46,14 +46,14 @@ def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower
             map_overrides(
                 f"index.path={photo_index}",
                 f"output.path={out}",
-                "map.labels=zero-shot",
+                "map.labels=zero_shot",
                 f"map.vocabulary={vocabulary}",
                 "model.device=cpu",
             ),
         )
     )
     found = MapDirectory(out)
-    assert found.info.labels == "zero-shot"
+    assert found.info.labels == "zero_shot"
     words = set(vocabulary.read_text().split())
     labels = found.clusters()["label"].to_pylist()
     assert labels and set(labels) <= words
