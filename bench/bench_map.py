@@ -218,19 +218,25 @@ def main() -> None:
         "map_json": {"quality": found.info.quality, "timings": found.info.timings, "clusters": found.info.clusters},
         "ari_coarse_vs_groups": adjusted_rand_score(groups[rows], points.column("cluster_0").to_numpy()),
     }
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every stage: a run cut short keeps what it measured
+        (results / f"map-{args.n}.json").write_text(json.dumps(report, indent=2))
+
     print(json.dumps(report, indent=2), flush=True)
+    save()
+    if not args.skip_page:
+        print("map view ...", flush=True)
+        report["page"] = page_timing(work, data, out, args.n)
+        print(json.dumps(report["page"], indent=2), flush=True)
+        save()
     if args.full_umap:
         print("umap-learn full fit ...", flush=True)
         sample = sample_rows(args.n, args.full_umap, 12345)
         report["side_by_side"] = full_umap(data, args.n, sample, xy[sample])
         print(json.dumps(report["side_by_side"], indent=2), flush=True)
-    if not args.skip_page:
-        print("map view ...", flush=True)
-        report["page"] = page_timing(work, data, out, args.n)
-        print(json.dumps(report["page"], indent=2), flush=True)
-    results = REPO / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"map-{args.n}.json").write_text(json.dumps(report, indent=2))
+        save()
 
 
 if __name__ == "__main__":

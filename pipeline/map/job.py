@@ -226,6 +226,9 @@ def place_all(cfg: MapCommandConfig, source: MapSource, units: list[Unit], place
         log.warning("latent map: resuming, %d of %d units already placed", len(records), len(units))
     if not pending:
         return records
+    if len(pending) == 1 and not cfg.ray.address and not ray.is_initialized():  # one unit: no cluster to start
+        records[pending[0].name] = place_unit(source, pending[0], placer, str(points))
+        return records
     init_ray(cfg.ray)
     remote = ray.remote(num_cpus=1, max_retries=2)(place_unit)
     placer_ref, source_ref = ray.put(placer), ray.put(source)
