@@ -140,9 +140,9 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
 
 
 def find_path(searcher: Searcher, start: str, end: str, steps: int = 8, k: int = 8) -> list[dict[str, Any]]:
-    """The route from item ``start`` to item ``end``: for each of ``steps`` points of the great circle between
-    their vectors, the nearest item not already on the route (so the route has ``steps`` distinct items,
-    first ``start`` and last ``end`` where they are their own nearest)."""
+    """The route from item ``start`` to item ``end``: the two items at its ends and, for each of the ``steps - 2``
+    points of the great circle between their vectors, the nearest item not already on the route (so the
+    route holds at most ``steps`` distinct items; "score" is the item's similarity to its point)."""
     if not 2 <= steps <= MAX_STEPS:
         raise TermError(f"steps={steps}: must be in 2..{MAX_STEPS}")
     ends = []
@@ -152,12 +152,15 @@ def find_path(searcher: Searcher, start: str, end: str, steps: int = 8, k: int =
             raise TermError(f"{key}={id}: not in the index (or the index cannot give back its vector)")
         ends.append(vector)
     points = slerp(ends[0], ends[1], steps)
-    result = searcher.search(vectors=points, k=min(k + steps, searcher.ntotal))
-    route: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for step, hits in enumerate(result.items):
-        choice = next((h for h in hits if h["id"] not in seen), None)
-        if choice is not None:
-            seen.add(choice["id"])
-            route.append({"step": step, **choice})
+    inner = points[1:-1]
+    route: list[dict[str, Any]] = [{"step": 0, **(searcher.item(str(start)) or {"id": str(start)}), "score": 1.0}]
+    seen: set[str] = {str(start), str(end)}
+    if len(inner):
+        result = searcher.search(vectors=inner, k=min(k + steps, searcher.ntotal))
+        for step, hits in enumerate(result.items, start=1):
+            choice = next((h for h in hits if h["id"] not in seen), None)
+            if choice is not None:
+                seen.add(choice["id"])
+                route.append({"step": step, **choice})
+    route.append({"step": steps - 1, **(searcher.item(str(end)) or {"id": str(end)}), "score": 1.0})
     return route

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline.cli import compose
@@ -18,15 +19,46 @@ def map_overrides(*extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def photo_map(photo_index, local_ray):
-    """The photo index's map, beside it (where serve finds it)."""
-    run_map(compose("map", map_overrides(f"index.path={photo_index}")))
-    return MapDirectory(default_map_path(photo_index))
+def map_index(tmp_path_factory, photos, tiny_model):
+    """The photos embedded by the tiny model in this process (ClipEncoder; no Ray to start on a busy machine),
+    written as an embedding dataset with captions, indexed Flat."""
+    from index.helpers import build
+    from PIL import Image
+
+    from pipeline.encode.encoder import ClipEncoder
+    from pipeline.encode.model import describe_model, resolve_model
+    from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
+
+    spec = resolve_model(tiny_model, None, "cpu", "fp32")
+    files = sorted(p for p in photos.rglob("*") if p.suffix in (".jpg", ".png"))
+    vectors = ClipEncoder(spec).encode_images([Image.open(f).convert("RGB") for f in files])
+    info = EmbeddingInfo.create(describe_model(spec).fingerprint, "float32", "image")
+    table = pa.table(
+        {
+            "id": [str(f.relative_to(photos)) for f in files],
+            "source": [str(f) for f in files],
+            "text": [f.with_suffix(".txt").read_text() for f in files],
+            "image_embedding": vectors_to_arrow(vectors, "float32"),
+        }
+    )
+    emb = tmp_path_factory.mktemp("map-photos") / "emb"
+    emb.mkdir()
+    commit_table(table.cast(info.shard_schema()), str(emb))
+    idx = emb.parent / "idx"
+    build(emb, idx, "index.factory=Flat")
+    return idx
 
 
 @pytest.fixture(scope="session")
-def map_server(start_server, photo_index, photo_map):
-    return start_server(photo_index)
+def photo_map(map_index):
+    """The photo index's map, beside it (where serve finds it)."""
+    run_map(compose("map", map_overrides(f"index.path={map_index}")))
+    return MapDirectory(default_map_path(map_index))
+
+
+@pytest.fixture(scope="session")
+def map_server(start_server, map_index, photo_map):
+    return start_server(map_index)
 
 
 def test_the_map_of_an_index_is_found_beside_it_and_labelled_from_captions(photo_map):
@@ -36,7 +68,7 @@ def test_the_map_of_an_index_is_found_beside_it_and_labelled_from_captions(photo
     assert any(name in " ".join(labels) for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins"))
 
 
-def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower(photo_index, tmp_path):
+def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower(map_index, tmp_path):
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("cat\nrocket\ncoffee\ncoin\nastronaut\ncamera\ntree\nboat\n")
     out = tmp_path / "zs"
@@ -44,7 +76,7 @@ def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower
         compose(
             "map",
             map_overrides(
-                f"index.path={photo_index}",
+                f"index.path={map_index}",
                 f"output.path={out}",
                 "map.labels=zero_shot",
                 f"map.vocabulary={vocabulary}",
@@ -126,9 +158,9 @@ def test_terms_search_without_the_map(vector_server):
         assert page.status_code == 404 and "latent map index.path=" in page.text
 
 
-def test_serve_with_a_map_path_that_is_not_a_map_exits_2(photo_index, tmp_path):
+def test_serve_with_a_map_path_that_is_not_a_map_exits_2(map_index, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "serve", f"index.path={photo_index}", f"map.path={tmp_path}", "port=0"],
+        [sys.executable, "-m", "pipeline.cli", "serve", f"index.path={map_index}", f"map.path={tmp_path}", "port=0"],
         capture_output=True,
         text=True,
         timeout=300,

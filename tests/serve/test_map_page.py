@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.test_map_api import map_server, photo_map  # noqa: F401  (fixtures)
+from serve.test_map_api import map_index, map_server, photo_map  # noqa: F401  (fixtures)
 from serve.test_page import browser  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
