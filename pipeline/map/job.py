@@ -316,6 +316,17 @@ def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
 
 def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], list[Unit]]:
     """(kept units, new units) of an append: every old unit must still be in the source, unchanged."""
+    if source.kind == "index":  # an index grows at its end: new label ranges after the mapped rows
+        from pipeline.map.source import index_units
+
+        kept = [Unit(r["name"], r["start"], r["rows"]) for r in old.info.units]
+        mapped = sum(u.rows for u in kept)
+        if mapped > source.rows:
+            raise LatentError(
+                f"map.mode=append: the map holds {mapped:,} items, the index only {source.rows:,} now (rebuilt?): "
+                f"rebuild the map with map.mode=overwrite"
+            )
+        return kept, index_units(source.rows, mapped)
     current = {u.name: u for u in source.units}
     kept = []
     for recorded in old.info.units:
@@ -326,12 +337,6 @@ def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], lis
                 f"since the map was built; only new rows can be appended: rebuild with map.mode=overwrite"
             )
         kept.append(unit)
-    if source.kind == "index":  # an index grows at its end: new label ranges after the mapped rows
-        from pipeline.map.source import index_units
-
-        mapped = sum(u.rows for u in kept)
-        kept = [Unit(r["name"], r["start"], r["rows"]) for r in old.info.units]
-        return kept, index_units(source.rows, mapped)
     names = {u.name for u in kept}
     return kept, [u for u in source.units if u.name not in names]
 
