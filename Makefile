@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster clean
+.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster bench-map clean
 
 install: $(VENV)/.installed chromium
 
@@ -66,6 +66,10 @@ bench-search: install
 # latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
 bench-serve: install
 	$(PY) bench/bench_serve.py $(BENCH_ARGS)
+
+# latent map on 1M x 512 (groups known): wall time, memory, preservation vs umap-learn, ARI, the map view in Chromium
+bench-map: install
+	$(PY) bench/bench_map.py $(BENCH_ARGS)
 
 # embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
 bench-cluster: install

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
+    "map": ("pipeline.map.job:run_map", "lay out an embedding dataset or an index in 2-D, with named regions"),
+    "path": ("pipeline.search.command:run_path", "the items along the great circle between two items (a route)"),
     "render-job": (
         "pipeline.launch:run_render_job",
         "render a KubeRay RayJob, an sbatch script or a Ray Jobs submission of a command",
@@ -47,8 +49,11 @@ DOCS = {
     "verify": "docs/indexing.md#verify",
     "knn": "docs/search.md",
     "serve": "docs/http-api.md",
+    "map": "docs/map.md",
+    "path": "docs/search.md",
     "job": "docs/cluster.md",
 }
+ALIASES = {"path": {"from": "start", "to": "end"}}  # keys a Python field cannot be named (`from=ID`)
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]
        latent render-job|submit-job [key=value ...] -- latent <command> [key=value ...]
@@ -294,6 +299,11 @@ def command_override(argv: list[str]) -> list[str]:
     return [*argv[:cut], f"command='{command}'"]
 
 
+def _alias(arg: str, aliases: dict[str, str]) -> str:
+    key, sep, value = arg.partition("=")
+    return f"{aliases[key]}={value}" if sep and key in aliases else arg
+
+
 def main(argv: list[str] | None = None) -> None:
     from pipeline.runtime import configure_process
 
@@ -308,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command in CONFIGS and "--" in argv:
         argv = command_override(argv)
+    aliases = ALIASES.get(command, {})
+    argv = [_alias(arg, aliases) for arg in argv]
     overrides = [a for a in argv if "=" in a or a.startswith("~")]  # Hydra's flags (-m, --cfg job) aside
     try:
         check_overrides(config_name(command), overrides)

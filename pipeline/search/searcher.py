@@ -135,19 +135,28 @@ class Searcher:
         vectors: Any = None,
         texts: Sequence[str] | None = None,
         images: Sequence[Any] | None = None,
+        terms: Sequence[Any] | str | None = None,
         k: int = 10,
         with_items: bool = True,
     ) -> SearchResult:
-        """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``.
+        """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``, ``terms``.
 
-        ``with_items=False`` skips reading the hits' metadata rows (``items`` is then a list of empty lists)."""
+        ``terms``: one query weighing several terms (pipeline.search.terms: a list of Term, or the expression
+        ``"id:ID + 'text' - 0.5*'text'"``). ``with_items=False`` skips reading the hits' metadata rows (``items``
+        is then a list of empty lists)."""
         given = [
-            name for name, value in (("vectors", vectors), ("texts", texts), ("images", images)) if value is not None
+            name
+            for name, value in (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
+            if value is not None
         ]
         if len(given) != 1:
-            raise QueryError(f"give exactly one of vectors, texts or images (got {', '.join(given) or 'none'})")
+            raise QueryError(f"give exactly one of vectors, texts, images or terms (got {', '.join(given) or 'none'})")
         k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
-        if vectors is not None:
+        if terms is not None:
+            from pipeline.search.terms import combine_terms, parse_terms
+
+            queries = combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
+        elif vectors is not None:
             queries = self._check_vectors(vectors)
         elif texts is not None:
             queries = self.encode_texts(texts)
