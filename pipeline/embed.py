@@ -77,16 +77,29 @@ class EmbedSummary:
         return f"{self.steady_rows_per_second:,.1f} rows/s steady"
 
 
-def resolve_modality(requested: Modality, source: Source) -> str:
+def resolve_modality(requested: Modality, source: Source) -> tuple[str, list[str]]:
+    """(modality, optional kinds): auto embeds every image, plus the texts that exist (``optional: [text]``)."""
     if requested == Modality.auto:
         if source.has_images and source.has_texts:
-            return "both"
-        return "image" if source.has_images else "text"
+            if source.captioned_rows is not None and source.captioned_rows == source.total_rows:
+                return "both", []  # every image has its caption
+            if source.captioned_rows is not None:
+                log.warning(
+                    "modality=auto: %d of %d images have a caption: embedding every image, and the captions "
+                    "that exist (text_embedding is null in the other rows)",
+                    source.captioned_rows,
+                    source.total_rows,
+                )
+            return "both", ["text"]
+        return ("image" if source.has_images else "text"), []
     if requested in (Modality.image, Modality.both) and not source.has_images:
-        raise LatentError(f"modality={requested.value} needs images, but the input has none")
+        raise LatentError(f"modality={requested.value} needs images, but the input has none (modality=text?)")
     if requested in (Modality.text, Modality.both) and not source.has_texts:
-        raise LatentError(f"modality={requested.value} needs texts, but the input has no captions or text column")
-    return requested.value
+        raise LatentError(
+            f"modality={requested.value} needs texts, but the input has no captions or text column "
+            f"(modality=image embeds the images alone)"
+        )
+    return requested.value, []
 
 
 # -- the stages: plain callables on Arrow tables ----------------------------------------------------
@@ -95,9 +108,11 @@ def resolve_modality(requested: Modality, source: Source) -> str:
 def read_and_prepare(
     units: pa.Table, done: pa.Array | None, prep: ImagePrep | None, needs_text: bool, max_pixels: int, rows: int
 ) -> Iterator[pa.Table]:
-    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time."""
+    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time.
+
+    ``needs_text``: a row without a text is an error (modality text, or both with every caption required)."""
     for unit in units.column("unit").to_pylist():
-        for records in read_unit(json.loads(unit), done):
+        for records in read_unit(json.loads(unit), done, rows):
             for start in range(0, records.num_rows, rows):
                 yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels)
 
@@ -180,7 +195,7 @@ def build_embed_plan(
             read_and_prepare,
             done=done if done is not None and len(done) else None,
             prep=prep if info.modality in ("image", "both") else None,
-            needs_text=info.modality in ("text", "both"),
+            needs_text=info.modality in ("text", "both") and "text" not in info.optional,
             max_pixels=cfg.max_image_pixels,
             rows=cfg.batch_size,
         ),
@@ -198,6 +213,7 @@ def build_embed_plan(
             "spec": spec,
             "modality": info.modality,
             "dtype": info.dtype,
+            "optional": tuple(info.optional),
             "threads": resources.threads,
         },
         batch_size=cfg.batch_size,
@@ -237,10 +253,10 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
     started = time.perf_counter()
     source = open_source(cfg.input)
-    modality = resolve_modality(cfg.modality, source)
+    modality, optional = resolve_modality(cfg.modality, source)
     weights = resolve_model(cfg.model.name, cfg.model.pretrained)
     described = describe_model(weights)
-    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
+    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality, optional)
     output = OutputDir(cfg.output.path)
     output.claim(info)
     if output.complete:

@@ -39,6 +39,10 @@ class DatasetCounts:
     errors: int
 
 
+def _modality_setting(info: EmbeddingInfo) -> str:
+    return "modality=auto" if info.optional else f"modality={info.modality}"
+
+
 class OutputDir:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -57,9 +61,15 @@ class OutputDir:
             recorded = EmbeddingInfo.from_json(self.fs.cat_file(recorded_path))
             problems = recorded.compatible_with(info)
             if problems:
+                how = "Use a new output.path, or delete the old one."
+                if recorded.modality != info.modality or recorded.optional != info.optional:
+                    how = (
+                        f"Rerun with the modality it was written with ({_modality_setting(recorded)}) to resume it, "
+                        f"or use a new output.path."
+                    )
                 raise LatentError(
                     f"output.path {self.path} already holds embeddings of another model or shape "
-                    f"({'; '.join(problems)}). Use a new output.path, or delete the old one."
+                    f"({'; '.join(problems)}). {how}"
                 )
             return
         if list_shards(self.path):

@@ -22,7 +22,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.config import Device, Precision, SearchModelConfig
-from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, resolve_model
+from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
 from pipeline.index.store import IndexDirectory, IndexInfo
 from pipeline.search.limits import check_k
@@ -363,7 +363,7 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
         )
     if tag is not None:  # a tag's own settings hold even when its weights come from a local file
         tag_cfg = open_clip.get_pretrained_cfg(name, tag)
-        overrides = {key: tag_cfg[key] for key in _PREPROCESS_KEYS if tag_cfg.get(key) is not None}
+        overrides = preprocess_overrides(tag_cfg)
         spec = dataclasses.replace(
             spec, quick_gelu=bool(tag_cfg.get("quick_gelu", False)), preprocess_overrides=overrides
         )
