@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import Device, Precision, SearchModelConfig
+from pipeline.config import SearchModelConfig
 from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
 from pipeline.index.store import IndexDirectory, IndexInfo
@@ -48,11 +48,6 @@ class SearchResult:
         return len(self.scores)
 
 
-def default_model_config() -> SearchModelConfig:
-    """The index's own weights on the best device here (conf/search.yaml's ``model`` defaults)."""
-    return SearchModelConfig(pretrained=None, device=Device.auto, precision=Precision.auto)
-
-
 class Searcher:
     """Nearest items of an index directory to vectors, texts or images.
 
@@ -65,7 +60,7 @@ class Searcher:
         self, directory: IndexDirectory, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
     ) -> None:
         self.directory = directory
-        self.model_config = model or default_model_config()
+        self.model_config = model or SearchModelConfig()  # the index's own weights, on the best device here
         self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
         self._encoder = None
         self._encoder_lock = threading.Lock()
