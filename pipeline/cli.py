@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                 values = OmegaConf.to_container(dictconfig, throw_on_missing=False, enum_to_str=True)
             print(render_help(command, values))
             sys.exit(0)
-        if not ({"-m", "--multirun"} & set(argv)):
+        if not any(a.startswith("-") for a in argv):  # Hydra's own flags (-m, --cfg job …): Hydra decides
             check_values(config_name(command), overrides)
     except LatentError as err:
         if command in CONFIGS and "'command'" in str(err):

@@ -79,16 +79,29 @@ class EmbedSummary:
         return f"{self.steady_rows_per_second:,.1f} rows/s steady"
 
 
-def resolve_modality(requested: Modality, source: Source) -> str:
+def resolve_modality(requested: Modality, source: Source) -> tuple[str, list[str]]:
+    """(modality, optional kinds): auto embeds every image, plus the texts that exist (``optional: [text]``)."""
     if requested == Modality.auto:
         if source.has_images and source.has_texts:
-            return "both"
-        return "image" if source.has_images else "text"
+            if source.captioned_rows is not None and source.captioned_rows == source.total_rows:
+                return "both", []  # every image has its caption
+            if source.captioned_rows is not None:
+                log.warning(
+                    "modality=auto: %d of %d images have a caption: embedding every image, and the captions "
+                    "that exist (text_embedding is null in the other rows)",
+                    source.captioned_rows,
+                    source.total_rows,
+                )
+            return "both", ["text"]
+        return ("image" if source.has_images else "text"), []
     if requested in (Modality.image, Modality.both) and not source.has_images:
-        raise LatentError(f"modality={requested.value} needs images, but the input has none")
+        raise LatentError(f"modality={requested.value} needs images, but the input has none (modality=text?)")
     if requested in (Modality.text, Modality.both) and not source.has_texts:
-        raise LatentError(f"modality={requested.value} needs texts, but the input has no captions or text column")
-    return requested.value
+        raise LatentError(
+            f"modality={requested.value} needs texts, but the input has no captions or text column "
+            f"(modality=image embeds the images alone)"
+        )
+    return requested.value, []
 
 
 # -- the stages: plain callables on Arrow tables ----------------------------------------------------
@@ -105,8 +118,9 @@ def read_and_prepare(
 ) -> Iterator[pa.Table]:
     """Stage 1 (CPU task): read a unit's records and decode/preprocess them, ``rows`` at a time.
 
+    ``needs_text``: a row without a text is an error (modality text, or both with every caption required).
     ``keep_bytes``: pass the image bytes on undecoded (the encoder decodes them on its GPU)."""
-    for records in read_unit(unit, done):
+    for records in read_unit(unit, done, rows):
         for start in range(0, records.num_rows, rows):
             yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels, keep_bytes)
 
@@ -155,7 +169,7 @@ def embed_job(
             partial(
                 read_and_prepare,
                 prep=prep if info.modality in ("image", "both") else None,
-                needs_text=info.modality in ("text", "both"),
+                needs_text=info.modality in ("text", "both") and "text" not in info.optional,
                 max_pixels=cfg.max_image_pixels,
                 rows=cfg.batch_size,
                 keep_bytes=decode_on_encoder,
@@ -172,6 +186,7 @@ def embed_job(
                 "spec": spec,
                 "modality": info.modality,
                 "dtype": info.dtype,
+                "optional": tuple(info.optional),
                 "decode_images": decode_on_encoder,
                 "max_pixels": cfg.max_image_pixels,
             },
@@ -232,7 +247,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
         print(done.render())
         return done
     source = open_source(cfg.input)
-    modality = resolve_modality(cfg.modality, source)
+    modality, optional = resolve_modality(cfg.modality, source)
     output = OutputDir(cfg.output.path)
     output.prepare()
     with output.lock():  # a second writer is refused before any model or Ray starts
@@ -242,7 +257,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
             model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
             init_ray(cfg.ray)
             weights, described = model.result()
-        info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
+        info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality, optional)
         output.claim(info)
         device = resolve_device(cfg.model.device, cluster_gpus())
         spec = weights.on(device, resolve_precision(cfg.model.precision, device))

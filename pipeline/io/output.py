@@ -315,6 +315,10 @@ class DatasetCounts:
     errors: int
 
 
+def _modality_setting(info: EmbeddingInfo) -> str:
+    return "modality=auto" if info.optional else f"modality={info.modality}"
+
+
 class OutputDir(JobOutput):
     """An embedding dataset directory being written by `latent embed`."""
 
@@ -331,9 +335,15 @@ class OutputDir(JobOutput):
         if recorded is not None:
             problems = recorded.compatible_with(info)
             if problems:
+                how = "Use a new output.path, or delete the old one."
+                if recorded.modality != info.modality or recorded.optional != info.optional:
+                    how = (
+                        f"Rerun with the modality it was written with ({_modality_setting(recorded)}) to resume it, "
+                        f"or use a new output.path."
+                    )
                 raise LatentError(
                     f"output.path {self.path} already holds embeddings of another model or shape "
-                    f"({'; '.join(problems)}). Use a new output.path, or delete the old one."
+                    f"({'; '.join(problems)}). {how}"
                 )
             return
         if list_shards(self.path):

@@ -22,25 +22,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from pipeline.config import Device, InputFormat, KnnCommandConfig, Precision, QueryKind
 from pipeline.encode.model import ModelSpec
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, describe_error
 from pipeline.index.read import embedding_columns
 from pipeline.index.store import IndexDirectory
 from pipeline.io.output import JobOutput
-from pipeline.io.shards import arrow_to_vectors, commit_table, filesystem
-from pipeline.io.sources import (
+from pipeline.io.shards import ERRORS_DIR, arrow_to_vectors, commit_table, filesystem
+from pipeline.io.tables import (
     ID_COLUMN_GUESSES,
     IMAGE_COLUMN_GUESSES,
-    TABLE_EXTENSIONS,
     TEXT_COLUMN_GUESSES,
-    _list_files,
-    _table_images,
-    _table_schema,
+    TableBatch,
+    check_image_column,
+    list_tables,
+    read_images,
+    table_batches,
     table_units,
 )
 from pipeline.runner import (
@@ -61,7 +60,6 @@ log = logging.getLogger(__name__)
 
 NEIGHBORS_DIR = "neighbors"
 GROUPS_DIR = "groups"
-ERRORS_DIR = "_errors"
 NEIGHBORS_SCHEMA = pa.schema(
     [
         pa.field("query_id", pa.string(), nullable=False),
@@ -133,75 +131,89 @@ def _choose_column(schema: pa.Schema, kind: QueryKind, column: str | None) -> tu
 
 def list_queries(cfg: KnnCommandConfig) -> QueryTable:
     """List the query table at ``cfg.input.path`` and plan its read units (one per row group or file)."""
-    fs, root = filesystem(str(cfg.input.path))
-    if not fs.exists(root):
-        raise LatentError(f"input.path={cfg.input.path}: no such file or directory")
-    files = _list_files(fs, root)
-    base = posixpath.dirname(root) if fs.isfile(root) else root
-    fmt = cfg.input.format
-    if fmt == InputFormat.auto:
-        fmt = next((f for ext, f in TABLE_EXTENSIONS.items() if any(p.lower().endswith(ext) for p in files)), None)
-    if fmt not in TABLE_EXTENSIONS.values():
-        raise LatentError(f"input.path={cfg.input.path}: no .parquet, .csv or .jsonl files (input.format={fmt})")
-    ext = next(e for e, f in TABLE_EXTENSIONS.items() if f == fmt)
-    paths = [posixpath.join(base, f) for f in files if f.lower().endswith(ext)]
-    if not paths:
-        raise LatentError(f"input.path={cfg.input.path}: no {ext} files")
-    schema = _table_schema(fs, paths[0], fmt)
+    if cfg.input.format not in (InputFormat.auto, InputFormat.parquet, InputFormat.csv, InputFormat.jsonl):
+        raise LatentError(f"input.format={cfg.input.format.value}: knn reads parquet, csv or jsonl tables")
+    tables = list_tables(cfg.input.path, cfg.input.format)
+    schema = tables.schema
     kind, column = _choose_column(schema, cfg.input.kind, cfg.input.column)
+    if kind == "image":
+        check_image_column(schema, column, "input.column")
     id_column = cfg.input.id_column or next((c for c in ID_COLUMN_GUESSES if c in schema.names), None)
     if id_column is not None and id_column not in schema.names:
         raise LatentError(f"input.id_column={id_column}: no such column (columns: {', '.join(schema.names)})")
-    units, total = table_units(fs, paths, fmt)
+    units, total = table_units(tables.fs, tables.paths, tables.format)
     for unit in units:
-        unit.update(root=base, column=column, id_column=id_column, query_kind=kind)
-    return QueryTable(base, fmt, kind, column, id_column, units, total)
+        unit.update(root=tables.root, column=column, id_column=id_column, query_kind=kind)
+    return QueryTable(tables.root, tables.format, kind, column, id_column, units, total)
 
 
-def _unit_batches(unit: dict, rows: int) -> Iterator[pa.RecordBatch]:
-    fs, path = filesystem(unit["path"])
-    columns = [c for c in (unit["column"], unit["id_column"]) if c]
-    with fs.open(path, "rb") as f:
-        if unit["kind"] == "parquet":
-            yield from pq.ParquetFile(f).iter_batches(row_groups=[unit["row_group"]], batch_size=rows, columns=columns)
-            return
-        reader = pcsv.open_csv(f) if unit["kind"] == "csv" else pjson.open_json(f)
-        for batch in reader:
-            yield batch.select(columns)
+QUERY_TYPES = {"vector": pa.list_(pa.float32()), "image": pa.binary(), "text": pa.string()}
 
 
-def _records(batch: pa.RecordBatch, unit: dict, offset: int) -> pa.Table:
+def _records(part: TableBatch, unit: dict) -> pa.Table:
     """Read-task output: query_id, query (vector list, image bytes or text) and error (null when usable)."""
+    batch = part.batch
     n = batch.num_rows
-    if unit["id_column"]:
-        ids = pc.cast(batch.column(unit["id_column"]), pa.string())
-    else:
-        rel = posixpath.relpath(unit["path"], unit["root"])
-        ids = pa.array([f"{rel}:{offset + i}" for i in range(n)], pa.string())
-    column = batch.column(unit["column"])
+    rel = posixpath.relpath(unit["path"], unit["root"])
     kind = unit["query_kind"]
-    if kind == "image":
-        source = pa.nulls(n, pa.string())
-        query, error, _ = _table_images(pa.chunked_array([column]), unit, source)
-    elif kind == "text":
-        query = pc.cast(column, pa.string())
-        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(query), ""), True)
-        error = pc.if_else(blank, pa.scalar("empty text", pa.string()), pa.nulls(n, pa.string()))
+    if n:
+        if unit["id_column"]:
+            ids = pc.cast(batch.column(unit["id_column"]), pa.string())
+        else:
+            ids = pa.array([f"{rel}:{row}" for row in part.rows.tolist()], pa.string())
+        column = batch.column(unit["column"])
+        if kind == "image":
+            images, errors, _ = read_images(column.to_pylist(), unit["path"])
+            query, error = pa.array(images, pa.binary()), pa.array(errors, pa.string())
+        elif kind == "text":
+            query = pc.cast(column, pa.string())
+            blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(query), ""), True)
+            error = pc.if_else(blank, pa.scalar("empty text", pa.string()), pa.nulls(n, pa.string()))
+        else:
+            fixed = pa.types.is_fixed_size_list(column.type)
+            query = column if fixed else pc.cast(column, QUERY_TYPES["vector"])
+            error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
+        records = pa.table({"query_id": ids, "query": query, "error": error})
     else:
-        query = pc.cast(column, pa.list_(pa.float32())) if not pa.types.is_fixed_size_list(column.type) else column
-        error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
-    return pa.table({"query_id": ids, "query": query, "error": error})
+        records = pa.table(
+            {
+                "query_id": pa.array([], pa.string()),
+                "query": pa.array([], QUERY_TYPES[kind]),
+                "error": pa.array([], pa.string()),
+            }
+        )
+    if not part.bad:
+        return records
+    bad = pa.table(
+        {
+            "query_id": pa.array([f"{rel}:{row}" for row, _ in part.bad], pa.string()),
+            "query": pa.nulls(len(part.bad), records.schema.field("query").type),
+            "error": pa.array([why for _, why in part.bad], pa.string()),
+        }
+    )
+    return pa.concat_tables([records, bad])
 
 
 def read_queries(unit: dict, done: pa.Array | None, rows: int) -> Iterator[pa.Table]:
     """Stage 1 (CPU task): stream a read unit's rows as query records, ``rows`` at a time, without ``done`` ids."""
+    columns = [c for c in (unit["column"], unit["id_column"]) if c]
     offset = unit["offset"]
-    for batch in _unit_batches(unit, rows):
-        records = _records(batch, unit, offset)
-        offset += batch.num_rows
-        if done is not None:
-            records = records.filter(pc.invert(pc.is_in(records.column("query_id"), value_set=done)))
-        yield records
+    try:
+        for part in table_batches(unit, columns, rows):
+            offset = int(part.rows[-1]) + 1 if len(part.rows) else offset
+            records = _records(part, unit)
+            if done is not None:
+                records = records.filter(pc.invert(pc.is_in(records.column("query_id"), value_set=done)))
+            yield records
+    except (pa.ArrowInvalid, OSError) as err:  # a broken file: one error row, the job goes on
+        rel = posixpath.relpath(unit["path"], unit["root"])
+        yield pa.table(
+            {
+                "query_id": [f"{rel}#unreadable@{offset}"],
+                "query": pa.nulls(1, QUERY_TYPES[unit["query_kind"]]),
+                "error": [f"unreadable table from row {offset}: {describe_error(err)}"],
+            }
+        )
 
 
 # -- the searcher actor ---------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import Device, Precision, SearchModelConfig
-from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, resolve_model
+from pipeline.config import SearchModelConfig
+from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
 from pipeline.index.store import IndexDirectory, IndexInfo
 from pipeline.search.limits import check_k
@@ -48,11 +48,6 @@ class SearchResult:
         return len(self.scores)
 
 
-def default_model_config() -> SearchModelConfig:
-    """The index's own weights on the best device here (conf/search.yaml's ``model`` defaults)."""
-    return SearchModelConfig(pretrained=None, device=Device.auto, precision=Precision.auto)
-
-
 class Searcher:
     """Nearest items of an index directory to vectors, texts or images.
 
@@ -65,7 +60,7 @@ class Searcher:
         self, directory: IndexDirectory, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
     ) -> None:
         self.directory = directory
-        self.model_config = model or default_model_config()
+        self.model_config = model or SearchModelConfig()  # the index's own weights, on the best device here
         self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
         self._encoder = None
         self._encoder_lock = threading.Lock()
@@ -372,7 +367,7 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
         )
     if tag is not None:  # a tag's own settings hold even when its weights come from a local file
         tag_cfg = open_clip.get_pretrained_cfg(name, tag)
-        overrides = {key: tag_cfg[key] for key in _PREPROCESS_KEYS if tag_cfg.get(key) is not None}
+        overrides = preprocess_overrides(tag_cfg)
         spec = dataclasses.replace(
             spec, quick_gelu=bool(tag_cfg.get("quick_gelu", False)), preprocess_overrides=overrides
         )
