@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 
 from pipeline import __version__
 from pipeline.encode.preprocess import BadImage, decode_image
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 QUERY_FIELDS = ("text", "image", "vector", "id")
 KIND_OF = {"text": "texts", "image": "images", "vector": "vectors", "id": "ids"}  # the batcher's kinds
+ID_CONVERTOR = "latent_id"  # {id:latent_id}: see AnyTextConvertor
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a bad query (the message says what to change)"},
     413: {"model": ErrorBody, "description": "the request body is over the server's max_body_bytes"},
@@ -128,8 +130,33 @@ def decode_base64_image(text: str, max_pixels: int) -> Image.Image:
         raise HTTPException(400, f"image ({len(data)} bytes): cannot decode: {type(err).__name__}") from err
 
 
+class AnyTextConvertor(Convertor[str]):
+    """``{id:anything}``: the rest of the path, newlines included (Starlette's ``path`` stops at a newline)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+def url_of(route: str, id: str) -> str:
+    """``route/ID`` with every character of the id percent-encoded (``/``, ``?``, ``#``, ``%``, newlines…).
+
+    The ids a URL path cannot carry (``""``, ``.``, ``..``: clients drop or resolve dot segments, even encoded)
+    get the query form ``route?id=ID``, which every route with an id also answers.
+    """
+    if id in ("", ".", ".."):
+        return f"{route}?id={quote(id, safe='')}"
+    return f"{route}/{quote(id, safe='')}"
+
+
 def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     """The app serving ``searcher`` with the limits of ``cfg``."""
+    if ID_CONVERTOR not in CONVERTOR_TYPES:
+        register_url_convertor(ID_CONVERTOR, AnyTextConvertor())
     batcher = MicroBatcher(searcher, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000)
     thumbnails = ThumbnailCache(cfg.thumbnail_cache)
     state: dict[str, Any] = {"encoder_error": None}
@@ -177,7 +204,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
     def thumbnail_url(request: Request, id: str) -> str:
-        return f"{request.scope.get('root_path', '')}/thumbnails/{quote(id, safe='')}"
+        return f"{request.scope.get('root_path', '')}{url_of('/thumbnails', id)}"
 
     def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
         return {key: json_safe(value) for key, value in row.items() if key not in ("id", "score")}
@@ -230,27 +257,12 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    @app.get(
-        "/items/{id:path}",
-        response_model=Item,
-        responses={404: {"model": ErrorBody, "description": "the index holds no item with this id"}},
-        summary="An indexed item's metadata, by id",
-    )
     def item(id: str, request: Request) -> Item:
         row = searcher.item(id)
         if row is None:
             raise HTTPException(404, f"no item with id {id!r} in the index")
         return Item(id=row["id"], metadata=metadata_of(row), thumbnail=thumbnail_url(request, row["id"]))
 
-    @app.get(
-        "/thumbnails/{id:path}",
-        response_class=Response,
-        responses={
-            200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most thumbnail_size on its long side"},
-            404: {"model": ErrorBody, "description": "unknown id, or the item has no readable image"},
-        },
-        summary="A downscaled JPEG of an indexed item's image, by id",
-    )
     def thumbnail(id: str) -> Response:
         data = thumbnails.get(id)
         if data is None:
@@ -263,6 +275,25 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
                 raise HTTPException(404, f"no thumbnail for {id!r}: {err}") from err
             thumbnails.put(id, data)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    item_doc = {
+        "response_model": Item,
+        "responses": {404: {"model": ErrorBody, "description": "the index holds no item with this id"}},
+        "summary": "An indexed item's metadata, by id",
+    }
+    thumbnail_doc = {
+        "response_class": Response,
+        "responses": {
+            200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most thumbnail_size on its long side"},
+            404: {"model": ErrorBody, "description": "unknown id, or the item has no readable image"},
+        },
+        "summary": "A downscaled JPEG of an indexed item's image, by id",
+    }
+    # the id in the path, percent-encoded (any characters), or as ?id= (also ids a path cannot carry: "", ".", "..")
+    app.get("/items/{id:latent_id}", **item_doc)(item)
+    app.get("/items", **item_doc)(item)
+    app.get("/thumbnails/{id:latent_id}", **thumbnail_doc)(thumbnail)
+    app.get("/thumbnails", **thumbnail_doc)(thumbnail)
 
     @app.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
     def healthz() -> Health:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import faiss
 import httpx
+import pyarrow as pa
 import pytest
 from conftest import embed_overrides
 from index.helpers import build, dataset, vectors
@@ -17,6 +18,8 @@ from index.helpers import build, dataset, vectors
 from pipeline.cli import compose
 from pipeline.config import ServeConfig
 from pipeline.embed import run_embed
+from pipeline.index.synthetic import fake_model
+from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 # One OpenMP thread: the searches here are tiny, and spinning threads on a shared 2-core machine are slow.
 faiss.omp_set_num_threads(1)
@@ -42,6 +45,48 @@ def vector_index(tmp_path_factory) -> Path:
     """300 synthetic 32-d vectors from no open_clip model: an index that answers vector queries only."""
     emb = dataset(tmp_path_factory.mktemp("serve-vec") / "emb", vectors(300), dtype="float32")
     path = tmp_path_factory.mktemp("serve-vec-idx") / "idx"
+    build(emb, path, "index.factory=Flat")
+    return path
+
+
+NASTY_IDS = (
+    "line\nbreak.jpg",
+    "trailing newline\n",
+    "a/b/c.jpg",
+    "/leading-slash.jpg",
+    "what?.jpg",
+    "#hash.jpg",
+    "50% off.jpg",
+    "%2F not a slash",
+    "with space and+plus.jpg",
+    "café ☕ 写真.jpg",
+    "back\\slash",
+    'tab\tand "quotes" <b>&amp;',
+    ".",
+    "..",
+    "../../etc/passwd",
+)
+
+
+@pytest.fixture(scope="session")
+def nasty_index(tmp_path_factory, photos) -> Path:
+    """Real photos under ids with every character a URL treats specially; their vectors are random."""
+    images = sorted(photos.rglob("*.jpg")) + sorted(photos.rglob("*.png"))
+    n = len(NASTY_IDS)
+    x = vectors(n)
+    info = EmbeddingInfo.create(fake_model(x.shape[1]), "float32", "image")
+    table = pa.table(
+        {
+            "id": list(NASTY_IDS),
+            "source": [str(images[i % len(images)]) for i in range(n)],
+            "text": [f"nasty {i}" for i in range(n)],
+            "image_embedding": vectors_to_arrow(x, "float32"),
+        }
+    )
+    emb = tmp_path_factory.mktemp("serve-nasty") / "emb"
+    emb.mkdir()
+    commit_table(table.cast(info.shard_schema([])), str(emb))
+    path = tmp_path_factory.mktemp("serve-nasty-idx") / "idx"
     build(emb, path, "index.factory=Flat")
     return path
 
@@ -116,3 +161,8 @@ def server(start_server, photo_index) -> LiveServer:
 @pytest.fixture(scope="session")
 def vector_server(start_server, vector_index) -> LiveServer:
     return start_server(vector_index)
+
+
+@pytest.fixture(scope="session")
+def nasty_server(start_server, nasty_index) -> LiveServer:
+    return start_server(nasty_index)

@@ -222,7 +222,7 @@ async function start() {
   } else if (params.get("id")) {
     const id = params.get("id");
     pending = { id };
-    showChip(`thumbnails/${encodeURIComponent(id)}`, `Like: ${id}`);
+    showChip(`thumbnails?id=${encodeURIComponent(id)}`, `Like: ${id}`);  // the query form carries every id
     search(pending, `like ${id}`);
   } else {
     setStatus(textQueries ? "Type what you are looking for, or drop an image." : "This index answers vector and id queries only.");
