@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
+from typing import TYPE_CHECKING
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError
 from pipeline.search.limits import MAX_K
+
+if TYPE_CHECKING:
+    from pipeline.search import Searcher
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +58,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def open_index(cfg: ServeConfig) -> Searcher:
+    """The Searcher of ``index.path``; an index that is missing, incomplete or corrupted is a LatentError.
+
+    Searcher.open names what it checks (LatentError); what FAISS, Arrow or the JSON reader raise on a
+    damaged file is turned into one too, so the user reads which index failed and what to do, not a traceback.
+    """
+    from pipeline.search import Searcher
+
+    try:
+        return Searcher.open(cfg.index.path, cfg.model)
+    except LatentError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:  # FAISS: RuntimeError
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", str(err).strip())  # FAISS's C++ location
+        raise LatentError(
+            f"cannot open the index at {cfg.index.path}: {type(err).__name__}: {reason} "
+            "(damaged or incomplete: rebuild it with `latent index`)"
+        ) from None
+
+
 def run_serve(cfg: ServeConfig) -> None:
     """Open the index, build the app, serve until interrupted."""
     import uvicorn
 
-    from pipeline.search import Searcher
     from pipeline.serve.app import create_app
 
     _check(cfg)
-    searcher = Searcher.open(cfg.index.path, cfg.model)
+    searcher = open_index(cfg)
     app = create_app(searcher, cfg)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
