@@ -30,9 +30,19 @@ from PIL import Image
 from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 
 from pipeline import __version__
-from pipeline.encode.preprocess import BadImage, decode_image
+from pipeline.encode.preprocess import BadImage
 from pipeline.errors import LatentError
+from pipeline.serve.auth import check_origins, load_token, protect
 from pipeline.serve.batcher import MicroBatcher, UnknownItem
+from pipeline.serve.images import (
+    DRAFT_FACTOR,
+    TRIM_ABOVE_PIXELS,
+    DecodeBudget,
+    DecodersBusy,
+    ImageTooLarge,
+    decode_within,
+    release_memory,
+)
 from pipeline.serve.models import (
     API_VERSION,
     ErrorBody,
@@ -54,10 +64,12 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 QUERY_FIELDS = ("text", "image", "vector", "id")
 KIND_OF = {"text": "texts", "image": "images", "vector": "vectors", "id": "ids"}  # the batcher's kinds
+THUMBNAIL_WAIT_S = 10.0  # a thumbnail request waits this long for a decode slot, then gets 503
 ID_CONVERTOR = "latent_id"  # {id:latent_id}: see AnyTextConvertor
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a bad query (the message says what to change)"},
     413: {"model": ErrorBody, "description": "the request body is over the server's max_body_bytes"},
+    503: {"model": ErrorBody, "description": "max_decodes image decodes are running: retry after Retry-After seconds"},
 }
 
 
@@ -114,8 +126,12 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def decode_base64_image(text: str, max_pixels: int) -> Image.Image:
-    """The ``image`` field (base64 or a data: URL) as an RGB image; QueryError-like 400s otherwise."""
+def decode_base64_image(text: str, images: DecodeBudget, max_pixels: int, min_side: int) -> Image.Image:
+    """The ``image`` field (base64 or a data: URL) as an RGB image, decoded within the budget (images.py).
+
+    400 for what is not a usable image or is over ``max_pixels`` (from its header); DecodersBusy past the
+    budget's slots.
+    """
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     try:
@@ -123,11 +139,12 @@ def decode_base64_image(text: str, max_pixels: int) -> Image.Image:
     except (binascii.Error, ValueError) as err:
         raise HTTPException(400, f"image: not valid base64 ({err})") from err
     try:
-        return decode_image(data, max_pixels).convert("RGB")
+        with images.slot():
+            return decode_within(data, max_pixels, min_side)
+    except ImageTooLarge as err:
+        raise HTTPException(400, f"image ({len(data)} bytes): {err} (max_query_pixels)") from err
     except BadImage as err:
         raise HTTPException(400, f"image ({len(data)} bytes): not a usable image: {err}") from err
-    except Exception as err:  # PIL can fail late, in convert, on odd modes
-        raise HTTPException(400, f"image ({len(data)} bytes): cannot decode: {type(err).__name__}") from err
 
 
 class AnyTextConvertor(Convertor[str]):
@@ -159,9 +176,19 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         register_url_convertor(ID_CONVERTOR, AnyTextConvertor())
     batcher = MicroBatcher(searcher, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000)
     thumbnails = ThumbnailCache(cfg.thumbnail_cache)
-    state: dict[str, Any] = {"encoder_error": None}
+    token = load_token(cfg.auth.token, cfg.auth.token_file)
+    origins = check_origins(cfg.cors.origins)
+    decodes = DecodeBudget(cfg.max_decodes, cfg.decode_retry_after_s)  # query images and thumbnails alike
+    state: dict[str, Any] = {"encoder_error": None, "input_side": None}
     fingerprint = searcher.info.embedding.model if searcher.info.embedding is not None else None
     SearchRequest = search_query_model(cfg.max_k, cfg.default_k, searcher.dim)
+
+    async def input_side() -> int:
+        """The long side of the model's input, in pixels (builds the encoder if it is not built yet)."""
+        if state["input_side"] is None:
+            encoder = await batcher.call(lambda: searcher.encoder)
+            state["input_side"] = max(encoder.prep.size)
+        return state["input_side"]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,7 +197,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             state["encoder_error"] = "the index has no model fingerprint: it answers vector and id queries only"
         elif cfg.warmup:  # build the encoder now: the first query is not slow, and a bad model shows at start
             try:
-                await batcher.call(lambda: searcher.encoder)
+                await input_side()
             except LatentError as err:
                 state["encoder_error"] = str(err)
                 log.warning("text and image queries disabled: %s", err)
@@ -187,7 +214,9 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    protect(app, token, origins)  # auth.py: the bearer token, and CORS outside it
     app.state.batcher = batcher
+    app.state.decodes = decodes
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -198,6 +227,10 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     @app.exception_handler(UnknownItem)
     async def unknown_item(request: Request, err: UnknownItem) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @app.exception_handler(DecodersBusy)
+    async def busy(request: Request, err: DecodersBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(err.retry_after_s)})
 
     @app.exception_handler(LatentError)
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:
@@ -231,7 +264,8 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         if field == "id" and not value:
             raise HTTPException(400, "id: empty")
         if field == "image":
-            value = await run_in_threadpool(decode_base64_image, value, cfg.max_image_pixels)
+            min_side = DRAFT_FACTOR * await input_side()
+            value = await run_in_threadpool(decode_base64_image, value, decodes, cfg.max_query_pixels, min_side)
         if field == "vector":
             with np.errstate(over="ignore"):
                 value = np.asarray(value, dtype=np.float32)
@@ -240,6 +274,9 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             if not value.any():
                 raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
         hits = await batcher.search(KIND_OF[field], value, query.k)
+        if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
+            del value  # the last reference: give its pixels back to the OS
+            await run_in_threadpool(release_memory)
         hits = [row for row in hits if row.get("id") is not None]  # only real hits (a label of -1 is an all-null row)
         return SearchResponse(
             query=field,
@@ -270,11 +307,14 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             if row is None:
                 raise HTTPException(404, f"no item with id {id!r} in the index")
             try:
-                data = make_thumbnail(read_source_image(row.get("source")), cfg.thumbnail_size, cfg.max_image_pixels)
+                source = read_source_image(row.get("source"))
+                with decodes.slot(wait_s=THUMBNAIL_WAIT_S):  # a page asks for many at once: they queue briefly
+                    data = make_thumbnail(source, cfg.thumbnail_size, cfg.max_image_pixels)
             except NoThumbnail as err:
                 raise HTTPException(404, f"no thumbnail for {id!r}: {err}") from err
             thumbnails.put(id, data)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        cache = "private, max-age=3600" if token else "public, max-age=3600"  # shared caches: no authorized answers
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
     item_doc = {
         "response_model": Item,
@@ -312,6 +352,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             max_k=cfg.max_k,
             default_k=cfg.default_k,
             max_body_bytes=cfg.max_body_bytes,
+            auth_required=token is not None,
             batches=dict(batcher.stats.batches),
             batched_queries=dict(batcher.stats.queries),
         )

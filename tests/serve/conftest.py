@@ -101,6 +101,7 @@ def serve_config(index: Path, *overrides: str) -> ServeConfig:
             f"max_body_bytes={MAX_BODY}",
             "log_level=warning",
             "max_image_pixels=1000000",
+            "max_query_pixels=1000000",
             "model.device=cpu",
             *overrides,
         ],
@@ -166,3 +167,13 @@ def vector_server(start_server, vector_index) -> LiveServer:
 @pytest.fixture(scope="session")
 def nasty_server(start_server, nasty_index) -> LiveServer:
     return start_server(nasty_index)
+
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+ALLOWED_ORIGIN = "http://app.example:3000"
+
+
+@pytest.fixture(scope="session")
+def token_server(start_server, photo_index) -> LiveServer:
+    """The photo index behind a bearer token, with one CORS origin allowed."""
+    return start_server(photo_index, f"auth.token={TOKEN}", f"cors.origins=[{ALLOWED_ORIGIN}]")
