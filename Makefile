@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster clean
+.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-serve-images bench-cluster clean
 
 install: $(VENV)/.installed chromium
 
@@ -63,6 +63,10 @@ bench-search: install
 # latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
 bench-serve: install
 	$(PY) bench/bench_serve.py $(BENCH_ARGS)
+
+# latent serve under bursts of large query images: statuses, latency, peak and after-burst server memory
+bench-serve-images: install
+	$(PY) bench/bench_serve_images.py $(BENCH_ARGS)
 
 # embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
 bench-cluster: install

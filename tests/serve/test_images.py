@@ -84,7 +84,8 @@ def test_past_max_decodes_a_query_image_gets_503_with_retry_after(server, photos
         assert client.post("/search", json=query).json()["hits"][0]["id"] == "coffee.jpg"
 
 
-def test_a_thumbnail_waits_for_a_slot_instead_of_failing(server):
+def test_a_thumbnail_waits_for_a_slot_instead_of_failing(start_server, photo_index):
+    server = start_server(photo_index, "thumbnail_cache=0")  # every thumbnail request decodes
     budget: DecodeBudget = server.app.state.decodes
     answered = {}
     with server.client() as client, contextlib.ExitStack() as held:
