@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install chromium test test-fast lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster bench-map clean
+.PHONY: install chromium test test-fast lint demo jobs bench-embed bench-index bench-search bench-serve bench-serve-images bench-cluster bench-map clean
 
 install: $(VENV)/.installed chromium
 
@@ -77,6 +77,10 @@ bench-serve: install
 # latent map on 1M x 512 (groups known): wall time, memory, preservation vs umap-learn, ARI, the map view in Chromium
 bench-map: install
 	$(PY) bench/bench_map.py $(BENCH_ARGS)
+
+# latent serve under bursts of large query images: statuses, latency, peak and after-burst server memory
+bench-serve-images: install
+	$(PY) bench/bench_serve_images.py $(BENCH_ARGS)
 
 # embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
 bench-cluster: install

@@ -27,11 +27,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 
 from pipeline import __version__
-from pipeline.encode.preprocess import BadImage, decode_image
+from pipeline.encode.preprocess import BadImage
 from pipeline.errors import LatentError
+from pipeline.serve.auth import check_origins, load_token, protect
 from pipeline.serve.batcher import MicroBatcher, UnknownItem
+from pipeline.serve.images import (
+    DRAFT_FACTOR,
+    TRIM_ABOVE_PIXELS,
+    DecodeBudget,
+    DecodersBusy,
+    ImageTooLarge,
+    decode_within,
+    release_memory,
+)
 from pipeline.serve.models import (
     API_VERSION,
     ErrorBody,
@@ -53,9 +64,12 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 QUERY_FIELDS = ("text", "image", "vector", "id")
 KIND_OF = {"text": "texts", "image": "images", "vector": "vectors", "id": "ids"}  # the batcher's kinds
+THUMBNAIL_WAIT_S = 10.0  # a thumbnail request waits this long for a decode slot, then gets 503
+ID_CONVERTOR = "latent_id"  # {id:latent_id}: see AnyTextConvertor
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a bad query (the message says what to change)"},
     413: {"model": ErrorBody, "description": "the request body is over the server's max_body_bytes"},
+    503: {"model": ErrorBody, "description": "max_decodes image decodes are running: retry after Retry-After seconds"},
 }
 
 
@@ -112,8 +126,12 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def decode_base64_image(text: str, max_pixels: int) -> Image.Image:
-    """The ``image`` field (base64 or a data: URL) as an RGB image; QueryError-like 400s otherwise."""
+def decode_base64_image(text: str, images: DecodeBudget, max_pixels: int, min_side: int) -> Image.Image:
+    """The ``image`` field (base64 or a data: URL) as an RGB image, decoded within the budget (images.py).
+
+    400 for what is not a usable image or is over ``max_pixels`` (from its header); DecodersBusy past the
+    budget's slots.
+    """
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     try:
@@ -121,20 +139,56 @@ def decode_base64_image(text: str, max_pixels: int) -> Image.Image:
     except (binascii.Error, ValueError) as err:
         raise HTTPException(400, f"image: not valid base64 ({err})") from err
     try:
-        return decode_image(data, max_pixels).convert("RGB")
+        with images.slot():
+            return decode_within(data, max_pixels, min_side)
+    except ImageTooLarge as err:
+        raise HTTPException(400, f"image ({len(data)} bytes): {err} (max_query_pixels)") from err
     except BadImage as err:
         raise HTTPException(400, f"image ({len(data)} bytes): not a usable image: {err}") from err
-    except Exception as err:  # PIL can fail late, in convert, on odd modes
-        raise HTTPException(400, f"image ({len(data)} bytes): cannot decode: {type(err).__name__}") from err
+
+
+class AnyTextConvertor(Convertor[str]):
+    """``{id:anything}``: the rest of the path, newlines included (Starlette's ``path`` stops at a newline)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+def url_of(route: str, id: str) -> str:
+    """``route/ID`` with every character of the id percent-encoded (``/``, ``?``, ``#``, ``%``, newlines…).
+
+    The ids a URL path cannot carry (``""``, ``.``, ``..``: clients drop or resolve dot segments, even encoded)
+    get the query form ``route?id=ID``, which every route with an id also answers.
+    """
+    if id in ("", ".", ".."):
+        return f"{route}?id={quote(id, safe='')}"
+    return f"{route}/{quote(id, safe='')}"
 
 
 def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     """The app serving ``searcher`` with the limits of ``cfg``."""
+    if ID_CONVERTOR not in CONVERTOR_TYPES:
+        register_url_convertor(ID_CONVERTOR, AnyTextConvertor())
     batcher = MicroBatcher(searcher, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000)
     thumbnails = ThumbnailCache(cfg.thumbnail_cache)
-    state: dict[str, Any] = {"encoder_error": None}
+    token = load_token(cfg.auth.token, cfg.auth.token_file)
+    origins = check_origins(cfg.cors.origins)
+    decodes = DecodeBudget(cfg.max_decodes, cfg.decode_retry_after_s)  # query images and thumbnails alike
+    state: dict[str, Any] = {"encoder_error": None, "input_side": None}
     fingerprint = searcher.info.embedding.model if searcher.info.embedding is not None else None
     SearchRequest = search_query_model(cfg.max_k, cfg.default_k, searcher.dim)
+
+    async def input_side() -> int:
+        """The long side of the model's input, in pixels (builds the encoder if it is not built yet)."""
+        if state["input_side"] is None:
+            encoder = await batcher.call(lambda: searcher.encoder)
+            state["input_side"] = max(encoder.prep.size)
+        return state["input_side"]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,7 +197,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             state["encoder_error"] = "the index has no model fingerprint: it answers vector and id queries only"
         elif cfg.warmup:  # build the encoder now: the first query is not slow, and a bad model shows at start
             try:
-                await batcher.call(lambda: searcher.encoder)
+                await input_side()
             except LatentError as err:
                 state["encoder_error"] = str(err)
                 log.warning("text and image queries disabled: %s", err)
@@ -160,7 +214,9 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    protect(app, token, origins)  # auth.py: the bearer token, and CORS outside it
     app.state.batcher = batcher
+    app.state.decodes = decodes
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -172,12 +228,16 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     async def unknown_item(request: Request, err: UnknownItem) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=404)
 
+    @app.exception_handler(DecodersBusy)
+    async def busy(request: Request, err: DecodersBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(err.retry_after_s)})
+
     @app.exception_handler(LatentError)
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
     def thumbnail_url(request: Request, id: str) -> str:
-        return f"{request.scope.get('root_path', '')}/thumbnails/{quote(id, safe='')}"
+        return f"{request.scope.get('root_path', '')}{url_of('/thumbnails', id)}"
 
     def metadata_of(row: dict[str, Any]) -> dict[str, Any]:
         return {key: json_safe(value) for key, value in row.items() if key not in ("id", "score")}
@@ -204,7 +264,8 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         if field == "id" and not value:
             raise HTTPException(400, "id: empty")
         if field == "image":
-            value = await run_in_threadpool(decode_base64_image, value, cfg.max_image_pixels)
+            min_side = DRAFT_FACTOR * await input_side()
+            value = await run_in_threadpool(decode_base64_image, value, decodes, cfg.max_query_pixels, min_side)
         if field == "vector":
             with np.errstate(over="ignore"):
                 value = np.asarray(value, dtype=np.float32)
@@ -213,6 +274,9 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             if not value.any():
                 raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
         hits = await batcher.search(KIND_OF[field], value, query.k)
+        if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
+            del value  # the last reference: give its pixels back to the OS
+            await run_in_threadpool(release_memory)
         hits = [row for row in hits if row.get("id") is not None]  # only real hits (a label of -1 is an all-null row)
         return SearchResponse(
             query=field,
@@ -230,27 +294,12 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    @app.get(
-        "/items/{id:path}",
-        response_model=Item,
-        responses={404: {"model": ErrorBody, "description": "the index holds no item with this id"}},
-        summary="An indexed item's metadata, by id",
-    )
     def item(id: str, request: Request) -> Item:
         row = searcher.item(id)
         if row is None:
             raise HTTPException(404, f"no item with id {id!r} in the index")
         return Item(id=row["id"], metadata=metadata_of(row), thumbnail=thumbnail_url(request, row["id"]))
 
-    @app.get(
-        "/thumbnails/{id:path}",
-        response_class=Response,
-        responses={
-            200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most thumbnail_size on its long side"},
-            404: {"model": ErrorBody, "description": "unknown id, or the item has no readable image"},
-        },
-        summary="A downscaled JPEG of an indexed item's image, by id",
-    )
     def thumbnail(id: str) -> Response:
         data = thumbnails.get(id)
         if data is None:
@@ -258,11 +307,33 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             if row is None:
                 raise HTTPException(404, f"no item with id {id!r} in the index")
             try:
-                data = make_thumbnail(read_source_image(row.get("source")), cfg.thumbnail_size, cfg.max_image_pixels)
+                source = read_source_image(row.get("source"))
+                with decodes.slot(wait_s=THUMBNAIL_WAIT_S):  # a page asks for many at once: they queue briefly
+                    data = make_thumbnail(source, cfg.thumbnail_size, cfg.max_image_pixels)
             except NoThumbnail as err:
                 raise HTTPException(404, f"no thumbnail for {id!r}: {err}") from err
             thumbnails.put(id, data)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        cache = "private, max-age=3600" if token else "public, max-age=3600"  # shared caches: no authorized answers
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
+
+    item_doc = {
+        "response_model": Item,
+        "responses": {404: {"model": ErrorBody, "description": "the index holds no item with this id"}},
+        "summary": "An indexed item's metadata, by id",
+    }
+    thumbnail_doc = {
+        "response_class": Response,
+        "responses": {
+            200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most thumbnail_size on its long side"},
+            404: {"model": ErrorBody, "description": "unknown id, or the item has no readable image"},
+        },
+        "summary": "A downscaled JPEG of an indexed item's image, by id",
+    }
+    # the id in the path, percent-encoded (any characters), or as ?id= (also ids a path cannot carry: "", ".", "..")
+    app.get("/items/{id:latent_id}", **item_doc)(item)
+    app.get("/items", **item_doc)(item)
+    app.get("/thumbnails/{id:latent_id}", **thumbnail_doc)(thumbnail)
+    app.get("/thumbnails", **thumbnail_doc)(thumbnail)
 
     @app.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
     def healthz() -> Health:
@@ -281,6 +352,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             max_k=cfg.max_k,
             default_k=cfg.default_k,
             max_body_bytes=cfg.max_body_bytes,
+            auth_required=token is not None,
             batches=dict(batcher.stats.batches),
             batched_queries=dict(batcher.stats.queries),
         )

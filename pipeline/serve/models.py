@@ -76,6 +76,9 @@ class Health(BaseModel):
     max_k: int
     default_k: int
     max_body_bytes: int
+    auth_required: bool = Field(
+        False, description="every route but /healthz and the page needs Authorization: Bearer TOKEN"
+    )
     batches: dict[str, int] = Field(description="micro-batches run since start, per query kind")
     batched_queries: dict[str, int] = Field(description="queries answered since start, per query kind")
 

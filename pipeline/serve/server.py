@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
+from typing import TYPE_CHECKING
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError
 from pipeline.search.limits import MAX_K
+from pipeline.serve.auth import check_origins, load_token
+
+if TYPE_CHECKING:
+    from pipeline.search import Searcher
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +23,25 @@ log = logging.getLogger(__name__)
 def _check(cfg: ServeConfig) -> None:
     if not 0 <= cfg.port <= 65535:
         raise LatentError(f"port={cfg.port}: must be in 0..65535")
-    for key in ("max_k", "default_k", "max_batch", "max_body_bytes", "thumbnail_size"):
+    for key in (
+        "max_k",
+        "default_k",
+        "max_batch",
+        "max_body_bytes",
+        "thumbnail_size",
+        "max_query_pixels",
+        "max_decodes",
+    ):
         if getattr(cfg, key) <= 0:
             raise LatentError(f"{key}={getattr(cfg, key)}: must be positive")
     if cfg.max_k > MAX_K:
         raise LatentError(f"max_k={cfg.max_k}: at most {MAX_K} hits per query (MAX_K in pipeline/search/limits.py)")
     if cfg.default_k > cfg.max_k:
         raise LatentError(f"default_k={cfg.default_k} is above max_k={cfg.max_k}")
+    load_token(cfg.auth.token, cfg.auth.token_file)  # bad auth/CORS settings fail before the index is opened
+    check_origins(cfg.cors.origins)
+    if cfg.decode_retry_after_s < 0:
+        raise LatentError(f"decode_retry_after_s={cfg.decode_retry_after_s}: must be >= 0")
     if cfg.batch_wait_ms < 0:
         raise LatentError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
 
@@ -53,22 +71,45 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def open_index(cfg: ServeConfig) -> Searcher:
+    """The Searcher of ``index.path``; an index that is missing, incomplete or corrupted is a LatentError.
+
+    Searcher.open names what it checks (LatentError); what FAISS, Arrow or the JSON reader raise on a
+    damaged file is turned into one too, so the user reads which index failed and what to do, not a traceback.
+    """
+    from pipeline.search import Searcher
+
+    try:
+        return Searcher.open(cfg.index.path, cfg.model)
+    except LatentError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:  # FAISS: RuntimeError
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", str(err).strip())  # FAISS's C++ location
+        raise LatentError(
+            f"cannot open the index at {cfg.index.path}: {type(err).__name__}: {reason} "
+            "(damaged or incomplete: rebuild it with `latent index`)"
+        ) from None
+
+
 def run_serve(cfg: ServeConfig) -> None:
     """Open the index, build the app, serve until interrupted."""
     import uvicorn
 
-    from pipeline.search import Searcher
     from pipeline.serve.app import create_app
 
     _check(cfg)
-    searcher = Searcher.open(cfg.index.path, cfg.model)
+    searcher = open_index(cfg)
     app = create_app(searcher, cfg)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
-    if not _is_loopback(cfg.host):
-        log.warning("listening on %s: reachable from other machines (the API has no authentication)", cfg.host)
+    authenticated = bool(cfg.auth.token or cfg.auth.token_file)
+    if not _is_loopback(cfg.host) and not authenticated:
+        log.warning("listening on %s: reachable from other machines, and no auth.token is set", cfg.host)
     shown = f"[{host}]" if ":" in host else host
-    print(f"latent serve: {cfg.index.path} ({searcher.ntotal:,} items, {searcher.dim}-d) on http://{shown}:{port}/")
+    auth = " (bearer token required)" if authenticated else ""
+    print(
+        f"latent serve: {cfg.index.path} ({searcher.ntotal:,} items, {searcher.dim}-d) on http://{shown}:{port}/{auth}"
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, access_log=cfg.access_log))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully, then re-raises the signal
         server.run(sockets=[sock])

@@ -15,8 +15,9 @@ from collections import OrderedDict
 
 from PIL import Image
 
-from pipeline.encode.preprocess import BadImage, open_image, to_8bit
+from pipeline.encode.preprocess import BadImage, to_8bit
 from pipeline.io.images import IMAGE_EXTENSIONS, is_image_name
+from pipeline.serve.images import TRIM_ABOVE_PIXELS, open_within, release_memory
 
 
 class NoThumbnail(Exception):
@@ -54,18 +55,23 @@ def _read_tar_sample_image(tar_path: str, key: str) -> bytes:
 
 
 def make_thumbnail(data: bytes, size: int, max_pixels: int, quality: int = 85) -> bytes:
-    """A JPEG no larger than ``size`` on its long side."""
+    """A JPEG no larger than ``size`` on its long side (decoded within ``max_pixels``: images.open_within)."""
+    large = False
     try:
-        image = to_8bit(open_image(data, max_pixels))  # header only: decompression bombs refused before decoding
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big photos
+        image = open_within(data, max_pixels, size, "image")  # header checked; JPEG: decoded at a reduced scale
+        large = image.size[0] * image.size[1] > TRIM_ABOVE_PIXELS
+        image = to_8bit(image)  # 16-bit PNGs: scaled, not clipped to white
         image = image.convert("RGB")
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=quality, optimize=True)
-    except BadImage as err:
+    except BadImage as err:  # too large (from the header), empty, not an image
         raise NoThumbnail(str(err)) from err
     except Exception as err:  # PIL raises many types for broken files
         raise NoThumbnail(f"cannot decode the image: {type(err).__name__}") from err
+    finally:
+        if large:
+            release_memory()
     return out.getvalue()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import faiss
 import httpx
+import pyarrow as pa
 import pytest
 from conftest import embed_overrides
 from index.helpers import build, dataset, vectors
@@ -17,6 +18,8 @@ from index.helpers import build, dataset, vectors
 from pipeline.cli import compose
 from pipeline.config import ServeConfig
 from pipeline.embed import run_embed
+from pipeline.index.synthetic import fake_model
+from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 # One OpenMP thread: the searches here are tiny, and spinning threads on a shared 2-core machine are slow.
 faiss.omp_set_num_threads(1)
@@ -44,6 +47,48 @@ def vector_index(tmp_path_factory) -> Path:
     return path
 
 
+NASTY_IDS = (
+    "line\nbreak.jpg",
+    "trailing newline\n",
+    "a/b/c.jpg",
+    "/leading-slash.jpg",
+    "what?.jpg",
+    "#hash.jpg",
+    "50% off.jpg",
+    "%2F not a slash",
+    "with space and+plus.jpg",
+    "café ☕ 写真.jpg",
+    "back\\slash",
+    'tab\tand "quotes" <b>&amp;',
+    ".",
+    "..",
+    "../../etc/passwd",
+)
+
+
+@pytest.fixture(scope="session")
+def nasty_index(tmp_path_factory, photos) -> Path:
+    """Real photos under ids with every character a URL treats specially; their vectors are random."""
+    images = sorted(photos.rglob("*.jpg")) + sorted(photos.rglob("*.png"))
+    n = len(NASTY_IDS)
+    x = vectors(n)
+    info = EmbeddingInfo.create(fake_model(x.shape[1]), "float32", "image")
+    table = pa.table(
+        {
+            "id": list(NASTY_IDS),
+            "source": [str(images[i % len(images)]) for i in range(n)],
+            "text": [f"nasty {i}" for i in range(n)],
+            "image_embedding": vectors_to_arrow(x, "float32"),
+        }
+    )
+    emb = tmp_path_factory.mktemp("serve-nasty") / "emb"
+    emb.mkdir()
+    commit_table(table.cast(info.shard_schema([])), str(emb))
+    path = tmp_path_factory.mktemp("serve-nasty-idx") / "idx"
+    build(emb, path, "index.factory=Flat")
+    return path
+
+
 def serve_config(index: Path, *overrides: str) -> ServeConfig:
     return compose(
         "serve",
@@ -54,6 +99,7 @@ def serve_config(index: Path, *overrides: str) -> ServeConfig:
             f"max_body_bytes={MAX_BODY}",
             "log_level=warning",
             "max_image_pixels=1000000",
+            "max_query_pixels=1000000",
             "model.device=cpu",
             *overrides,
         ],
@@ -114,3 +160,18 @@ def server(start_server, photo_index) -> LiveServer:
 @pytest.fixture(scope="session")
 def vector_server(start_server, vector_index) -> LiveServer:
     return start_server(vector_index)
+
+
+@pytest.fixture(scope="session")
+def nasty_server(start_server, nasty_index) -> LiveServer:
+    return start_server(nasty_index)
+
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+ALLOWED_ORIGIN = "http://app.example:3000"
+
+
+@pytest.fixture(scope="session")
+def token_server(start_server, photo_index) -> LiveServer:
+    """The photo index behind a bearer token, with one CORS origin allowed."""
+    return start_server(photo_index, f"auth.token={TOKEN}", f"cors.origins=[{ALLOWED_ORIGIN}]")

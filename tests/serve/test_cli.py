@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,37 @@ def test_bad_settings_exit_2_with_a_message(vector_index, capsys, args, message)
         main(["serve", *(a.replace("INDEX", str(vector_index)) for a in args)])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and message in err, err
+
+
+def _damage_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:8] = b"\xffGARBAGE"
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "index.faiss header flipped": lambda idx: _damage_header(idx / "index.faiss"),
+    "index.faiss truncated": lambda idx: (idx / "index.faiss").write_bytes((idx / "index.faiss").read_bytes()[:100]),
+    "index.faiss missing": lambda idx: (idx / "index.faiss").unlink(),
+    "items.arrow truncated": lambda idx: (idx / "items.arrow").write_bytes((idx / "items.arrow").read_bytes()[:50]),
+    "ids.arrow missing": lambda idx: (idx / "ids.arrow").unlink(),
+    "index.json not JSON": lambda idx: (idx / "index.json").write_text("{ not json"),
+    "index.json without fields": lambda idx: (idx / "index.json").write_text("{}"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_index_is_a_clear_error_not_a_traceback(vector_index, tmp_path, capsys, damage):
+    """A corrupted or incomplete index gave a raw FAISS/Arrow traceback at start: now one line and exit 2."""
+    index = tmp_path / "idx"
+    shutil.copytree(vector_index, index)
+    DAMAGES[damage](index)
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", f"index.path={index}", "port=0", "warmup=false"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2, err
+    assert err.startswith("latent serve: ") and "Traceback" not in err, err
+    assert str(index) in err or any(f in err for f in ("index.json", "index.faiss", "items.arrow", "ids.arrow")), err
 
 
 def test_a_busy_port_is_a_clear_error(vector_index, capsys):

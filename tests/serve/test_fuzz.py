@@ -21,7 +21,14 @@ EXAMPLES = 40  # per operation and mode
 def operations(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     found = {f"{op.method.upper()} {op.path}": op for op in (result.ok() for result in schema.get_all_operations())}
-    assert set(found) == {"POST /search", "GET /items/{id}", "GET /thumbnails/{id}", "GET /healthz"}
+    assert set(found) == {
+        "POST /search",
+        "GET /items/{id}",
+        "GET /items",
+        "GET /thumbnails/{id}",
+        "GET /thumbnails",
+        "GET /healthz",
+    }
     return found
 
 
@@ -32,10 +39,12 @@ def operations(server):
         ("POST /search", GenerationMode.POSITIVE),
         ("POST /search", GenerationMode.NEGATIVE),  # GETs take any string: nothing negative to generate
         ("GET /items/{id}", GenerationMode.POSITIVE),
+        ("GET /items", GenerationMode.POSITIVE),  # ?id=
         ("GET /thumbnails/{id}", GenerationMode.POSITIVE),
+        ("GET /thumbnails", GenerationMode.POSITIVE),
         ("GET /healthz", GenerationMode.POSITIVE),
     ],
-    ids=["search", "search-negative", "items", "thumbnails", "healthz"],
+    ids=["search", "search-negative", "items", "items-query", "thumbnails", "thumbnails-query", "healthz"],
 )
 def test_no_generated_request_gets_a_5xx(operations, name, mode):
     checks = [not_a_server_error]

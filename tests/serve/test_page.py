@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from urllib.parse import quote
 
 import pytest
 
@@ -98,3 +99,55 @@ def test_errors_are_shown_not_thrown(page):
     page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}])
     page.wait_for_function("() => document.querySelector('#status').textContent.includes('not a usable image')")
     assert page.eval_on_selector("#status", "s => s.classList.contains('error')")
+
+
+def test_with_a_token_the_page_asks_for_it_once_and_shows_results_and_thumbnails(browser, token_server):
+    from .conftest import TOKEN
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(token_server.url + "/")
+        page.wait_for_selector("#auth:not([hidden])")
+        page.fill("#token", "not-the-token-at-all")
+        page.press("#token", "Enter")
+        page.wait_for_function("() => document.querySelector('#auth-error').textContent.includes('refused')")
+        page.fill("#token", TOKEN)
+        page.press("#token", "Enter")
+        page.wait_for_selector("#auth", state="hidden")
+        page.wait_for_function("() => document.querySelector('#index-info').textContent.includes('6 items')")
+        page.fill("#query", "a photo of a cat")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#results .card")
+        page.wait_for_function(IMAGES_LOADED)
+        assert len(card_ids(page)) == 6
+        sources = page.eval_on_selector_all("#results .card img", "imgs => imgs.map((i) => i.src)")
+        assert all(src.startswith("blob:") for src in sources)  # fetched with the token, no token in any URL
+        clicked = card_ids(page)[-1]
+        page.click(f'#results .card[data-id="{clicked}"] button')
+        page.wait_for_function("(id) => document.querySelector('#results .card')?.dataset.id === id", arg=clicked)
+        page.wait_for_function(IMAGES_LOADED)
+        assert TOKEN not in page.url
+        page.reload()  # kept for the tab (sessionStorage): not asked again, the ?id= search runs
+        page.wait_for_function("(id) => document.querySelector('#results .card')?.dataset.id === id", arg=clicked)
+        assert page.is_hidden("#auth")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_every_nasty_id_links_to_its_thumbnail_in_the_page(browser, nasty_server):
+    from .conftest import NASTY_IDS
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        for id in NASTY_IDS:
+            page.goto(f"{nasty_server.url}/?id={quote(id, safe='')}")
+            page.wait_for_function("(id) => document.querySelector('#results .card')?.dataset.id === id", arg=id)
+            page.wait_for_function(IMAGES_LOADED)
+            assert page.eval_on_selector("#query-chip-image", "i => i.complete && i.naturalWidth > 0"), id
+    finally:
+        context.close()

@@ -12,10 +12,69 @@ const chip = $("query-chip");
 const chipImage = $("query-chip-image");
 const chipLabel = $("query-chip-label");
 const drop = $("drop");
+const authForm = $("auth");
+const tokenInput = $("token");
+
+// The access token, when the server wants one (health.auth_required): asked once per tab, kept in
+// sessionStorage (gone when the tab closes), sent as an Authorization header, never put in a URL.
+// Thumbnails are fetched with it too and shown from blob: URLs.
+const TOKEN_KEY = "latent-token";
+let authRequired = false;
+let thumbnailUrls = [];  // blob: URLs of the thumbnails shown, revoked at the next render
 
 let pending = null;      // the query of the search box when it is not text: {image} or {id}
 let sequence = 0;        // answers to older requests are dropped
 let textQueries = true;  // false when the server answers vector and id queries only
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options.headers || {}) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    const body = await response.json().catch(() => null);
+    askForToken(token ? "That token was refused." : "");
+    throw new Unauthorized(errorText(body, 401));
+  }
+  return response;
+}
+
+function askForToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("auth-error").textContent = message;
+  authForm.hidden = false;
+  tokenInput.focus();
+  setStatus("An access token is needed.", true);
+}
+
+authForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = tokenInput.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  tokenInput.value = "";
+  authForm.hidden = true;
+  start();
+});
+
+// an <img> cannot send a header: with a token, fetch the thumbnail and show it from a blob: URL
+async function showThumbnail(img, url, onMissing) {
+  if (!authRequired) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await api(url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const blobUrl = URL.createObjectURL(await response.blob());
+    thumbnailUrls.push(blobUrl);
+    img.src = blobUrl;
+  } catch (err) {
+    if (onMissing) onMissing();
+  }
+}
 
 function setStatus(text, isError = false) {
   statusLine.textContent = text;
@@ -29,8 +88,9 @@ function errorText(body, status) {
 }
 
 function showChip(imageUrl, label) {
-  chipImage.src = imageUrl || "";
   chipImage.hidden = !imageUrl;
+  if (imageUrl && imageUrl.startsWith("data:")) chipImage.src = imageUrl;
+  else if (imageUrl) showThumbnail(chipImage, imageUrl, () => { chipImage.hidden = true; });
   chipLabel.textContent = label;
   chip.hidden = false;
   input.value = "";
@@ -51,14 +111,14 @@ async function search(query, description) {
   form.classList.add("busy");
   let response, body;
   try {
-    response = await fetch("search", {
+    response = await api("search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ ...query, k }),
     });
     body = await response.json().catch(() => null);
   } catch (err) {
-    if (mine === sequence) setStatus(`Cannot reach the server: ${err}`, true);
+    if (mine === sequence && !(err instanceof Unauthorized)) setStatus(`Cannot reach the server: ${err}`, true);
     return;
   } finally {
     if (mine === sequence) form.classList.remove("busy");
@@ -80,6 +140,8 @@ function caption(hit) {
 
 function render(hits) {
   results.replaceChildren();
+  thumbnailUrls.forEach((url) => URL.revokeObjectURL(url));
+  thumbnailUrls = [];
   for (const hit of hits) {
     const li = document.createElement("li");
     li.className = "card";
@@ -96,11 +158,12 @@ function render(hits) {
     img.loading = "lazy";
     img.decoding = "async";
     img.alt = caption(hit);
-    img.src = hit.thumbnail;
-    img.addEventListener("error", () => {
+    const missing = () => {
       frame.classList.add("missing");
       img.remove();
-    });
+    };
+    img.addEventListener("error", missing);
+    showThumbnail(img, hit.thumbnail, missing);
     frame.append(img);
 
     const score = document.createElement("span");
@@ -202,8 +265,14 @@ window.addEventListener("paste", (event) => {
 
 async function start() {
   try {
-    const response = await fetch("healthz");
+    const response = await fetch("healthz");  // public: it says whether a token is needed
     const health = await response.json();
+    authRequired = Boolean(health.auth_required);
+    if (authRequired && !sessionStorage.getItem(TOKEN_KEY)) {
+      askForToken("");
+      return;
+    }
+    if (authRequired) await api("openapi.json");  // a wrong token shows the form again now, not at the first search
     textQueries = health.queries.includes("text");
     const model = health.model ? ` · ${health.model}` : "";
     $("index-info").textContent = `${health.ntotal.toLocaleString()} items${model}`;
@@ -213,6 +282,7 @@ async function start() {
       clearChip();
     }
   } catch (err) {
+    if (err instanceof Unauthorized) return;  // the token form is shown; submitting it calls start() again
     setStatus(`Cannot reach the server: ${err}`, true);
   }
   const params = new URLSearchParams(location.search);
@@ -222,7 +292,7 @@ async function start() {
   } else if (params.get("id")) {
     const id = params.get("id");
     pending = { id };
-    showChip(`thumbnails/${encodeURIComponent(id)}`, `Like: ${id}`);
+    showChip(`thumbnails?id=${encodeURIComponent(id)}`, `Like: ${id}`);  // the query form carries every id
     search(pending, `like ${id}`);
   } else {
     setStatus(textQueries ? "Type what you are looking for, or drop an image." : "This index answers vector and id queries only.");
