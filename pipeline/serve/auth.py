@@ -3,7 +3,7 @@
 Both are ASGI middlewares added by ``protect(app, token, origins)``, independent of the routes: any
 ingress serving the app (uvicorn, Ray Serve) gets the same rules. With a token set, every request needs
 ``Authorization: Bearer TOKEN`` (compared in constant time) except ``/healthz`` (liveness probes) and
-the page's own files (``/``, ``/static/…``: no data, and the page must load to ask for the token).
+the pages' own files (``/``, ``/map``, ``/static/…``: no data, and a page must load to ask for the token).
 The token never travels in a URL: URLs end up in logs, browser history and Referer headers.
 """
 
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from pipeline.errors import LatentError
 
 MIN_TOKEN_CHARS = 16
-PUBLIC_PATHS = frozenset({"/healthz", "/"})
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/map"})  # the pages: no data, they ask for the token
 PUBLIC_PREFIXES = ("/static/",)
 ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 

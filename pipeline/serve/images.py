@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 
 from PIL import Image
 
-from pipeline.encode.preprocess import BadImage, clean_message, to_8bit
+from pipeline.encode.preprocess import BadImage, to_8bit
+from pipeline.errors import describe_error
 
 DRAFT_FACTOR = 4  # JPEGs decode at the smallest scale keeping this many times the model's input size
 TRIM_ABOVE_PIXELS = 2_000_000  # decodes this large give their memory back to the OS when done
@@ -77,9 +78,9 @@ def open_within(data: bytes, max_pixels: int, min_side: int | None = None, what:
         if min_side and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))  # sets the decoder's scale; image.size is the reduced one
     except Image.DecompressionBombError as err:  # Pillow's own guard, where the process keeps it
-        raise ImageTooLarge(f"{what} too large for Pillow's MAX_IMAGE_PIXELS: {clean_message(err)}") from err
+        raise ImageTooLarge(f"{what} too large for Pillow's MAX_IMAGE_PIXELS: {describe_error(err)}") from err
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
+        raise BadImage(f"cannot decode image: {describe_error(err)}") from err
     pixels = image.size[0] * image.size[1]
     if pixels > max_pixels:
         raise ImageTooLarge(
@@ -106,7 +107,7 @@ def decode_within(data: bytes, max_pixels: int, min_side: int | None = None) -> 
     except BadImage:
         raise
     except Exception as err:
-        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
+        raise BadImage(f"cannot decode image: {describe_error(err)}") from err
     finally:
         if large:  # the full-size pixels are garbage now (or were never used)
             del image

@@ -92,3 +92,24 @@ def test_the_search_page_links_to_the_map(browser, map_server):  # noqa: F811
     page.wait_for_function("() => window.latentMap && window.latentMap.frames > 0")
     assert page.url.endswith("/map")
     page.close()
+
+
+def test_behind_a_token_the_map_sends_the_search_pages_token(browser, start_server, map_index, photo_map):  # noqa: F811
+    from .conftest import TOKEN
+
+    server = start_server(map_index, f"auth.token={TOKEN}")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/map")  # no token yet: the API refuses, the page says why
+        page.wait_for_function("() => document.querySelector('#map-status').textContent.includes('token')")
+        page.evaluate(f"() => sessionStorage.setItem('latent-token', '{TOKEN}')")  # what the search page keeps
+        page.reload()
+        page.wait_for_function("() => window.latentMap && window.latentMap.ready && window.latentMap.frames > 0")
+        assert page.evaluate("() => latentMap.points") == 6
+        x, y = page.evaluate("() => latentMap.screenOf(3)")
+        page.mouse.move(x, y)
+        page.wait_for_function("() => latentMap.hover && latentMap.hover.index === 3 && latentMap.hover.thumbnail")
+        assert page.evaluate("() => document.querySelector('#tooltip-img').src").startswith("blob:")
+    finally:
+        context.close()

@@ -172,8 +172,27 @@
   }
 
   // --- API --------------------------------------------------------------------------------------------
+  // The access token the search page asked for (same tab: sessionStorage), sent as a header, never in a URL.
+  function authHeaders(extra) {
+    const token = sessionStorage.getItem('latent-token'); const headers = { ...(extra || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+  function authFetch(path, options) {
+    return fetch(path, { ...(options || {}), headers: authHeaders((options || {}).headers) }).then((res) => {
+      if (res.status === 401) status('An access token is needed: enter it on the search page, then come back.');
+      return res;
+    });
+  }
+  // With a token, thumbnails are fetched with it and shown from blob: URLs (an <img> cannot send headers).
+  async function setThumbnail(img, url) {
+    if (!url || !sessionStorage.getItem('latent-token')) { img.src = url; return; }
+    const res = await authFetch(url);
+    if (!res.ok) { if (img.onerror) img.onerror(); return; }
+    img.src = URL.createObjectURL(await res.blob());
+  }
   async function api(path, body) {
-    const res = await fetch(path, body === undefined ? {} : { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await authFetch(path, body === undefined ? {} : { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
     const data = await res.json().catch(() => ({}));
     if (!res.ok) throw new Error(typeof data.detail === 'string' ? data.detail : JSON.stringify(data.detail || res.status));
     return data;
@@ -183,7 +202,7 @@
     status(title);
     $('#list').replaceChildren(...items.map((it) => {
       const li = document.createElement('li'); li.dataset.id = it.id; if (it.index !== null && it.index !== undefined) li.dataset.index = it.index;
-      const img = document.createElement('img'); img.src = it.thumbnail; img.alt = ''; img.onerror = () => { img.style.visibility = 'hidden'; };
+      const img = document.createElement('img'); img.alt = ''; img.onerror = () => { img.style.visibility = 'hidden'; }; setThumbnail(img, it.thumbnail);
       const meta = document.createElement('div'); meta.className = 'meta';
       const score = it.score === null || it.score === undefined ? '' : ` · ${Number(it.score).toFixed(3)}`;
       meta.innerHTML = `<div class="id"></div><div class="cap"></div>`;
@@ -206,7 +225,7 @@
     if (!S.hover || S.hover.index !== i) return;
     const img = $('#tooltip-img'); img.hidden = false; img.onerror = () => { img.hidden = true; };
     img.onload = () => { if (S.hover && S.hover.index === i) S.hover.thumbnail = true; };
-    img.src = item.thumbnail; $('#tooltip-text').textContent = `${item.id}: ${caption(item)}`;
+    setThumbnail(img, item.thumbnail); $('#tooltip-text').textContent = `${item.id}: ${caption(item)}`;
     const [sx, sy] = toScreen(X[i], Y[i]);
     tooltip.style.left = `${sx + 12}px`; tooltip.style.top = `${sy + 12}px`; tooltip.hidden = false;
     Object.assign(S.hover, { id: item.id, caption: caption(item), loaded: true });
@@ -300,7 +319,7 @@
 
   // --- load ---------------------------------------------------------------------------------------------
   async function load() {
-    const [i, c, res] = await Promise.all([api('map/info'), api('map/clusters'), fetch('map/points')]);
+    const [i, c, res] = await Promise.all([api('map/info'), api('map/clusters'), authFetch('map/points')]);
     if (!res.ok) throw new Error(`map/points: ${res.status}`);
     info = i; clusters = c;
     const buf = await res.arrayBuffer(); S.bytes = buf.byteLength;
