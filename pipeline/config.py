@@ -202,6 +202,11 @@ class IndexMode(str, Enum):
     overwrite = "overwrite"  # build anew and replace index.path atomically
 
 
+class Storage(str, Enum):
+    memory = "memory"  # the index in one file (or one per shard), memory-mapped when searched
+    ondisk = "ondisk"  # IVF inverted lists in a separate memory-mapped file per shard (indexes larger than RAM)
+
+
 @dataclass
 class IndexInputConfig:
     path: str = setting(REQUIRED, "embedding dataset, Parquet folder with an embedding column, or folder of .npy files")
@@ -226,6 +231,14 @@ class IndexBuildConfig:
     batch_size: int = setting(16384, "vectors read and added per batch")
     device: Device = setting(Device.auto, "auto (a GPU when faiss sees one) | cpu | cuda")
     seed: int = setting(0, "seed of sampling and training")
+    shards: str = setting(
+        "1",
+        "N shards sharing one trained quantizer, built by Ray tasks across the cluster | auto (the fewest shards "
+        "each within index.max_memory); IVF without re-rank, or Flat (docs/index-directory.md)",
+    )
+    storage: Storage = setting(
+        Storage.memory, "memory | ondisk (IVF lists in a memory-mapped .ivfdata file per shard; not fast-scan x4fs)"
+    )
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
-from pipeline.index import parallel
+from pipeline.index import parallel, shards
 from pipeline.index.choose import (
     Choice,
     build_bytes,
@@ -250,8 +250,11 @@ def _finish(
     info: IndexInfo,
 ) -> int:
     write_id_map(stage.file(IDS_FILE), ids)
-    faiss.write_index(index, str(stage.file(INDEX_FILE)))
-    info.memory_bytes = os.path.getsize(stage.file(INDEX_FILE))
+    if info.shards:  # the shard files are in the staging directory already
+        info.memory_bytes = shards.files_bytes(stage.dir, info)
+    else:
+        faiss.write_index(index, str(stage.file(INDEX_FILE)))
+        info.memory_bytes = os.path.getsize(stage.file(INDEX_FILE))
     stage.write_info(info)
     previous_runs = stage.target / RUNS_DIR
     if previous_runs.is_dir():  # the run records of the index being replaced or appended to
@@ -311,8 +314,10 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         raise LatentError("the dataset's vectors are not normalised (normalized: false); metric ip needs unit vectors")
     n, dim = source.rows, source.dim
     n_queries = _query_count(cfg, n)
-    choice = _plan(cfg, source, budget, metric, n_queries)
+    layout = shards.plan_layout(ic.shards, ic.storage.value, ic.factory, n, dim, metric, budget)
+    choice = layout.choice or _plan(cfg, source, layout.budget, metric, n_queries)
     index = make_index(choice.factory, dim, metric)
+    shards.check_layout(index, choice.factory, layout)
     n_train = train_rows(choice.factory, n, dim, metric, ic.train_sample) if not index.is_trained else 0
     train_at, query_at = _sample(n, n_train, n_queries, ic.seed)
 
@@ -336,8 +341,21 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
             and parallel.can_merge(index)
             and len(source.shards) > 1
         )
+        entries: list[shards.ShardEntry] = []
         with clock.phase("add"), _bar(cfg, "add", total=n) as bar:
-            if use_ray:
+            if layout.split:  # one Ray task per shard, each writes its shard file into the staging directory
+
+                def on_shard(items: pa.Table) -> None:
+                    rows_out.write(items)
+                    bar.update(items.num_rows)
+
+                entries, _, ray_nodes = shards.add_shards(
+                    index, source, layout.count, stage.dir, layout.storage, cfg.ray, ic.batch_size, metric_name,
+                    truth, on_shard,
+                )  # fmt: skip
+                ray_tasks = layout.count
+                index = shards.open_shards(stage.dir, entries, dim)
+            elif use_ray:
 
                 def on_group(items: pa.Table, first: int) -> None:
                     rows_out.write(items)
@@ -378,6 +396,8 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
             normalized=metric_name == "ip",
             history=[{"mode": "create", "at": now, "added": n, "skipped": 0, "seconds": round(seconds, 2)}],
         )
+        if layout.split:
+            shards.describe(info, entries, layout.storage, -(-n // layout.count))
         with clock.phase("write"):
             memory = _finish(stage, index, rows_out.all_ids(), info)
 
@@ -463,6 +483,9 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         )
     metric_name = old.metric
     index = existing.index
+    appender = shards.appender_for(existing)  # a sharded index: new rows go to its last shard, then new ones
+    if appender is not None:
+        index = appender
     id_map = existing.id_map()
     known, known_labels = id_map.column("id"), id_map.column("label").to_numpy()
     n_in = source.rows
@@ -480,7 +503,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         with clock.phase("add"), _bar(cfg, "add", total=n_in) as bar:
             for old_rows in existing.item_batches():  # the old rows first, as they were
                 rows_out.write(pa.Table.from_batches([old_rows]))
-            with coarse_quantizer_on(index, device):
+            with coarse_quantizer_on(existing.index if appender is None else appender.parts[-1], device):
                 for batch in iter_batches(source, ic.batch_size, metric=metric_name):
                     position = pc.index_in(batch.items.column("id"), value_set=known)  # null: a new id
                     is_old = pc.is_valid(position).to_numpy(zero_copy_only=False)
@@ -519,6 +542,8 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 phases={k: round(v, 2) for k, v in clock.phases.items()},
                 peak_rss_bytes=_peak_rss(),
             )
+        if appender is not None:
+            index = appender.joined()
         covered = bool(seen.all())
         valid = None if covered else np.concatenate([seen, np.ones(index.ntotal - old.ntotal, dtype=bool)])
         result = _tune(cfg, clock, index, queries, truth.labels(), own, valid)
@@ -541,6 +566,9 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 "history": history,
             }
         )
+        if appender is not None:
+            entries, _ = appender.write(stage.dir, old.storage)
+            shards.describe(info, entries, old.storage, appender.capacity)
         with clock.phase("write"):
             memory = _finish(stage, index, rows_out.all_ids(), info)
 

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from pipeline.errors import LatentError
 from pipeline.io.shards import EmbeddingInfo
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this latent reads and writes (2: sharded and on-disk indexes)
+SINGLE_FILE_FORMAT = 1  # what a one-file, in-memory index directory is still written as (older latents read it)
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.arrow"
 IDS_FILE = "ids.arrow"
@@ -70,7 +71,12 @@ class IndexInfo:
     normalized: bool = True  # vectors were unit-length (metric ip is then cosine)
     items_batch_rows: int = ITEMS_BATCH_ROWS
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_FILE_FORMAT
+    # format 2: the shards (pipeline.index.shards.ShardEntry as dicts: file, first, ntotal) in label order;
+    # None: one index.faiss. storage: "memory" | "ondisk" (IVF lists in <shard>.ivfdata files)
+    shards: list[dict[str, Any]] | None = None
+    storage: str = "memory"
+    shard_capacity: int | None = None  # rows a shard takes before append opens a new one
 
     @property
     def faiss_metric(self) -> int:
@@ -117,8 +123,14 @@ class IndexDirectory:
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
-        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
-        self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
+        if info.shards:
+            from pipeline.index.shards import ShardEntry, open_shards
+
+            entries = [ShardEntry(**entry) for entry in info.shards]
+            self._index = open_shards(self.path, entries, info.dim, mmap)
+        else:
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
+            self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
         apply_search_params(self._index, info.search_params)
         self._items = pa.ipc.open_file(pa.memory_map(str(self.path / ITEMS_FILE)))
         self._ids = pa.ipc.open_file(pa.memory_map(str(self.path / IDS_FILE)))
@@ -337,7 +349,9 @@ class StagedIndexDirectory:
 
     def commit(self) -> None:
         """Publish the staged directory at ``path`` (replacing what was there, atomically where the OS allows)."""
-        for name in (INDEX_FILE, ITEMS_FILE, IDS_FILE, INFO_FILE):
+        info = IndexInfo.from_json(self.file(INFO_FILE).read_bytes()) if self.file(INFO_FILE).is_file() else None
+        index_files = [entry["file"] for entry in info.shards] if info is not None and info.shards else [INDEX_FILE]
+        for name in (*index_files, ITEMS_FILE, IDS_FILE, INFO_FILE):
             if not self.file(name).is_file():
                 raise RuntimeError(f"staged index lacks {name}")
         _fsync_tree(self.dir)

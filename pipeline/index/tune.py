@@ -94,6 +94,8 @@ class Knobs:
 
 def knobs_of(index: faiss.Index, k: int) -> Knobs:
     top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexShards):  # shards of one trained index: the knobs of any of them
+        return knobs_of(top.at(0), k)
     inner = top.index if isinstance(top, faiss.IndexPreTransform) else top
     inner_down = faiss.downcast_index(inner)
     refine = isinstance(inner_down, faiss.IndexRefine) or isinstance(top, faiss.IndexRefine)

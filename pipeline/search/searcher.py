@@ -24,6 +24,7 @@ from PIL import Image
 from pipeline.config import Device, Precision, SearchModelConfig
 from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, resolve_model
 from pipeline.errors import LatentError
+from pipeline.index import shards
 from pipeline.index.store import IndexDirectory, IndexInfo
 
 MAX_QUERY_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit, as embed's max_image_pixels default
@@ -233,6 +234,9 @@ class Searcher:
         if label is None:
             return None
         index = self.directory.index
+        if shards.is_sharded(index):  # from the shard that holds it
+            with self._encoder_lock:
+                return shards.reconstruct(index, int(label)).astype(np.float32)
         try:
             return index.reconstruct(int(label)).astype(np.float32)
         except RuntimeError:
