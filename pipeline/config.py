@@ -361,12 +361,25 @@ class KnnCommandConfig:
 # --- latent serve -------------------------------------------------------------------------------
 
 
+class ServeBackend(str, Enum):
+    single = "single"  # one uvicorn process searching the whole index
+    ray = "ray"  # Ray Serve: a deployment per shard, an encoder, an ingress merging top-k (docs/cluster.md)
+
+
 @dataclass
 class ServeConfig:
     """`latent serve`: the HTTP API and web page over one index directory (docs/http-api.md)."""
 
     index: IndexPathConfig = setting(IndexPathConfig, "the index to serve")
     model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: the model recorded in the index")
+    backend: ServeBackend = setting(
+        ServeBackend.single, "single (one process) | ray (Ray Serve: a deployment per shard; docs/cluster.md)"
+    )
+    ray: RayConfig = setting(RayConfig, "backend=ray: the cluster")
+    replicas: int = setting(1, "backend=ray: replicas of each shard's deployment (throughput, failover)")
+    encoder_replicas: int = setting(1, "backend=ray: replicas of the query encoder (a GPU each if the cluster has any)")
+    shard_timeout_s: float = setting(10.0, "backend=ray: a shard answering later than this fails the query with 503")
+    replica_cpus: float = setting(1.0, "backend=ray: CPUs each replica reserves (a shard's FAISS uses as many threads)")
     host: str = setting("127.0.0.1", "127.0.0.1: this machine only; 0.0.0.0: every interface")
     port: int = setting(8080, "0: any free port")
     max_k: int = setting(100, "largest k a query may ask for (more gets 400)")

@@ -290,14 +290,18 @@ def reconstruct(index: faiss.IndexShards, label: int) -> np.ndarray:
     first = 0
     for part in shard_parts(index):
         if label < first + part.ntotal:
-            local = int(label - first)
-            try:
-                return part.reconstruct(local)
-            except RuntimeError:
-                faiss.extract_index_ivf(part).make_direct_map()
-                return part.reconstruct(local)
+            return reconstruct_local(part, int(label - first))
         first += part.ntotal
     raise IndexError(f"label {label} is past the index's {first} rows")
+
+
+def reconstruct_local(part: faiss.Index, label: int) -> np.ndarray:
+    """The stored vector of a shard's own ``label`` (IVF: via a direct map, built on first use)."""
+    try:
+        return part.reconstruct(int(label))
+    except RuntimeError:
+        faiss.extract_index_ivf(part).make_direct_map()
+        return part.reconstruct(int(label))
 
 
 def merge_results(

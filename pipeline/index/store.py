@@ -117,13 +117,15 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
 class IndexDirectory:
     """A committed index directory, opened read-only. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True, index: Any = None) -> None:
         self.path = Path(path)
         self.info = info
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
-        if info.shards:
+        if index is not None:  # searched elsewhere (Ray Serve shard deployments): anything with search/ntotal
+            self._index = index
+        elif info.shards:
             from pipeline.index.shards import ShardEntry, open_shards
 
             entries = [ShardEntry(**entry) for entry in info.shards]
@@ -138,13 +140,14 @@ class IndexDirectory:
         self._id_fences = [self._ids.get_batch(i).column(0)[0].as_py() for i in range(self._ids.num_record_batches)]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mmap: bool = True) -> IndexDirectory:
-        """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it."""
+    def open(cls, path: str | os.PathLike, mmap: bool = True, index: Any = None) -> IndexDirectory:
+        """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it;
+        ``index``: search this instead of reading the FAISS index (a remote one)."""
         root = Path(path)
         info_path = root / INFO_FILE
         if not info_path.is_file():
             raise LatentError(f"{root} is not an index directory (no {INFO_FILE})")
-        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap)
+        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap, index=index)
 
     @property
     def index(self) -> faiss.Index:

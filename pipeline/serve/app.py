@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline import __version__
 from pipeline.encode.preprocess import BadImage, decode_image
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, ServiceUnavailable
 from pipeline.serve.batcher import MicroBatcher, UnknownItem
 from pipeline.serve.models import (
     API_VERSION,
@@ -171,6 +171,11 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     @app.exception_handler(UnknownItem)
     async def unknown_item(request: Request, err: UnknownItem) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, err: ServiceUnavailable) -> JSONResponse:
+        # a sharded index on Ray Serve: never a partial answer; the message names the missing shards
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(LatentError)
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:

@@ -58,6 +58,11 @@ def run_serve(cfg: ServeConfig) -> None:
     from pipeline.serve.app import create_app
 
     _check(cfg)
+    if cfg.backend.value == "ray":
+        from pipeline.serve.ray_app import run_ray_serve
+
+        run_ray_serve(cfg)
+        return
     searcher = Searcher.open(cfg.index.path, cfg.model)
     app = create_app(searcher, cfg)
     sock = bind(cfg.host, cfg.port)
