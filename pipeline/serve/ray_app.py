@@ -78,14 +78,12 @@ class Shard:
 class QueryEncoder:
     """The index's query model; concurrent requests' queries are encoded together (``serve.batch``)."""
 
-    def __init__(self, path: str, model: Any, max_batch: int, wait_s: float) -> None:
+    def __init__(self, spec: Any, error: str | None, max_batch: int, wait_s: float) -> None:
         from pipeline.encode.encoder import ClipEncoder
 
-        self.encoder, self.error = None, None
-        try:
-            self.encoder = ClipEncoder(resolve_query_model(_info(path), model))
-        except LatentError as err:  # the index's model cannot be built here: vector and id queries still work
-            self.error = str(err)
+        # the spec was resolved (and checked against the index's fingerprint) once, by the driver
+        self.encoder = ClipEncoder(spec) if spec is not None else None
+        self.error = error
         self.encode_texts.set_max_batch_size(max_batch)
         self.encode_texts.set_batch_wait_timeout_s(wait_s)
         self.encode_images.set_max_batch_size(max_batch)
@@ -253,12 +251,14 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     ]
     encoder = None
     if info.embedding is not None and info.embedding.model:
+        try:
+            spec, error = resolve_query_model(info, cfg.model, gpus=gpus), None
+        except LatentError as err:  # the model cannot be built: vector and id queries still work
+            spec, error = None, str(err)
         options: dict[str, Any] = {"name": "encoder", "num_replicas": cfg.encoder_replicas, "ray_actor_options": cpus}
         if gpus:
             options["ray_actor_options"] = {**cpus, "num_gpus": 1}
-        encoder = QueryEncoder.options(**options).bind(
-            cfg.index.path, cfg.model, cfg.max_batch, cfg.batch_wait_ms / 1000
-        )
+        encoder = QueryEncoder.options(**options).bind(spec, error, cfg.max_batch, cfg.batch_wait_ms / 1000)
     return Ingress.options(name="ingress", ray_actor_options=cpus).bind(cfg, handles, encoder)
 
 
@@ -286,13 +286,18 @@ def run_ray_serve(cfg: ServeConfig) -> None:
 
     init_ray(cfg.ray)
     app = build_application(cfg, _cluster_gpus())
+    if cfg.port == 0:  # Ray Serve's proxy needs a fixed port: take a free one now
+        from pipeline.serve.server import bind
+
+        with bind(cfg.host, 0) as sock:
+            cfg.port = sock.getsockname()[1]
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     info = _info(cfg.index.path)
     count = len(shard_entries(info, cfg.index.path))
     print(
         f"latent serve: {cfg.index.path} ({info.ntotal:,} items, {count} shard(s) x {cfg.replicas} "
-        f"replica(s)) on Ray Serve at http://{cfg.host}:{cfg.port}/"
+        f"replica(s)) on http://{cfg.host}:{cfg.port}/ (Ray Serve)", flush=True
     )
     with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()

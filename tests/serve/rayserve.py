@@ -17,14 +17,15 @@ def free_port() -> int:
 
 
 def deploy(cfg: ServeConfig, name: str, timeout_s: float = 180) -> str:
-    """Deploy ``cfg``'s application as ``name`` under /name; its base URL once it answers /healthz."""
+    """Deploy ``cfg``'s application as ``name`` at / (as `latent serve backend=ray` does); its base URL once it
+    answers /healthz."""
     from ray import serve
 
     from pipeline.serve.ray_app import build_application
 
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
-    serve.run(build_application(cfg), name=name, route_prefix=f"/{name}", blocking=False)
-    url = f"http://127.0.0.1:{cfg.port}/{name}"
+    serve.run(build_application(cfg), name=name, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{cfg.port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
