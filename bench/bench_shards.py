@@ -69,6 +69,16 @@ def serve_load(index: Path, bodies: list[dict], clients: int, seconds: float, *o
         server.stop()
 
 
+def build(args, data: Path, extra: list[str], tag: str) -> tuple[dict, IndexDirectory]:
+    """`latent index` (bench_index.run_latent), or with --reuse an index this script built before."""
+    out, status = args.work / f"latent-{args.n}{tag}", args.work / f"latent-{args.n}{tag}.status"
+    if args.reuse and (out / "index.json").exists() and status.exists():
+        directory = IndexDirectory.open(out, mmap=False)
+        hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+        return {"wall_s": directory.info.build_seconds, "peak_rss_bytes": int(hwm[0].split()[1]) * 1024}, directory
+    return run_latent(args.work, data, args.n, extra, tag)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -78,6 +88,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/latent-bench-shards"))
     parser.add_argument("--serve-seconds", type=float, default=10.0)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="reuse indexes built by an earlier run")
     args = parser.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -89,8 +100,8 @@ def main() -> None:
     result: dict = {"n": args.n, "dim": args.dim, "factory": factory, "shards": args.shards, "cpus": os.cpu_count()}
 
     # 1. one shard against N shards
-    one_run, one = run_latent(args.work, data, args.n, common, "-1shard")
-    many_run, _ = run_latent(args.work, data, args.n, [*common, f"index.shards={args.shards}"], f"-{args.shards}shards")
+    one_run, one = build(args, data, common, "-1shard")
+    many_run, _ = build(args, data, [*common, f"index.shards={args.shards}"], f"-{args.shards}shards")
     many = IndexDirectory.open(args.work / f"latent-{args.n}-{args.shards}shards")
     rng = np.random.default_rng(1)
     rows = np.sort(rng.choice(args.n, QUERIES, replace=False))

@@ -351,9 +351,9 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
 
                 entries, _, ray_nodes = shards.add_shards(
                     index, source, layout.count, stage.dir, layout.storage, cfg.ray, ic.batch_size, metric_name,
-                    truth, on_shard,
+                    truth, on_shard, use_ray=cfg.parallel.min_vectors is not None,
                 )  # fmt: skip
-                ray_tasks = layout.count
+                ray_tasks = layout.count if cfg.parallel.min_vectors is not None else 0
                 index = shards.open_shards(stage.dir, entries, dim)
             elif use_ray:
 

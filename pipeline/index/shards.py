@@ -227,27 +227,36 @@ def add_shards(
     metric: str,
     truth: GroundTruth,
     on_shard: Callable[[pa.Table], Any],
+    use_ray: bool = True,
 ) -> tuple[list[ShardEntry], int, list[str]]:
     """Every row added to ``count`` shards of the trained ``index`` by Ray tasks (one per shard, spread over
     the nodes), written into ``directory``. ``on_shard(items)`` sees the shards' item rows in label order.
-    Returns the shards, their total bytes and the ids of the nodes that built them."""
-    import ray
-
-    from pipeline.runtime import init_ray
-
-    init_ray(ray_cfg)
-    trained = ray.put(faiss.serialize_index(index))
-    queries = ray.put(truth.queries)
-    # SPREAD: the shards go to every node of the cluster, not first to the driver's
-    remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(build_shard)
+    Returns the shards, their total bytes and the ids of the nodes that built them. ``use_ray=False``
+    (``parallel.min_vectors=null``): the same tasks one after another in this process."""
     ranges = split_rows(source.rows, count)
-    refs = [
-        remote.remote(trained, source, s, rows, str(directory), storage, batch_size, metric, queries, truth.k - 1, 1)
-        for s, rows in enumerate(ranges)
-    ]
+    trained = faiss.serialize_index(index)
+    args = (str(directory), storage, batch_size, metric)
+    if use_ray:
+        import ray
+
+        from pipeline.runtime import init_ray
+
+        init_ray(ray_cfg)
+        trained, queries = ray.put(trained), ray.put(truth.queries)
+        # SPREAD: the shards go to every node of the cluster, not first to the driver's
+        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(build_shard)
+        refs = [
+            remote.remote(trained, source, s, rows, *args, queries, truth.k - 1, 1) for s, rows in enumerate(ranges)
+        ]
+        results = (ray.get(ref) for ref in refs)
+    else:
+        threads = faiss.omp_get_max_threads()
+        results = (
+            build_shard(trained, source, s, rows, *args, truth.queries, truth.k - 1, threads)
+            for s, rows in enumerate(ranges)
+        )
     entries, total, nodes = [], 0, {}
-    for ref in refs:  # in shard order: the items follow the labels
-        result: ShardResult = ray.get(ref)
+    for result in results:  # in shard order: the items follow the labels
         entries.append(result.entry)
         total += result.bytes
         nodes[result.node] = None

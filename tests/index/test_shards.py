@@ -127,3 +127,13 @@ def test_auto_shards_from_max_memory():
     layout = shards.plan_layout("auto", "memory", "IVF64,SQ8", 100_000, 512, faiss.METRIC_INNER_PRODUCT, 20 << 20)
     assert layout.count == 3  # ~51 MiB of codes over 20 MiB shards
     assert shards.split_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
+
+
+def test_shards_without_ray_are_the_same_shards(corpus, tmp_path):
+    """parallel.min_vectors=null: the shard tasks run one after another in this process, same answer."""
+    src, x = corpus
+    common = ["index.factory='IVF32,SQ8'", "index.target_recall=0.9", "parallel.min_vectors=null"]
+    build(src, tmp_path / "one", *common)
+    two = build(src, tmp_path / "two", *common, "index.shards=2")
+    assert two.ray_tasks == 0 and two.ntotal == 6000
+    same_answers(IndexDirectory.open(tmp_path / "one"), IndexDirectory.open(tmp_path / "two"), x[::37].copy())
