@@ -125,15 +125,16 @@ class IndexDirectory:
         # read now, not on first use: a later replacement of the directory must not change what we serve
         if index is not None:  # searched elsewhere (Ray Serve shard deployments): anything with search/ntotal
             self._index = index
-        elif info.shards:
-            from pipeline.index.shards import ShardEntry, open_shards
-
-            entries = [ShardEntry(**entry) for entry in info.shards]
-            self._index = open_shards(self.path, entries, info.dim, mmap)
         else:
-            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
-            self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
-        apply_search_params(self._index, info.search_params)
+            if info.shards:
+                from pipeline.index.shards import ShardEntry, open_shards
+
+                entries = [ShardEntry(**entry) for entry in info.shards]
+                self._index = open_shards(self.path, entries, info.dim, mmap)
+            else:
+                flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes, IVF lists
+                self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
+            apply_search_params(self._index, info.search_params)
         self._items = pa.ipc.open_file(pa.memory_map(str(self.path / ITEMS_FILE)))
         self._ids = pa.ipc.open_file(pa.memory_map(str(self.path / IDS_FILE)))
         # the first id of each sorted batch: label_of bisects these, then one batch
