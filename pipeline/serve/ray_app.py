@@ -265,7 +265,7 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
 def app_builder(args: dict[str, str]) -> Any:
     """``serve run pipeline.serve.ray_app:app_builder index.path=… [key=value …]`` (and KubeRay's
     RayService ``serveConfigV2``): the application from `latent serve` keys."""
-    from pipeline.config import compose
+    from pipeline.cli import compose  # `serve run` and KubeRay call this builder: it is an entry point, like the CLI
 
     cfg = compose("serve", [f"{key}={value}" for key, value in args.items()])
     return build_application(cfg, _cluster_gpus())
@@ -297,7 +297,8 @@ def run_ray_serve(cfg: ServeConfig) -> None:
     count = len(shard_entries(info, cfg.index.path))
     print(
         f"latent serve: {cfg.index.path} ({info.ntotal:,} items, {count} shard(s) x {cfg.replicas} "
-        f"replica(s)) on http://{cfg.host}:{cfg.port}/ (Ray Serve)", flush=True
+        f"replica(s)) on http://{cfg.host}:{cfg.port}/ (Ray Serve)",
+        flush=True,
     )
     with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()

@@ -6,8 +6,7 @@ import shlex
 
 import yaml
 
-from pipeline.cli import command_override
-from pipeline.config import compose
+from pipeline.cli import command_override, compose
 from pipeline.launch import render_job
 
 SERVE = ["latent", "serve", "index.path=/data/idx", "backend=ray", "replicas=2", "port=9000"]
