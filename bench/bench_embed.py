@@ -139,19 +139,40 @@ class PeakRss:
         return self.peak, self.peak_pss
 
 
-def run_latent(corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int) -> dict:
+class FirstShard:
+    """Seconds from ``start`` until the first shard is committed in ``out`` (polled every 0.1 s)."""
+
+    def __init__(self, out: Path, start: float) -> None:
+        self.out, self.start, self.seconds = out, start, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.seconds is None:
+            if self.out.exists() and any(self.out.glob("*.parquet")):
+                self.seconds = round(time.perf_counter() - self.start, 2)
+            time.sleep(0.1)
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        return self.seconds
+
+
+def run_latent(corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int, rows_per_shard: int = 128) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
-        str(REPO / ".venv" / "bin" / "latent"),
+        str(Path(sys.executable).parent / "latent"),  # the console script of the running environment
         "embed",
         f"input.path={corpus}",
         f"output.path={out}",
         f"model.name={arch}",
         f"model.pretrained={checkpoint}",
         f"batch_size={batch}",
-        "output.rows_per_shard=128",
+        f"output.rows_per_shard={rows_per_shard}",
         "output.dtype=float32",
         "progress=false",
     ]
@@ -159,14 +180,20 @@ def run_latent(corpus: Path, out: Path, checkpoint: Path, arch: str, batch: int)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     rss = PeakRss(proc.pid)
+    first = FirstShard(out, start)
     output, _ = proc.communicate()
     wall = time.perf_counter() - start
+    first_shard_s = first.stop()
     peak, peak_pss = rss.stop()
     if proc.returncode != 0:
         sys.exit(f"latent embed failed:\n{output[-3000:]}")
     summary = json.loads((out / "_latent" / "summary.json").read_text())
+    steady = summary.get("steady_rows_per_second") or 0.0
     return {
         "wall_s": round(wall, 2),
+        "first_shard_s": first_shard_s,
+        # start-up: until the first shard, less the time one shard takes at the steady pace
+        "startup_s": round(first_shard_s - rows_per_shard / steady, 2) if first_shard_s and steady else None,
         "peak_rss_gib": round(peak / 2**30, 2),
         "peak_pss_gib": round(peak_pss / 2**30, 2),
         **summary,
@@ -268,6 +295,8 @@ def render_markdown(r: dict) -> str:
         f"| latent steady state | {r['latent']['steady_rows_per_second']:.1f} images/s "
         f"({r['steady_vs_ceiling']:.2f}x the ceiling) |",
         f"| latent wall time (CLI, Ray start-up included) | {r['latent']['wall_s']:.1f} s |",
+        f"| latent first shard / start-up (first shard less one shard at the steady pace) | "
+        f"{r['latent']['first_shard_s']} s / {r['latent']['startup_s']} s |",
         f"| latent peak memory, all processes: RSS (shared pages counted per process) / PSS | "
         f"{r['latent']['peak_rss_gib']:.2f} / {r['latent']['peak_pss_gib']:.2f} GiB |",
     ]

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.index.build:run_index",
         "build a FAISS index of an embedding dataset, tuned to a target recall",
     ),
+    "verify": ("pipeline.index.verify:run_verify", "check an index directory's files against their recorded checksums"),
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
@@ -43,6 +44,7 @@ DOCS = {
     "embed": "docs/embedding-dataset.md",
     "index": "docs/indexing.md, docs/index-directory.md",
     "search": "docs/search.md",
+    "verify": "docs/indexing.md#verify",
     "knn": "docs/search.md",
     "serve": "docs/http-api.md",
     "job": "docs/cluster.md",
@@ -239,9 +241,20 @@ def render_help(command: str, values: dict[str, Any] | None = None) -> str:
 # -- the apps ----------------------------------------------------------------------------------------
 
 
+FAISS_MISSING = (
+    "FAISS is not installed: pick the build for this host's driver, "
+    "pip install 'latent[cu12]' (CUDA 12), 'latent[cu13]' (CUDA 13) or 'latent[cpu]' (README: Install)"
+)
+
+
 def _load(target: str) -> Callable:
     module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as err:
+        if err.name == "faiss":
+            raise LatentError(FAISS_MISSING) from err
+        raise
 
 
 def _fail(command: str, err: LatentError) -> None:

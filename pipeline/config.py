@@ -173,12 +173,29 @@ class EmbedResources:
 
 
 @dataclass
+class DecodeConfig:
+    """Where and how images are decoded (docs/embedding-dataset.md, "Decoding")."""
+
+    device: Device = setting(
+        Device.auto,
+        "auto (cuda when the encoder is on a GPU) | cpu (Pillow in decode tasks: exact) | cuda (the encoder gets "
+        "the JPEG bytes and decodes each batch with nvJPEG; cosine >= 0.995 to exact; other images take Pillow)",
+    )
+    draft: bool = setting(
+        False,
+        "CPU path: decode JPEGs >= 4x the model input at a reduced DCT scale (Pillow's draft) before the exact "
+        "resize; faster, vectors not bit-equal (cosine >= 0.995)",
+    )
+
+
+@dataclass
 class EmbedConfig:
     input: InputConfig = setting(InputConfig, "the corpus")
     model: ModelConfig = setting(ModelConfig, "the open_clip encoder")
     output: OutputConfig = setting(OutputConfig, "the embedding dataset")
     ray: RayConfig = setting(RayConfig, "where the job runs")
     resources: EmbedResources = setting(EmbedResources, "per stage; on a cluster the nulls are derived from it")
+    decode: DecodeConfig = setting(DecodeConfig, "where and how images are decoded (docs/embedding-dataset.md)")
     modality: Modality = setting(
         Modality.auto, "auto (images, plus captions where they exist; else texts) | image | text | both"
     )
@@ -207,6 +224,12 @@ class Storage(str, Enum):
     ondisk = "ondisk"  # IVF inverted lists in a separate memory-mapped file per shard (indexes larger than RAM)
 
 
+class DuplicatePolicy(str, Enum):
+    error = "error"  # refuse the append, naming the id (nothing written)
+    skip = "skip"  # keep the vector already indexed; the input's row is left out (counted, warned)
+    replace = "replace"  # the input's vector replaces the indexed one (same label, metadata updated)
+
+
 @dataclass
 class IndexInputConfig:
     path: str = setting(REQUIRED, "embedding dataset, Parquet folder with an embedding column, or folder of .npy files")
@@ -221,13 +244,17 @@ class IndexBuildConfig:
     )
     factory: str = setting("auto", "auto (from size, dim, memory, target recall) | any FAISS index_factory string")
     metric: Metric = setting(Metric.ip, "ip (cosine on unit vectors) | l2")
-    target_recall: float = setting(0.95, "tune search parameters to the cheapest setting reaching this recall@k")
+    target_recall: float = setting(
+        0.95, "the cheapest setting whose recall@k (the lower end of its 95% interval) reaches this"
+    )
     k: int = setting(10, "the k of the recall@k target")
     max_memory: str = setting(
         "auto", "budget for the index and the build's buffers: auto (half the free RAM) | 4G | 512M | bytes"
     )
     train_sample: int = setting(100000, "at most this many vectors sampled to train the index")
-    tune_queries: int = setting(1000, "held-out corpus vectors used to measure recall and throughput")
+    tune_queries: int = setting(
+        1000, "corpus vectors held out of the index while it is tuned (fresh queries): recall and throughput"
+    )
     batch_size: int = setting(16384, "vectors read and added per batch")
     device: Device = setting(Device.auto, "auto (a GPU when faiss sees one) | cpu | cuda")
     seed: int = setting(0, "seed of sampling and training")
@@ -238,6 +265,11 @@ class IndexBuildConfig:
     )
     storage: Storage = setting(
         Storage.memory, "memory | ondisk (IVF lists in a memory-mapped .ivfdata file per shard; not fast-scan x4fs)"
+    )
+    on_duplicate_id: DuplicatePolicy = setting(
+        DuplicatePolicy.error,
+        "append: an id the index holds with a DIFFERENT vector: error (name it, write nothing) | skip (keep the "
+        "indexed vector) | replace (take the input's); the same id with the same vector is skipped as indexed",
     )
 
 
@@ -301,6 +333,13 @@ class SearchCommandConfig:
     model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: always the model recorded in the index")
     k: int = setting(10, "how many hits")
     output: SearchOutput = setting(SearchOutput.table, "table | json")
+
+
+@dataclass
+class VerifyCommandConfig:
+    """`latent verify`: check every file of an index directory against the checksums in its index.json."""
+
+    index: IndexPathConfig = setting(IndexPathConfig, "the index directory to check")
 
 
 class QueryKind(str, Enum):
@@ -474,6 +513,7 @@ SCHEMAS: dict[str, type] = {
     "embed": EmbedConfig,
     "index": IndexCommandConfig,
     "search": SearchCommandConfig,
+    "verify": VerifyCommandConfig,
     "knn": KnnCommandConfig,
     "serve": ServeConfig,
     "job": JobConfig,

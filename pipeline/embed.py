@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import EmbedConfig, Modality
 from pipeline.encode.encoder import EmbedBatches
+from pipeline.encode.gpu_decode import decode_in_encoder
 from pipeline.encode.model import describe_model, resolve_model
 from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
@@ -93,13 +95,21 @@ def resolve_modality(requested: Modality, source: Source) -> str:
 
 
 def read_and_prepare(
-    units: pa.Table, done: pa.Array | None, prep: ImagePrep | None, needs_text: bool, max_pixels: int, rows: int
+    units: pa.Table,
+    done: pa.Array | None,
+    prep: ImagePrep | None,
+    needs_text: bool,
+    max_pixels: int,
+    rows: int,
+    keep_bytes: bool = False,
 ) -> Iterator[pa.Table]:
-    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time."""
+    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time.
+
+    ``keep_bytes``: pass the image bytes on undecoded (the encoder decodes them on its GPU)."""
     for unit in units.column("unit").to_pylist():
         for records in read_unit(json.loads(unit), done):
             for start in range(0, records.num_rows, rows):
-                yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels)
+                yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels, keep_bytes)
 
 
 def write_shards(batch: pa.Table, output: str, info: EmbeddingInfo, metadata_fields: list[pa.Field]) -> pa.Table:
@@ -145,15 +155,19 @@ def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
     return EncoderResources(actors, 0.0, cpus, threads)
 
 
-def _configure_streaming(cfg: EmbedConfig, prep: ImagePrep) -> None:
+def _row_bytes(prep: ImagePrep, keep_bytes: bool) -> int:
+    """What one row weighs between decode and encode: its pixels, or its compressed bytes."""
+    return READ_BYTES_PER_ROW if keep_bytes else prep.size[0] * prep.size[1] * 3 + 1024
+
+
+def _configure_streaming(cfg: EmbedConfig, prep: ImagePrep, keep_bytes: bool = False) -> None:
     """Keep data moving in encoder-batch-sized blocks, with a bounded amount in flight."""
     from ray.data import DataContext, ExecutionResources
 
     context = DataContext.get_current()
     # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
     # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
-    row_bytes = prep.size[0] * prep.size[1] * 3 + 1024
-    context.target_max_block_size = max(1 << 20, cfg.batch_size * row_bytes)
+    context.target_max_block_size = max(1 << 20, cfg.batch_size * _row_bytes(prep, keep_bytes))
     if cfg.resources.object_store_budget:
         # Decoding is cheaper than encoding: unbounded, readers would buffer the corpus in the object store.
         context.execution_options.resource_limits = ExecutionResources.for_limits(
@@ -168,11 +182,12 @@ def build_embed_plan(
     spec,
     info: EmbeddingInfo,
     cfg: EmbedConfig,
+    decode_on_encoder: bool = False,
 ):
-    """The Ray Data plan of the embed job."""
+    """The Ray Data plan of the embed job; ``decode_on_encoder``: images travel as bytes, decoded by the encoder."""
     import ray
 
-    _configure_streaming(cfg, prep)
+    _configure_streaming(cfg, prep, decode_on_encoder)
     resources = encoder_resources(cfg, spec.device)
     units = ray.data.from_items(units_to_json(source.units), override_num_blocks=max(1, len(source.units)))
     prepared = units.map_batches(
@@ -183,6 +198,7 @@ def build_embed_plan(
             needs_text=info.modality in ("text", "both"),
             max_pixels=cfg.max_image_pixels,
             rows=cfg.batch_size,
+            keep_bytes=decode_on_encoder,
         ),
         batch_size=1,
         batch_format="pyarrow",
@@ -190,7 +206,7 @@ def build_embed_plan(
         # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
         # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
         # their resources are equal (ray#54433), which would serialise decode and encode in one actor.
-        memory=READER_BASE_MEMORY + cfg.batch_size * (prep.size[0] * prep.size[1] * 3 * 2 + READ_BYTES_PER_ROW),
+        memory=READER_BASE_MEMORY + cfg.batch_size * (2 * _row_bytes(prep, decode_on_encoder) + READ_BYTES_PER_ROW),
     )
     embedded = prepared.map_batches(
         EmbedBatches,
@@ -199,6 +215,8 @@ def build_embed_plan(
             "modality": info.modality,
             "dtype": info.dtype,
             "threads": resources.threads,
+            "decode_images": decode_on_encoder,
+            "max_pixels": cfg.max_image_pixels,
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
@@ -233,15 +251,25 @@ def _check_errors(rows: int, errors: int, limit: float, output: str, final: bool
         )
 
 
+def _describe(name: str, pretrained: str | None):
+    weights = resolve_model(name, pretrained)
+    return weights, describe_model(weights)
+
+
 def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
     started = time.perf_counter()
-    source = open_source(cfg.input)
-    modality = resolve_modality(cfg.modality, source)
-    weights = resolve_model(cfg.model.name, cfg.model.pretrained)
-    described = describe_model(weights)
-    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
     output = OutputDir(cfg.output.path)
+    # Start-up: the weights are resolved and hashed, and the model described, in a thread while Ray
+    # starts (both take seconds, mostly waiting); a finished output starts no Ray at all.
+    with ThreadPoolExecutor(1, thread_name_prefix="latent-model") as pool:
+        model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
+        source = open_source(cfg.input)
+        modality = resolve_modality(cfg.modality, source)
+        if not output.complete:
+            init_ray(cfg.ray)
+        weights, described = model.result()
+    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
     output.claim(info)
     if output.complete:
         counts = output.counts()
@@ -249,7 +277,6 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
         print(summary.render())
         return summary
 
-    init_ray(cfg.ray)
     device = resolve_device(cfg.model.device, cluster_gpus())
     spec = weights.on(device, resolve_precision(cfg.model.precision, device))
     log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
@@ -257,8 +284,10 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     output.clean_tmp()
     done = output.done_ids()
     source = filter_done_units(source, done)
-    prep = ImagePrep.from_transform(described.image_transform)
-    plan = build_embed_plan(source, done, prep, spec, info, cfg)
+    prep = ImagePrep.from_transform(described.image_transform, draft=cfg.decode.draft)
+    on_encoder = modality != "text" and decode_in_encoder(cfg.decode.device, device, described.image_transform)
+    log.info("decoding images %s", "in the encoder (nvJPEG)" if on_encoder else "in CPU tasks (Pillow)")
+    plan = build_embed_plan(source, done, prep, spec, info, cfg, decode_on_encoder=on_encoder)
 
     rows = errors = 0
     first_seen: tuple[float, int] | None = None  # (time, rows) when the first shard came in

@@ -19,6 +19,7 @@ REQUIRED = {
     "embed": ["input.path=/data", "output.path=/out"],
     "index": ["input.path=/emb", "index.path=/idx"],
     "search": ["index.path=/idx"],
+    "verify": ["index.path=/idx"],
     "knn": ["input.path=/q", "index.path=/idx", "output.path=/out"],
     "serve": ["index.path=/idx"],
     "job": ["command='latent embed'"],

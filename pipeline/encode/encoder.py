@@ -29,6 +29,7 @@ class ClipEncoder:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.fingerprint = loaded.fingerprint
+        self.transform = loaded.image_transform
         self.prep = ImagePrep.from_transform(loaded.image_transform)
         self.dim = int(self.fingerprint["dim"])
         self.device = torch.device(spec.device)
@@ -53,8 +54,14 @@ class ClipEncoder:
         """NxHxWx3 uint8 (the output of ImagePrep.prepare) -> NxD float32, unit norm."""
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = self._to_device(torch.from_numpy(np.ascontiguousarray(pixels)))
-        images = self.prep.to_tensor_normalized(batch).to(self.dtype)
+        return self.encode_pixel_tensor(self._to_device(torch.from_numpy(np.ascontiguousarray(pixels))))
+
+    @torch.inference_mode()
+    def encode_pixel_tensor(self, pixels: torch.Tensor) -> np.ndarray:
+        """NxHxWx3 uint8 already on the encoder's device (e.g. decoded there) -> NxD float32, unit norm."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        images = self.prep.to_tensor_normalized(pixels).to(self.dtype)
         features = self.model.encode_image(images)
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
@@ -72,9 +79,21 @@ class ClipEncoder:
 
 
 class EmbedBatches:
-    """Ray Data actor: prepared rows in, rows with ``image_embedding``/``text_embedding`` out."""
+    """Ray Data actor: prepared rows in, rows with ``image_embedding``/``text_embedding`` out.
 
-    def __init__(self, spec: ModelSpec, modality: str, dtype: str, threads: int | None = None) -> None:
+    With ``decode_images`` the rows hold the raw ``image`` bytes instead of ``pixels``: the actor decodes
+    them on its own device (gpu_decode.BatchImageDecoder) and records the images it cannot use as errors.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        modality: str,
+        dtype: str,
+        threads: int | None = None,
+        decode_images: bool = False,
+        max_pixels: int = 89478485,
+    ) -> None:
         if threads is None and spec.device == "cpu":
             from pipeline.runtime import node_cpus
 
@@ -82,13 +101,34 @@ class EmbedBatches:
         self.encoder = ClipEncoder(spec, threads)
         self.kinds = ["image", "text"] if modality == "both" else [modality]
         self.dtype = dtype
+        self.decoder = None
+        if decode_images:
+            from pipeline.encode.gpu_decode import BatchImageDecoder
+
+            enc = self.encoder
+            self.decoder = BatchImageDecoder(enc.prep, enc.transform, enc.device, max_pixels)
+
+    def _decode(self, batch: pa.Table) -> tuple[pa.Table, torch.Tensor]:
+        """Raw ``image`` bytes -> pixels on the device; rows whose image fails get their error."""
+        errors = batch.column("error").to_pylist()
+        blobs = [b if e is None else None for b, e in zip(batch.column("image").to_pylist(), errors)]
+        pixels, decode_errors = self.decoder(blobs)
+        errors = [e or d for e, d in zip(errors, decode_errors)]
+        batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+        return batch.drop_columns(["image"]), pixels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        device_pixels = None
+        if self.decoder is not None and "image" in self.kinds:
+            batch, device_pixels = self._decode(batch)
         ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
         for kind in self.kinds:
             vectors = np.zeros((batch.num_rows, self.encoder.dim), dtype=np.float32)
             if ok.any():
-                if kind == "image":
+                if kind == "image" and device_pixels is not None:
+                    index = torch.from_numpy(np.flatnonzero(ok)).to(device_pixels.device)
+                    vectors[ok] = self.encoder.encode_pixel_tensor(device_pixels[index])
+                elif kind == "image":
                     pixels = pixels_to_numpy(batch.column("pixels"), self.encoder.prep.size)
                     vectors[ok] = self.encoder.encode_pixels(pixels[ok])
                 else:

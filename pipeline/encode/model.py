@@ -62,6 +62,42 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _hash_cache_path() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "latent", "sha256.json")
+
+
+def checkpoint_sha256(path: str) -> str:
+    """``file_sha256`` of a checkpoint, cached by path, size and mtime (a 600 MB file takes seconds to hash).
+
+    The cache is a small JSON file in ~/.cache/latent (XDG_CACHE_HOME); a changed file is hashed again,
+    and an unwritable cache only costs the hashing."""
+    path = os.path.realpath(path)
+    stat = os.stat(path)
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    try:
+        with open(cache_file) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), str):
+        return cache[key]
+    digest = file_sha256(path)
+    # drop this file's stale entries and those of files that are gone
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|") and os.path.exists(k.split("|")[0])}
+    cache[key] = digest
+    try:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache_file), prefix=".sha256-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f)
+        os.replace(tmp, cache_file)  # atomic: concurrent jobs never read half a file
+    except OSError as err:
+        log.debug("cannot write the checkpoint hash cache %s: %s", cache_file, err)
+    return digest
+
+
 def _host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -124,7 +160,7 @@ def resolve_model(
     if os.path.isfile(pretrained):
         path = os.path.abspath(pretrained)
         return ModelSpec(
-            name, pretrained, path, file_sha256(path), model_config=config, device=device, precision=precision
+            name, pretrained, path, checkpoint_sha256(path), model_config=config, device=device, precision=precision
         )
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
@@ -142,7 +178,7 @@ def resolve_model(
         name,
         pretrained,
         path,
-        file_sha256(path),
+        checkpoint_sha256(path),
         quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
         preprocess_overrides=overrides,
         model_config=config,
@@ -176,13 +212,44 @@ def _create(spec: ModelSpec, device: str) -> tuple[torch.nn.Module, Any]:
     level = root.level
     root.setLevel(logging.ERROR)  # open_clip logs "initialized randomly" on the root logger
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = open_clip.create_model(spec.name, pretrained=spec.checkpoint, **kwargs)
+        model = _create_from_checkpoint(spec, kwargs) if spec.checkpoint and device != "meta" else None
+        if model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = open_clip.create_model(spec.name, pretrained=spec.checkpoint, **kwargs)
     finally:
         root.setLevel(level)
     pcfg = PreprocessCfg(**model.visual.preprocess_cfg)
     return model, image_transform_v2(pcfg, is_train=False)
+
+
+def _create_from_checkpoint(spec: ModelSpec, kwargs: dict[str, Any]) -> torch.nn.Module | None:
+    """The model built without random initialisation: modules on the meta device, then the checkpoint's
+    tensors assigned in place (open_clip's own conversions applied). Random init of ViT-B-32 costs seconds
+    of CPU that the checkpoint overwrites anyway. None when the result is not complete: the caller then
+    takes open_clip's ordinary path."""
+    import open_clip
+
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(spec.name, pretrained=None, **{**kwargs, "device": "meta"})
+        load = model.load_state_dict
+        model.load_state_dict = lambda state, strict=True: load(state, strict=strict, assign=True)  # this object only
+        try:
+            open_clip.load_checkpoint(model, spec.checkpoint)
+        finally:
+            del model.load_state_dict
+        for module in model.modules():  # non-persistent buffers are not in a checkpoint: rebuild the known one
+            mask = module._buffers.get("attn_mask")
+            if mask is not None and mask.is_meta and mask.ndim == 2 and mask.shape[0] == mask.shape[1]:
+                # open_clip's causal text mask (TextTransformer.build_causal_mask), the same on every model
+                module._buffers["attn_mask"] = torch.full(tuple(mask.shape), float("-inf")).triu_(1)
+    except Exception as err:  # any surprise: the ordinary path decides
+        log.debug("meta-device load of %s failed (%s); loading the ordinary way", spec.checkpoint, err)
+        return None
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return None
+    return model.to(kwargs.get("device", "cpu"))
 
 
 @dataclass
@@ -202,12 +269,15 @@ def _fingerprint(spec: ModelSpec, model: torch.nn.Module) -> dict[str, Any]:
     pcfg = dict(model.visual.preprocess_cfg)
     size = pcfg.get("size")
     weights = spec.pretrained
+    path = None
     if spec.checkpoint is not None and weights is not None and os.path.isfile(weights):
         weights = os.path.basename(weights)  # a path is local to one machine; the hash identifies it
+        path = os.path.abspath(spec.pretrained)  # where it was loaded from: search reuses it while the hash matches
     return {
         "name": spec.name,
         "pretrained": weights,
         "checkpoint_sha256": spec.checkpoint_sha256,
+        "checkpoint_path": path,
         "random_weights_seed": RANDOM_WEIGHTS_SEED if spec.checkpoint is None else None,
         "quick_gelu": spec.quick_gelu,
         "dim": int(model.visual.output_dim),

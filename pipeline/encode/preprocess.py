@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit greyscale (PNG)
 _OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+DRAFT_MARGIN = 2  # draft decoding keeps >= this many times the resize's output size: the exact resize still shrinks
 
 
 class BadImage(ValueError):
@@ -33,9 +35,10 @@ class ImagePrep:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: tuple[int, int]
+    draft: bool = False  # decode large JPEGs at a reduced DCT scale first (decode.draft)
 
     @classmethod
-    def from_transform(cls, transform) -> ImagePrep:
+    def from_transform(cls, transform, draft: bool = False) -> ImagePrep:
         from torchvision.transforms import Compose, Normalize
 
         steps = list(transform.transforms)
@@ -44,7 +47,29 @@ class ImagePrep:
             raise ValueError(f"unexpected open_clip transform layout: {names}")
         norm: Normalize = steps[-1]
         crop = next(t for t in steps if type(t).__name__ == "CenterCrop")
-        return cls(Compose(steps[:-2]), tuple(norm.mean), tuple(norm.std), tuple(crop.size))
+        return cls(Compose(steps[:-2]), tuple(norm.mean), tuple(norm.std), tuple(crop.size), draft)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) that the transform's first resize step gives an image of this size."""
+        from open_clip.transform import ResizeKeepRatio
+        from torchvision.transforms import Resize
+        from torchvision.transforms.functional import _compute_resized_output_size
+
+        for step in self.pil_steps.transforms:
+            if isinstance(step, Resize):
+                size = [step.size] if isinstance(step.size, int) else list(step.size)
+                h, w = _compute_resized_output_size((height, width), size, step.max_size)
+                return w, h
+            if isinstance(step, ResizeKeepRatio):
+                h, w = keep_ratio_size(height, width, step.size, step.longest)
+                return w, h
+        return width, height
+
+    def draft_request(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size to ask Pillow's JPEG ``draft`` for, or None when the image is not large enough to gain."""
+        w, h = self.resized_size(width, height)
+        want = (w * DRAFT_MARGIN, h * DRAFT_MARGIN)
+        return want if width >= 2 * want[0] and height >= 2 * want[1] else None
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """uint8 HxWx3 array of the resized, cropped RGB image."""
@@ -60,6 +85,13 @@ class ImagePrep:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def keep_ratio_size(height: int, width: int, target: tuple[int, int], longest: float) -> list[int]:
+    """open_clip's ResizeKeepRatio.get_params without its random parts (eval transforms have none)."""
+    ratio_h, ratio_w = height / target[0], width / target[1]
+    ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
+    return [round(height / ratio), round(width / ratio)]
 
 
 def clean_message(err: BaseException) -> str:
@@ -96,23 +128,36 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open image bytes (first frame of animations), refusing empty, broken and huge images; 16 bits -> 8."""
+def decode_image(
+    data: bytes, max_pixels: int, draft: Callable[[int, int], tuple[int, int] | None] | None = None
+) -> Image.Image:
+    """Open image bytes (first frame of animations), refusing empty, broken and huge images; 16 bits -> 8.
+
+    ``draft`` (ImagePrep.draft_request): for a JPEG, the size to decode at least, at a reduced DCT scale."""
     image = open_image(data, max_pixels)
     try:
+        if draft is not None and image.format == "JPEG" and (request := draft(*image.size)):
+            image.draft(image.mode, request)
         image.load()
         return to_8bit(image)
     except Exception as err:  # PIL raises many types for broken files
         raise BadImage(f"cannot decode image: {clean_message(err)}") from err
 
 
-def prepare_records(records: pa.Table, prep: ImagePrep | None, needs_text: bool, max_pixels: int) -> pa.Table:
+def prepare_records(
+    records: pa.Table, prep: ImagePrep | None, needs_text: bool, max_pixels: int, keep_bytes: bool = False
+) -> pa.Table:
     """Records (with image bytes) -> rows ready to encode: ``pixels`` (uint8, flattened) replaces ``image``.
 
     Rows that cannot be used get an ``error`` and zero pixels; they flow on to be recorded, not dropped.
+    ``keep_bytes``: leave ``image`` as it is, for an encoder that decodes itself (gpu_decode).
     """
     errors = records.column("error").to_pylist()
-    table = records.drop_columns(["image"])
+    if keep_bytes:
+        prep = None
+        table = records
+    else:
+        table = records.drop_columns(["image"])
     if prep is not None:
         height, width = prep.size
         pixels = np.zeros((records.num_rows, height, width, 3), dtype=np.uint8)
@@ -120,7 +165,7 @@ def prepare_records(records: pa.Table, prep: ImagePrep | None, needs_text: bool,
             if errors[i] is not None:
                 continue
             try:
-                pixels[i] = prep.prepare(decode_image(data, max_pixels))
+                pixels[i] = prep.prepare(decode_image(data, max_pixels, prep.draft_request if prep.draft else None))
             except BadImage as err:
                 errors[i] = str(err)
         flat = pa.array(pixels.reshape(-1), type=pa.uint8())

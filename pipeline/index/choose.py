@@ -11,8 +11,10 @@ The rules (measured on this project's 2-core CI machine, docs/benchmarks.md):
   do not fit. IVF-Flat is not chosen: at equal memory it searches several times slower than fast-scan
   + re-rank at the same recall (it stays available as a factory string).
 - when only codes fit: OPQ rotation + IVF-PQ without re-rank, recall permitting.
-Each candidate is sized by ``estimate_index_bytes`` plus the build's working memory; the first that fits
-``index.max_memory`` and can reach the target recall wins.
+Each candidate is sized by ``estimate_index_bytes`` plus the build's working memory. These are the
+first choices; recall is then measured (``tune``), and when the data defeats a candidate (isotropic
+vectors defeat coarse codes) the build moves on along ``plan_candidates``: finer codes, a graph,
+IVF-Flat, exact search, each only if it fits ``index.max_memory``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import faiss
 import psutil
 
 from pipeline.errors import LatentError
+from pipeline.index.nodes import chain
 
 FLAT_MAX_VECTORS = 20_000
 HNSW_MAX_VECTORS = 100_000
+HNSW_FALLBACK_MAX_VECTORS = 2_000_000  # beyond this a graph's build (hours on few cores) is no fallback
 HNSW_M = 32
 ID_BYTES = 64  # per row, while building: the id column, its sort order and the id map
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -73,25 +77,28 @@ def make_index(factory: str, dim: int, metric: int) -> faiss.Index:
 
 
 def _bytes(owner: faiss.Index, n: int) -> int:
-    index = faiss.downcast_index(owner)  # keep ``owner`` referenced: dropping it frees the C++ index
-    if isinstance(index, faiss.IndexPreTransform):
-        chain = 0
-        for i in range(index.chain.size()):
-            t = faiss.downcast_VectorTransform(index.chain.at(i))
-            chain += 4 * t.d_in * t.d_out if isinstance(t, faiss.LinearTransform) else 0
-        return chain + _bytes(index.index, n)
-    if isinstance(index, faiss.IndexRefine):
-        return _bytes(index.base_index, n) + _bytes(index.refine_index, n)
+    """Bytes of ``owner`` holding ``n`` vectors: its wrappers' parts (rotations, re-rank copies) plus the
+    innermost index. ``owner`` stays referenced here: dropping it frees the C++ index."""
+    nodes = chain(owner)
+    total = 0
+    for node in nodes:
+        if isinstance(node, faiss.IndexPreTransform):
+            for i in range(node.chain.size()):
+                t = faiss.downcast_VectorTransform(node.chain.at(i))
+                total += 4 * t.d_in * t.d_out if isinstance(t, faiss.LinearTransform) else 0
+        elif isinstance(node, faiss.IndexRefine):
+            total += _bytes(node.refine_index, n)
+    index = nodes[-1]
     if isinstance(index, faiss.IndexIVF):
         block = 32 if isinstance(index, faiss.IndexIVFFastScan) else 1  # fast-scan pads lists to 32 codes
         padding = index.nlist * block * index.code_size
-        return _bytes(index.quantizer, index.nlist) + n * (index.code_size + 8) + padding + index.nlist * 64
+        return total + _bytes(index.quantizer, index.nlist) + n * (index.code_size + 8) + padding + index.nlist * 64
     if isinstance(index, faiss.IndexHNSW):
         m = index.hnsw.nb_neighbors(1)
-        return _bytes(index.storage, n) + n * ((2 * m + m // max(m - 1, 1) + 1) * 4 + 12)
+        return total + _bytes(index.storage, n) + n * ((2 * m + m // max(m - 1, 1) + 1) * 4 + 12)
     if isinstance(index, faiss.IndexFlatCodes):
-        return n * index.code_size
-    return n * index.sa_code_size() if index.sa_code_size() else n * index.d * 4
+        return total + n * index.code_size
+    return total + (n * index.sa_code_size() if index.sa_code_size() else n * index.d * 4)
 
 
 def estimate_index_bytes(factory: str, n: int, dim: int, metric: int = faiss.METRIC_INNER_PRODUCT) -> int:
@@ -136,54 +143,75 @@ _CEILING = {"Flat": 1.0, "HNSW": 0.999, "RFlat": 1.0, "Refine(SQfp16)": 0.999, "
 
 
 def candidates(n: int, dim: int, target_recall: float = 0.95) -> list[tuple[str, str, float]]:
-    """(factory, why, recall ceiling) in order of preference."""
+    """(factory, why, recall ceiling) in order of preference: first choices, then the fallbacks tried when
+    the data defeats them (finer codes, a graph, IVF-Flat, exact search), then what fits a tight budget."""
     found: list[tuple[str, str, float]] = []
     if n <= FLAT_MAX_VECTORS:
         found.append(("Flat", f"exact search: {n} vectors is a small corpus", _CEILING["Flat"]))
+    hnsw = (f"HNSW{HNSW_M},Flat", f"graph index: {n} vectors fit in memory", _CEILING["HNSW"])
     if n <= HNSW_MAX_VECTORS:
-        found.append((f"HNSW{HNSW_M},Flat", f"graph index: {n} vectors fit in memory", _CEILING["HNSW"]))
-    nlist, m = nlist_for(n), pq_subquantizers(dim)
+        found.append(hnsw)
+    nlist, m, fine = nlist_for(n), pq_subquantizers(dim), pq_subquantizers(dim, 2)
     coarse = f"IVF{nlist},PQ{m}x4fs"
     exact = (f"{coarse},RFlat", "IVF + fast-scan PQ candidates, exact float32 re-rank", _CEILING["RFlat"])
     if target_recall > _CEILING["Refine(SQfp16)"]:
         found.append(exact)
-    found += [
-        (f"{coarse},Refine(SQfp16)", "IVF + fast-scan PQ candidates, float16 re-rank", _CEILING["Refine(SQfp16)"]),
+    rerank = "RFlat" if target_recall > _CEILING["Refine(SQfp16)"] else "Refine(SQfp16)"
+    found.append((f"{coarse},Refine(SQfp16)", "IVF + fast-scan PQ candidates, float16 re-rank", _CEILING[rerank]))
+    if fine != m:
+        found.append((f"IVF{nlist},PQ{fine}x4fs,{rerank}", "finer codes: twice the PQ sub-quantizers", 1.0))
+    if HNSW_MAX_VECTORS < n <= HNSW_FALLBACK_MAX_VECTORS:
+        found.append(hnsw)
+    found.append((f"IVF{nlist},Flat", "IVF over exact vectors", 1.0))
+    if n > FLAT_MAX_VECTORS:
+        found.append(("Flat", "exact search", 1.0))
+    found.append(
         (
             f"{coarse},Refine(SQ8)",
             "IVF + fast-scan PQ, 8-bit re-rank (float16 vectors do not fit)",
             _CEILING["Refine(SQ8)"],
-        ),
-    ]
+        )
+    )
     while m >= 2:  # only codes fit: rotate with OPQ so that fewer sub-quantizers lose less
         found.append(
             (f"OPQ{m}_{dim},IVF{nlist},PQ{m}x4fs", "OPQ + IVF-PQ codes only (no re-rank fits)", _CEILING["PQ"])
         )
         m = max((d for d in range(1, m // 2 + 1) if dim % d == 0), default=0)
-    return found
+    seen: set[str] = set()
+    return [c for c in found if not (c[0] in seen or seen.add(c[0]))]
+
+
+def plan_candidates(
+    n: int, dim: int, budget: int, target_recall: float, metric: int, train_sample: int, batch_size: int, queries: int
+) -> list[Choice]:
+    """Every candidate that fits ``budget``, in order of preference (what ``index.factory=auto`` tries)."""
+    fitting = []
+    for factory, why, ceiling in candidates(n, dim, target_recall):
+        index_bytes = estimate_index_bytes(factory, n, dim, metric)
+        extra = build_bytes(n, dim, train_rows(factory, n, dim, metric, train_sample), batch_size, queries)
+        if index_bytes + extra <= budget:
+            choice = Choice(factory, f"{why}; ~{human(index_bytes)} of {human(budget)}", index_bytes, extra)
+            if ceiling < target_recall:
+                choice.warning = (
+                    f"index.max_memory={human(budget)} only fits {factory}, which is unlikely to reach "
+                    f"recall@k {target_recall}; raise index.max_memory for a re-ranked index"
+                )
+            fitting.append(choice)
+    return fitting
+
+
+def exact_bytes(n: int, dim: int, metric: int, batch_size: int, queries: int) -> int:
+    """Memory exact search (``Flat``) would need, build included."""
+    return estimate_index_bytes("Flat", n, dim, metric) + build_bytes(n, dim, 0, batch_size, queries)
 
 
 def choose_factory(
     n: int, dim: int, budget: int, target_recall: float, metric: int, train_sample: int, batch_size: int, queries: int
 ) -> Choice:
-    """The first candidate that fits ``budget`` and whose ceiling reaches ``target_recall``."""
-    fitting: list[Choice] = []
-    for factory, why, ceiling in candidates(n, dim, target_recall):
-        index_bytes = estimate_index_bytes(factory, n, dim, metric)
-        extra = build_bytes(n, dim, train_rows(factory, n, dim, metric, train_sample), batch_size, queries)
-        if index_bytes + extra > budget:
-            continue
-        choice = Choice(factory, f"{why}; ~{human(index_bytes)} of {human(budget)}", index_bytes, extra)
-        if ceiling >= target_recall:
-            return choice
-        fitting.append(choice)
-    if fitting:  # a budget-bound index that will likely miss the target: say so, build the best we can
-        choice = fitting[0]
-        choice.warning = (
-            f"index.max_memory={human(budget)} only fits {choice.factory}, which is unlikely to reach "
-            f"recall@k {target_recall}; raise index.max_memory for a re-ranked index"
-        )
-        return choice
+    """The first candidate that fits ``budget`` (``plan_candidates``'s first)."""
+    fitting = plan_candidates(n, dim, budget, target_recall, metric, train_sample, batch_size, queries)
+    if fitting:
+        return fitting[0]
     smallest = candidates(n, dim)[-1][0]
     need = estimate_index_bytes(smallest, n, dim, metric) + build_bytes(
         n, dim, train_rows(smallest, n, dim, metric, train_sample), batch_size, queries

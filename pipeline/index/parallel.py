@@ -5,7 +5,8 @@ and flat indexes are added in one process. The plan lives in ``add_on_ray``: the
 goes to the object store once; each task reads a contiguous group of shards, adds them to its own
 copy, and returns the filled copy with the group's item rows and its part of the exact neighbours
 of the tune queries; the driver merges results in shard order, so labels follow the input's row order
-exactly as in a single-process add.
+exactly as in a single-process add. Rows held out as tune queries are skipped by the tasks (their item
+rows come back apart) and added by the driver after tuning, as in a single-process build.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import RayConfig
+from pipeline.index.nodes import chain
 from pipeline.index.read import EmbeddingSource, iter_batches
 from pipeline.index.tune import GroundTruth
 
@@ -28,19 +30,6 @@ GROUPS_PER_TASK = 4  # more, smaller groups than tasks: balanced load, smaller r
 def can_merge(index: faiss.Index) -> bool:
     """Whether ``ListMerger`` can combine copies of ``index`` (IVF, possibly rotated or re-ranked)."""
     return faiss.try_extract_index_ivf(index) is not None
-
-
-def _chain(index: faiss.Index) -> list[faiss.Index]:
-    """``index`` and the indexes it wraps, outermost first, down to the IVF."""
-    nodes, node = [], faiss.downcast_index(index)
-    while True:
-        nodes.append(node)
-        if isinstance(node, faiss.IndexRefine):
-            node = faiss.downcast_index(node.base_index)
-        elif isinstance(node, faiss.IndexPreTransform):
-            node = faiss.downcast_index(node.index)
-        else:
-            return nodes
 
 
 class ListMerger:
@@ -54,7 +43,7 @@ class ListMerger:
 
     def __init__(self, index: faiss.Index) -> None:
         self.index = index
-        self.nodes = _chain(index)
+        self.nodes = chain(index)
         self.ivf = self.nodes[-1]
         self.refine = next((n for n in self.nodes if isinstance(n, faiss.IndexRefine)), None)
         self.fast_scan = isinstance(self.ivf, faiss.IndexIVFFastScan)
@@ -66,7 +55,7 @@ class ListMerger:
 
     def add(self, part: faiss.Index, first_label: int) -> None:
         """Append ``part`` (a filled copy of the same trained index), its labels shifted by ``first_label``."""
-        nodes = _chain(part)
+        nodes = chain(part)
         self.total += part.ntotal  # before merging: FAISS's merge_from empties the source
         if self.refine is not None:
             self.refine.refine_index.merge_from(nodes[self.nodes.index(self.refine)].refine_index, 0)
@@ -122,6 +111,7 @@ def split_groups(source: EmbeddingSource, groups: int) -> list[list[int]]:
 class GroupResult:
     index: np.ndarray  # faiss.serialize_index of the group's filled copy
     items: pa.Table
+    held_items: pa.Table  # item rows of the group's held-out rows (the tune queries), in row order
     distances: np.ndarray  # the group's exact neighbours of the tune queries (global labels)
     labels: np.ndarray
     rows: int
@@ -138,23 +128,39 @@ def add_group(
     queries: np.ndarray,
     k: int,
     threads: int,
+    held_out: np.ndarray | None = None,
 ) -> GroupResult:
-    """One Ray task: the shards ``shards`` added to a copy of the ``trained`` (serialized) empty index."""
+    """One Ray task: the shards ``shards`` added to a copy of the ``trained`` (serialized) empty index, less
+    the ``held_out`` global rows (sorted), whose items come back in ``held_items``."""
     import ray
 
     faiss.omp_set_num_threads(threads)
+    held_out = np.zeros(0, np.int64) if held_out is None else held_out
     index = faiss.deserialize_index(trained)
     truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
-    tables, label = [], first_label
+    tables, held, label = [], [], first_label
     for batch in iter_batches(source, batch_size, metric=metric, shards=shards):
-        n = len(batch.vectors)
-        index.add(batch.vectors)
-        truth.add(batch.vectors, np.arange(label, label + n))
-        tables.append(batch.items)
+        keep = held_out_mask(held_out, batch.first, len(batch.vectors))
+        vectors = np.ascontiguousarray(batch.vectors[keep]) if not keep.all() else batch.vectors
+        n = len(vectors)
+        index.add(vectors)
+        truth.add(vectors, np.arange(label, label + n))
+        tables.append(batch.items.filter(pa.array(keep)))
+        held.append(batch.items.filter(pa.array(~keep)))
         label += n
     items = pa.concat_tables(tables) if tables else source.item_schema.empty_table()
+    held_items = pa.concat_tables(held) if held else source.item_schema.empty_table()
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    return GroupResult(faiss.serialize_index(index), items, truth.heap.D, truth.heap.I, label - first_label, node)
+    serialized = faiss.serialize_index(index)
+    return GroupResult(serialized, items, held_items, truth.heap.D, truth.heap.I, label - first_label, node)
+
+
+def held_out_mask(held_out: np.ndarray, first: int, n: int) -> np.ndarray:
+    """Which of the global rows ``first..first+n`` are NOT in the sorted ``held_out`` rows."""
+    keep = np.ones(n, dtype=bool)
+    lo, hi = np.searchsorted(held_out, [first, first + n])
+    keep[held_out[lo:hi] - first] = False
+    return keep
 
 
 def add_on_ray(
@@ -165,11 +171,13 @@ def add_on_ray(
     batch_size: int,
     metric: str,
     truth: GroundTruth,
-    on_group: Callable[[pa.Table, int], Any],
+    on_group: Callable[[pa.Table, pa.Table], Any],
+    held_out: np.ndarray,
 ) -> tuple[faiss.Index, int, list[str]]:
-    """Every shard added to a copy of the trained ``index`` by Ray tasks; ``on_group(items, first_label)``
-    sees each group's item rows in label order. Returns the filled index, how many tasks ran at once, and
-    the ids of the nodes that added groups (each once, in the order first seen)."""
+    """Every shard but the ``held_out`` rows added to a copy of the trained ``index`` by Ray tasks;
+    ``on_group(items, held_items)`` sees each group's item rows in label order and its held-out rows.
+    Returns the filled index, how many tasks ran at once, and the ids of the nodes that added groups
+    (each once, in the order first seen)."""
     import ray
 
     from pipeline.runtime import cluster_cpus, init_ray
@@ -184,17 +192,19 @@ def add_on_ray(
     queries = ray.put(truth.queries)
     # SPREAD: on a cluster the groups go to every node (each reads its own shards), not first to the driver's
     remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(add_group)
+    held = ray.put(held_out)
+    # a group's first label: its first row, less the held-out rows before it
+    firsts = [int(offsets[g[0]] - np.searchsorted(held_out, offsets[g[0]])) for g in groups]
     refs = [
-        remote.remote(trained, source, group, int(offsets[group[0]]), batch_size, metric, queries, truth.k - 1, 1)
-        for group in groups
+        remote.remote(trained, source, group, first, batch_size, metric, queries, truth.k - 1, 1, held)
+        for group, first in zip(groups, firsts)
     ]
     nodes: dict[str, None] = {}
-    for group, ref in zip(groups, refs):
+    for first, ref in zip(firsts, refs):
         result: GroupResult = ray.get(ref)
         nodes[result.node] = None
-        first = int(offsets[group[0]])
         merger.add(faiss.deserialize_index(result.index), first)
         truth.merge(result.distances, result.labels)
-        on_group(result.items, first)
+        on_group(result.items, result.held_items)
         del result
     return merger.finish(), width, list(nodes)

@@ -31,6 +31,8 @@ import pyarrow as pa
 
 from pipeline.errors import LatentError
 from pipeline.index import ondisk
+from pipeline.index.integrity import read_faiss_index
+from pipeline.index.nodes import chain
 from pipeline.index.choose import FLAT_MAX_VECTORS, Choice, estimate_index_bytes, human, nlist_for
 from pipeline.index.read import EmbeddingSource, iter_batches
 from pipeline.index.tune import GroundTruth
@@ -50,21 +52,9 @@ class ShardEntry:
 # --- what can be sharded --------------------------------------------------------------------------
 
 
-def _wrappers(index: faiss.Index) -> list[faiss.Index]:
-    nodes, node = [], faiss.downcast_index(index)
-    while True:
-        nodes.append(node)
-        if isinstance(node, faiss.IndexPreTransform):
-            node = faiss.downcast_index(node.index)
-        elif isinstance(node, faiss.IndexRefine):
-            node = faiss.downcast_index(node.base_index)
-        else:
-            return nodes
-
-
 def check_shardable(index: faiss.Index, factory: str) -> None:
     """LatentError unless merging shards of ``index`` gives the unsharded answer (IVF without re-rank, Flat)."""
-    nodes = _wrappers(index)
+    nodes = chain(index)
     if any(isinstance(n, faiss.IndexRefine) for n in nodes):
         raise LatentError(
             f"index.shards: {factory} re-ranks its candidates, and shards would re-rank different candidate sets "
@@ -278,10 +268,8 @@ def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
 def open_shards(directory: Path, entries: Sequence[ShardEntry], dim: int, mmap: bool = True) -> faiss.IndexShards:
     """The shards as one FAISS index (``IndexShards`` with successive ids: labels are global)."""
     joined = faiss.IndexShards(dim, False, True)  # not threaded: each shard's search already uses every core
-    for entry in entries:
-        part = read_shard(directory / entry.file, mmap)
-        if part.ntotal != entry.ntotal:
-            raise LatentError(f"{directory / entry.file}: {part.ntotal} vectors, index.json says {entry.ntotal}")
+    for entry in entries:  # a file FAISS cannot parse, or of the wrong size, is an IndexCorrupted naming it
+        part = read_faiss_index(directory / entry.file, dim, entry.ntotal, ondisk.read_flags(directory / entry.file, mmap))
         joined.add_shard(part)  # FAISS's Python wrapper keeps ``part`` alive with ``joined``
     return joined
 

@@ -26,6 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
+from pipeline.index.integrity import (
+    LOSSY_SCORE_TOLERANCE,
+    SCORE_TOLERANCE,
+    IndexCorrupted,
+    check_files,
+    file_checksums,
+    lossy_scores,
+    open_arrow,
+    read_faiss_index,
+)
 from pipeline.io.shards import EmbeddingInfo
 
 FORMAT_VERSION = 2  # the newest format this latent reads and writes (2: sharded and on-disk indexes)
@@ -37,6 +47,7 @@ INFO_FILE = "index.json"
 ITEMS_BATCH_ROWS = 4096  # rows per record batch of items.arrow: label -> (label // rows, label % rows)
 IDS_BATCH_ROWS = 4096
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+CHECKED_FILES = (INDEX_FILE, ITEMS_FILE, IDS_FILE)  # the files index.json records a checksum of
 _STAGING_MARK = ".tmp-"
 
 
@@ -48,6 +59,9 @@ class Recall:
     value: float
     queries: int
     target: float | None = None
+    lower: float | None = None  # the 95% Wilson interval of ``value`` over the queries (None: older indexes)
+    upper: float | None = None
+    method: str | None = None  # "held-out": queries not in the index while measured; "leave-one-out"
 
 
 @dataclass
@@ -71,12 +85,26 @@ class IndexInfo:
     normalized: bool = True  # vectors were unit-length (metric ip is then cosine)
     items_batch_rows: int = ITEMS_BATCH_ROWS
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
+    files: dict[str, dict[str, Any]] | None = None  # name -> {"bytes", "sha256"}; None: written before checksums
+    exact_qps: float | None = None  # exact search's batch throughput on the tune queries, for comparison
     format_version: int = SINGLE_FILE_FORMAT
     # format 2: the shards (pipeline.index.shards.ShardEntry as dicts: file, first, ntotal) in label order;
     # None: one index.faiss. storage: "memory" | "ondisk" (IVF lists in <shard>.ivfdata files)
     shards: list[dict[str, Any]] | None = None
     storage: str = "memory"
     shard_capacity: int | None = None  # rows a shard takes before append opens a new one
+
+    def data_files(self) -> list[str]:
+        """The files of the directory index.json records a checksum of: the FAISS index (or every shard file
+        and its on-disk lists), items and ids."""
+        if not self.shards:
+            return list(CHECKED_FILES)
+        from pipeline.index.ondisk import ONDISK, lists_file
+
+        names = [entry["file"] for entry in self.shards]
+        if self.storage == ONDISK:  # every shard's inverted lists, in its .ivfdata file
+            names += [lists_file(Path(name)).name for name in names]
+        return [*names, ITEMS_FILE, IDS_FILE]
 
     @property
     def faiss_metric(self) -> int:
@@ -91,7 +119,12 @@ class IndexInfo:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> IndexInfo:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            raise IndexCorrupted(f"{INFO_FILE} is not valid JSON ({err}); the index directory is damaged") from err
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise LatentError(
                 f"index format version {data['format_version']} is newer than this latent understands "
@@ -123,6 +156,7 @@ class IndexDirectory:
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
+        check_files(self.path, info.files, info.data_files(), full=False)  # sizes always; small files' checksums
         if index is not None:  # searched elsewhere (Ray Serve shard deployments): anything with search/ntotal
             self._index = index
         else:
@@ -133,12 +167,16 @@ class IndexDirectory:
                 self._index = open_shards(self.path, entries, info.dim, mmap)
             else:
                 flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes, IVF lists
-                self._index = faiss.read_index(str(self.path / INDEX_FILE), flags)
+                self._index = read_faiss_index(self.path / INDEX_FILE, info.dim, info.ntotal, flags)
             apply_search_params(self._index, info.search_params)
-        self._items = pa.ipc.open_file(pa.memory_map(str(self.path / ITEMS_FILE)))
-        self._ids = pa.ipc.open_file(pa.memory_map(str(self.path / IDS_FILE)))
+        self._items = open_arrow(self.path / ITEMS_FILE)
+        self._ids = open_arrow(self.path / IDS_FILE)
+        rows = sum(self._items.get_batch(i).num_rows for i in range(self._items.num_record_batches))
+        if rows != info.ntotal:
+            raise IndexCorrupted(f"{self.path / ITEMS_FILE}: {rows} rows, index.json says {info.ntotal}")
         # the first id of each sorted batch: label_of bisects these, then one batch
         self._id_fences = [self._ids.get_batch(i).column(0)[0].as_py() for i in range(self._ids.num_record_batches)]
+        self._score_bound = 1.0 + (LOSSY_SCORE_TOLERANCE if lossy_scores(info.factory) else SCORE_TOLERANCE)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mmap: bool = True, index: Any = None) -> IndexDirectory:
@@ -162,6 +200,22 @@ class IndexDirectory:
 
     def __len__(self) -> int:
         return self.info.ntotal
+
+    def check_scores(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``scores`` of a search, checked: on a normalised ip index a cosine far outside [-1, 1] means the
+        index's data is corrupted (refused, naming the file); rounding just past +-1 is clipped."""
+        if self.info.metric != "ip" or not self.info.normalized:
+            return scores
+        hit = labels >= 0
+        bad = hit & ~(np.abs(scores) <= self._score_bound)  # NaN counts as bad
+        if bad.any():
+            row, col = (int(v[0]) for v in np.nonzero(bad))
+            raise IndexCorrupted(
+                f"{self.path / INDEX_FILE}: a search returned cosine {float(scores[row, col]):.6g} for label "
+                f"{int(labels[row, col])} on a normalised index (cosines lie in [-1, 1]): the index data is corrupted; "
+                f"check it with `latent verify index.path={self.path}` and rebuild it with index.mode=overwrite"
+            )
+        return np.clip(scores, -1.0, 1.0, out=scores)
 
     def items(self, labels: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         """Metadata rows of FAISS ``labels`` (flattened), in their order; a label of -1 gives a null row."""
@@ -349,6 +403,8 @@ class StagedIndexDirectory:
         return self.dir / name
 
     def write_info(self, info: IndexInfo) -> None:
+        """index.json, with the size and sha256 of every staged data file (written before it)."""
+        info.files = file_checksums(self.dir, info.data_files())
         self.file(INFO_FILE).write_text(info.to_json())
 
     def commit(self) -> None:

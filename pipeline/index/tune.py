@@ -1,15 +1,18 @@
 """Search parameters for a target recall: the cheapest setting, in batch throughput, that reaches it.
 
-Recall is measured, never assumed: ``queries`` are held-out corpus vectors, the truth is exact search
-over the whole corpus (``GroundTruth``, accumulated while the vectors stream past), and a query's own
-row is left out of both lists so that finding itself never counts. Each knob (nprobe, efSearch,
-k_factor_rf) only ever trades cost for recall, so for each re-rank factor (largest first) the smallest
-nprobe or efSearch reaching the target is found by doubling then bisection, settings already slower
-than the best found are abandoned, and the fastest setting wins.
+Recall is measured, never assumed: ``queries`` are corpus vectors held out of the index while it is
+tuned (fresh queries, as the user's next one will be), the truth is exact search over the indexed
+rows (``GroundTruth``, accumulated while the vectors stream past). A setting reaches the target when
+the lower end of the recall's 95% confidence interval does (``wilson_interval``), so the promise holds
+beyond the sampled queries. Each knob (nprobe, efSearch, k_factor_rf) only ever trades cost for
+recall, so for each re-rank factor (largest first) the smallest nprobe or efSearch reaching the
+target is found by doubling then bisection, settings already slower than the best found (or than
+exact search) are abandoned, and the fastest setting wins.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +21,25 @@ from typing import Any
 import faiss
 import numpy as np
 
+from pipeline.index.nodes import hnsw_of, refine_of
 from pipeline.index.store import apply_search_params
 
 MAX_EF_SEARCH = 4096
-K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # re-rank factors tried, widest first
+CONFIDENCE_Z = 1.96  # two-sided 95% interval: the promise fails for at most ~2.5% of tuned indexes
+
+
+def wilson_interval(recall: float, queries: int, z: float = CONFIDENCE_Z) -> tuple[float, float]:
+    """The Wilson score interval of a recall measured as the mean over ``queries`` queries.
+
+    Each query's recall lies in [0, 1], so its variance is at most p(1-p): treating the queries as
+    ``queries`` Bernoulli trials (not ``queries x k`` neighbours, which are correlated) is conservative."""
+    if queries <= 0:
+        return 0.0, 1.0
+    denominator = 1 + z * z / queries
+    centre = (recall + z * z / (2 * queries)) / denominator
+    half = z * math.sqrt(recall * (1 - recall) / queries + z * z / (4 * queries * queries)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class GroundTruth:
@@ -32,13 +50,21 @@ class GroundTruth:
         self.k = k + 1  # +1: the query's own row, dropped later
         self.metric = metric
         self.heap = faiss.ResultHeap(len(queries), self.k, keep_max=metric == faiss.METRIC_INNER_PRODUCT)
+        self.seconds = 0.0  # spent in exact search: the queries' cost under exact (Flat) search, for comparison
 
     def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         """Merge the exact neighbours among ``vectors`` (whose FAISS labels are ``labels``)."""
         if not len(vectors) or not len(self.queries):
             return
+        start = time.perf_counter()
         distances, positions = faiss.knn(self.queries, vectors, min(self.k, len(vectors)), metric=self.metric)
         self.heap.add_result(distances, np.asarray(labels, dtype=np.int64)[positions])
+        self.seconds += time.perf_counter() - start
+
+    @property
+    def exact_qps(self) -> float | None:
+        """Batch queries per second of exact search over what was added (None before anything was)."""
+        return len(self.queries) / self.seconds if self.seconds > 0 else None
 
     def merge(self, distances: np.ndarray, labels: np.ndarray) -> None:
         """Merge neighbours found elsewhere (another process's GroundTruth.heap.D / .I)."""
@@ -77,8 +103,11 @@ class TuneResult:
     params: dict[str, Any]
     recall: float
     qps: float
-    reached: bool
+    reached: bool  # the interval's lower end reaches the target (exact indexes: the recall itself)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    lower: float = 0.0  # the recall's 95% Wilson interval over the queries
+    upper: float = 1.0
+    slower_than: float | None = None  # set when abandoned: every setting reaching the target was slower
 
 
 @dataclass
@@ -96,10 +125,7 @@ def knobs_of(index: faiss.Index, k: int) -> Knobs:
     top = faiss.downcast_index(index)
     if isinstance(top, faiss.IndexShards):  # shards of one trained index: the knobs of any of them
         return knobs_of(top.at(0), k)
-    inner = top.index if isinstance(top, faiss.IndexPreTransform) else top
-    inner_down = faiss.downcast_index(inner)
-    refine = isinstance(inner_down, faiss.IndexRefine) or isinstance(top, faiss.IndexRefine)
-    k_factors = K_FACTORS if refine else (1,)
+    k_factors = K_FACTORS if refine_of(index) is not None else (1,)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         quantizer = faiss.downcast_index(ivf.quantizer)
@@ -110,22 +136,9 @@ def knobs_of(index: faiss.Index, k: int) -> Knobs:
                 return {"quantizer_efSearch": max(2 * nprobe, 64)}
 
         return Knobs("nprobe", 1, ivf.nlist, k_factors, extra)
-    if _find_hnsw(index) is not None:  # HNSW explores max(efSearch, k) candidates: start at k
+    if hnsw_of(index) is not None:  # HNSW explores max(efSearch, k) candidates: start at k
         return Knobs("efSearch", k + 1, MAX_EF_SEARCH, k_factors)
     return Knobs(None, 0, 0, k_factors)
-
-
-def _find_hnsw(index: faiss.Index) -> faiss.IndexHNSW | None:
-    node = faiss.downcast_index(index)
-    while True:
-        if isinstance(node, faiss.IndexHNSW):
-            return node
-        if isinstance(node, faiss.IndexPreTransform):
-            node = faiss.downcast_index(node.index)
-        elif isinstance(node, faiss.IndexRefine):
-            node = faiss.downcast_index(node.base_index)
-        else:
-            return None
 
 
 class _Evaluator:
@@ -169,15 +182,20 @@ def tune(
     target: float,
     progress: Callable[[], None] | None = None,
     valid: np.ndarray | None = None,
+    floor_qps: float | None = None,
 ) -> TuneResult:
-    """The cheapest setting of ``index``'s knobs whose recall@k on ``queries`` reaches ``target``.
+    """The cheapest setting of ``index``'s knobs whose recall@k on ``queries`` reaches ``target``: the lower
+    end of its 95% interval does (a perfect recall counts as reaching it).
 
     ``truth``: exact neighbours of each query without its own row (``without_self``), ``own``: the
-    queries' own labels; ``valid``: a mask of the labels the truth covers (None: all). The index is left
-    set to the chosen parameters.
+    queries' own labels (-1 for queries not in the index); ``valid``: a mask of the labels the truth
+    covers (None: all); ``floor_qps``: exact search's throughput: settings slower than it that miss the
+    target are not pursued (``slower_than`` is then set when nothing faster reached it). The index is
+    left set to the chosen parameters.
     """
     knobs = knobs_of(index, k)
     evaluate = _Evaluator(index, queries, truth, own, k, knobs, valid)
+    n = len(queries)
 
     def step(main, k_factor):
         result = evaluate(main, k_factor)
@@ -185,25 +203,34 @@ def tune(
             progress()
         return result
 
-    if knobs.main is None:  # nothing to tune (exact search): measure it
+    def reaches(recall: float) -> bool:
+        return recall >= 1.0 or wilson_interval(recall, n)[0] >= target
+
+    def result(params, recall, qps, reached, slower_than=None) -> TuneResult:
+        lower, upper = wilson_interval(recall, n)
+        return TuneResult(params, recall, qps, reached, evaluate.trials, lower, upper, slower_than)
+
+    if knobs.main is None:  # nothing to tune (exact search, or codes without knobs): measure it
         recall, _ = step(None, knobs.k_factors[0])
         qps = _best_qps(evaluate, None, knobs.k_factors[0])
-        return TuneResult(evaluate.params(None, knobs.k_factors[0]), recall, qps, recall >= target, evaluate.trials)
+        return result(evaluate.params(None, knobs.k_factors[0]), recall, qps, reaches(recall))
 
     best: tuple[float, int, int] | None = None  # (qps, main, k_factor)
     lower = knobs.main_min
+    abandoned = False
     for k_factor in sorted(knobs.k_factors, reverse=True):  # most re-ranking first: it needs the fewest probes
-        floor = best[0] if best else 0.0
+        floor = max(best[0] if best else 0.0, floor_qps or 0.0)
 
         def ok(value: int, kf: int = k_factor, floor: float = floor) -> bool:
             recall, qps = step(value, kf)
-            if recall < target and qps < floor:
+            if not reaches(recall) and qps < floor:
                 raise _Slower(value)  # raising the main knob only slows it further: this factor cannot win
-            return recall >= target
+            return reaches(recall)
 
         try:
             lowest = _smallest_reaching(ok, lower, knobs.main_max)
         except _Slower as slower:
+            abandoned = True
             lower = slower.value + 1  # less re-ranking needs at least as much of the main knob
             if lower > knobs.main_max:
                 break
@@ -218,13 +245,14 @@ def tune(
         qps, main, k_factor = best
         params = evaluate.params(main, k_factor)
         apply_search_params(index, params)
-        return TuneResult(params, evaluate(main, k_factor)[0], qps, True, evaluate.trials)
-    # nothing reaches the target: the most accurate setting, reported as such
+        return result(params, evaluate(main, k_factor)[0], qps, True)
+    # nothing reaches the target (or only slower than exact search): the most accurate setting, as such
     main, k_factor = knobs.main_max, max(knobs.k_factors)
     recall, _ = step(main, k_factor)
     params = evaluate.params(main, k_factor)
     qps = _best_qps(evaluate, main, k_factor)
-    return TuneResult(params, recall, qps, False, evaluate.trials)
+    slower = floor_qps if abandoned and floor_qps else None
+    return result(params, recall, qps, reaches(recall) and slower is None, slower)
 
 
 class _Slower(Exception):

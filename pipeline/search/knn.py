@@ -44,6 +44,7 @@ from pipeline.io.sources import (
     table_units,
 )
 from pipeline.runtime import RunRecord, cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.search.limits import check_k
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image, resolve_query_model
 
 log = logging.getLogger(__name__)
@@ -419,8 +420,8 @@ class KnnSummary:
 
 
 def _check_config(cfg: KnnCommandConfig, directory: IndexDirectory) -> None:
-    if cfg.k <= 0:
-        raise LatentError(f"k={cfg.k}: must be a positive integer")
+    # 1..MAX_K, then bounded by the index size: every result array is queries x min(k, ntotal)
+    cfg.k = check_k(cfg.k, directory.info.ntotal)
     if cfg.batch_size <= 0:
         raise LatentError(f"batch_size={cfg.batch_size}: must be a positive integer")
     if cfg.threshold is not None:

@@ -26,21 +26,23 @@ from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, r
 from pipeline.errors import LatentError
 from pipeline.index import shards
 from pipeline.index.store import IndexDirectory, IndexInfo
+from pipeline.search.limits import check_k
 
 MAX_QUERY_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit, as embed's max_image_pixels default
 _MISSING_SCORE = np.float32(np.nan)
 
 
 class QueryError(LatentError):
-    """A query the searcher cannot answer: wrong vector dimension, empty text, bytes that are not an image, k <= 0."""
+    """A query the searcher cannot answer: wrong vector dimension, empty text, bytes that are not an image, a k
+    outside 1..MAX_K."""
 
 
 @dataclass
 class SearchResult:
     """``n`` queries' ``k`` best hits, best first (highest inner product; lowest distance under metric l2)."""
 
-    scores: np.ndarray  # (n, k) float32; NaN where the index has fewer than k hits
-    ids: np.ndarray  # (n, k) object array of str; None where there is no hit
+    scores: np.ndarray  # (n, min(k, ntotal)) float32; NaN where an approximate search found fewer hits
+    ids: np.ndarray  # (n, min(k, ntotal)) object array of str; None where there is no hit
     items: list[list[dict[str, Any]]]  # per query, per hit: the metadata row (id, source, text, …) + "score"
 
     def __len__(self) -> int:
@@ -145,7 +147,7 @@ class Searcher:
         ]
         if len(given) != 1:
             raise QueryError(f"give exactly one of vectors, texts or images (got {', '.join(given) or 'none'})")
-        k = _check_k(k)
+        k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
         if vectors is not None:
             queries = self._check_vectors(vectors)
         elif texts is not None:
@@ -155,14 +157,15 @@ class Searcher:
         return self.search_vectors(queries, k, with_items)
 
     def search_vectors(self, queries: np.ndarray, k: int, with_items: bool = True) -> SearchResult:
-        """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``."""
+        """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``; ``k`` is
+        bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal)."""
         n = len(queries)
-        found = min(k, self.ntotal)  # FAISS would pad past ntotal anyway; don't make it allocate the padding
-        scores = np.full((n, k), _MISSING_SCORE, dtype=np.float32)
-        labels = np.full((n, k), -1, dtype=np.int64)
-        if n and found:
-            distances, hits = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), found)
-            scores[:, :found], labels[:, :found] = distances, hits
+        k = check_k(k, self.ntotal, error=QueryError)
+        if n and k:
+            scores, labels = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            scores = self.directory.check_scores(scores, labels)
+        else:
+            scores, labels = np.full((n, k), _MISSING_SCORE, np.float32), np.full((n, k), -1, np.int64)
         scores[labels < 0] = _MISSING_SCORE
         if not with_items:
             ids = np.empty(labels.size, dtype=object)
@@ -258,12 +261,6 @@ class Searcher:
 # --- checks and decoding ----------------------------------------------------------------------------
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise QueryError(f"k={k!r}: must be a positive integer")
-    return int(k)
-
-
 def _check_texts(texts: Sequence[str]) -> list[str]:
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
@@ -339,15 +336,19 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
         )
     recorded, sha = fingerprint.get("pretrained"), fingerprint.get("checkpoint_sha256")
     tag = recorded if recorded in open_clip.list_pretrained_tags_by_model(name) else None
+    path = fingerprint.get("checkpoint_path")  # where embed loaded a checkpoint file from (absolute)
     if cfg.pretrained:
         weights = cfg.pretrained
     elif sha is None:
         weights = None  # random weights, seeded: every process builds the same model
     elif tag is not None:
         weights = tag
+    elif path and os.path.isfile(path):
+        weights = path  # the file embed read: used while its sha256 still matches (checked below)
     else:
+        where = f" (it was at {path}, which is gone)" if path else ""
         raise LatentError(
-            f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}): "
+            f"the index was built with {name} weights from the checkpoint file '{recorded}' (sha256 {sha}){where}: "
             f"point at that file with model.pretrained=/path/to/{recorded}"
         )
     device = resolve_device(cfg.device, _gpus() if gpus is None else gpus)
@@ -355,6 +356,11 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
     if spec.checkpoint_sha256 != sha:
         got = f"sha256 {spec.checkpoint_sha256}" if spec.checkpoint_sha256 else "random weights"
         want = f"sha256 {sha}" if sha else "random weights"
+        if not cfg.pretrained and weights == path:
+            raise LatentError(
+                f"the checkpoint the index was built from, {path}, has changed since ({got}, the index's {want}): "
+                f"point at the original weights with model.pretrained=/path/to/{recorded}"
+            )
         raise LatentError(
             f"model.pretrained={weights}: these weights ({got}) are not the ones the index was built with "
             f"({want}, '{recorded}')"

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from pipeline.search.limits import MAX_K
+
 API_VERSION = "1"
 
 
@@ -20,7 +22,7 @@ class SearchQuery(BaseModel):
     )
     vector: list[float] | None = Field(None, description="search by a vector of the index's dimension")
     id: str | None = Field(None, description="search by the stored vector of an indexed item")
-    k: int = Field(10, ge=1, description="number of hits, at most the server's max_k")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of hits, at most the server's max_k")
 
 
 def search_query_model(max_k: int, default_k: int, dim: int) -> type[SearchQuery]:

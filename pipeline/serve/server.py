@@ -9,6 +9,7 @@ import socket
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError
+from pipeline.search.limits import MAX_K
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,8 @@ def _check(cfg: ServeConfig) -> None:
     for key in ("max_k", "default_k", "max_batch", "max_body_bytes", "thumbnail_size"):
         if getattr(cfg, key) <= 0:
             raise LatentError(f"{key}={getattr(cfg, key)}: must be positive")
+    if cfg.max_k > MAX_K:
+        raise LatentError(f"max_k={cfg.max_k}: at most {MAX_K} hits per query (MAX_K in pipeline/search/limits.py)")
     if cfg.default_k > cfg.max_k:
         raise LatentError(f"default_k={cfg.default_k} is above max_k={cfg.max_k}")
     if cfg.batch_wait_ms < 0:

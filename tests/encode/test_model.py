@@ -90,3 +90,41 @@ def test_decode_image_refuses_decompression_bombs_before_decoding():
     Image.fromarray(np.zeros((3000, 3000), dtype=np.uint8)).save(buf, format="PNG")
     with pytest.raises(BadImage, match="too large"):
         decode_image(buf.getvalue(), max_pixels=1_000_000)
+
+
+def test_checkpoint_loads_without_random_init_into_the_same_tensors(tiny_model, tiny_checkpoint):
+    """load_model builds on the meta device and assigns the checkpoint's tensors: parameters and buffers
+    (the causal text mask is rebuilt, not read) equal open_clip's ordinary load."""
+    import open_clip
+
+    from pipeline.encode.model import _create_from_checkpoint
+
+    spec = resolve_model(tiny_model, str(tiny_checkpoint))
+    fast = _create_from_checkpoint(spec, {"force_quick_gelu": False, "device": "cpu"})
+    assert fast is not None
+    reference = open_clip.create_model(tiny_model, pretrained=str(tiny_checkpoint))
+    fast_buffers, ref_buffers = dict(fast.named_buffers()), dict(reference.named_buffers())
+    assert fast_buffers.keys() == ref_buffers.keys() and "attn_mask" in fast_buffers
+    fast_tensors = {**dict(fast.named_parameters()), **fast_buffers}
+    for name, tensor in [*reference.named_parameters(), *reference.named_buffers()]:
+        assert torch.equal(fast_tensors[name], tensor), name
+
+
+def test_checkpoint_hash_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.encode.model as model_module
+    from pipeline.encode.model import checkpoint_sha256, file_sha256
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"a" * 1000)
+    calls = []
+    real = model_module.file_sha256
+    monkeypatch.setattr(model_module, "file_sha256", lambda p: calls.append(p) or real(p))
+    first = checkpoint_sha256(str(path))
+    assert checkpoint_sha256(str(path)) == first == file_sha256(str(path)) and len(calls) == 1
+    path.write_bytes(b"b" * 1000)  # same size, new content and mtime
+    os.utime(path, ns=(0, 10**9))
+    assert checkpoint_sha256(str(path)) == file_sha256(str(path)) != first and len(calls) == 2
+    assert (tmp_path / "cache" / "latent" / "sha256.json").exists()

@@ -15,7 +15,7 @@ import pytest
 from pipeline.errors import LatentError
 from pipeline.index import choose
 from pipeline.index.store import INFO_FILE, IndexDirectory
-from pipeline.index.synthetic import fake_model, write_npy_folder
+from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_npy_folder
 from pipeline.index.tune import recall_at_k, without_self
 
 from .helpers import build, dataset, exact_neighbours, run_cli, vectors
@@ -83,7 +83,7 @@ def test_l2_metric_accepts_unnormalised_vectors(tmp_path):
     d = IndexDirectory.open(tmp_path / "idx")
     assert summary.metric == "l2" and d.info.metric == "l2" and d.index.metric_type == faiss.METRIC_L2
     _, labels = d.index.search(x[:5], 1)
-    assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert d.ids(labels[:, 0]).tolist() == [f"emb_00000:{r}" for r in range(5)]
 
 
 def test_append_adds_only_new_ids_and_remeasures(tmp_path):
@@ -209,3 +209,61 @@ def test_cli_builds_then_fails_cleanly_on_bad_input(tmp_path):
     assert not (tmp_path / "idx2").exists()
     help_ = run_cli("index", "--help", cwd=tmp_path)
     assert help_.returncode == 0 and "target_recall" in help_.stdout and "max_memory" in help_.stdout
+
+
+# --- issue 8: the recall promise holds for the next query, on any data ---------------------------
+
+
+def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fresh_recall(d: IndexDirectory, x: np.ndarray, fresh: np.ndarray, k: int = 10) -> float:
+    """recall@k of queries that are not in the index, against exact search over every indexed vector."""
+    truth = exact_neighbours(x, fresh, k)
+    _, labels = d.index.search(fresh, k)
+    by_id = {f"v{i}": i for i in range(len(x))}
+    found = np.vectorize(lambda i: by_id[i] if i is not None else -1, otypes=[np.int64])(d.ids(labels.ravel()))
+    return recall_at_k(found.reshape(labels.shape), truth)
+
+
+def test_recall_is_measured_on_held_out_queries_with_a_margin(tmp_path):
+    x = vectors(8000, seed=21)
+    summary = build(
+        dataset(tmp_path / "ds", x, dtype="float32"), tmp_path / "idx", "index.factory='HNSW8,Flat'",
+        "index.target_recall=0.9",
+    )  # fmt: skip
+    info = json.loads((tmp_path / "idx" / INFO_FILE).read_text())["recall"]
+    assert info["method"] == "held-out" and info["queries"] == 1000
+    assert info["lower"] >= 0.9 and info["lower"] <= info["value"] <= info["upper"]  # the promise: the lower end
+    d = IndexDirectory.open(tmp_path / "idx")
+    assert len(d) == 8000 and sorted(d.all_ids().to_pylist()) == sorted(row_ids(8000))  # held-out rows indexed too
+    # the user's next queries: from the same distribution, never in the index
+    fresh = clustered_unit_vectors(8000 + 2000, ClusteredSpec(dim=32, clusters=160, groups=4, seed=21))[8000:]
+    assert fresh_recall(d, x, fresh) >= 0.9
+    assert summary.recall.lower == info["lower"]
+
+
+def test_auto_moves_on_when_the_data_defeats_a_candidate(tmp_path, monkeypatch):
+    """The first choice cannot reach the target on isotropic vectors (2 sub-quantizers, no re-rank): auto
+    must not settle there with a warning, but move on to what fits until the target is measured as met."""
+    x = random_unit(6000, 32, seed=3)
+    first = ("IVF32,PQ2x4fs", "coarse codes", 0.85)
+    monkeypatch.setattr(choose, "candidates", lambda n, dim, target=0.95: [first, ("HNSW16,Flat", "graph", 1.0),
+                                                                           ("Flat", "exact", 1.0)])  # fmt: skip
+    summary = build(dataset(tmp_path / "ds", x, dtype="float32"), tmp_path / "idx", "index.target_recall=0.9")
+    assert summary.tried[0]["factory"] == "IVF32,PQ2x4fs" and not summary.tried[0]["reached"]
+    assert summary.factory in ("HNSW16,Flat", "Flat") and summary.recall.lower >= 0.9 and not summary.warnings
+    d = IndexDirectory.open(tmp_path / "idx")
+    assert fresh_recall(d, x, random_unit(1000, 32, seed=4)) >= 0.88  # fresh queries: the promise, within noise
+
+
+def test_auto_fails_saying_what_is_reachable_when_nothing_in_the_budget_reaches_the_target(tmp_path, monkeypatch):
+    x = random_unit(4000, 32, seed=5)
+    codes = [("IVF16,PQ2x4fs", "codes", 0.85), ("OPQ4_32,IVF16,PQ4x4fs", "codes", 0.85)]
+    monkeypatch.setattr(choose, "candidates", lambda n, dim, target=0.95: codes)
+    message = r"no index within index.max_memory=2G reaches recall@10 0.9.*Reachable: 0\.\d+ .*with .*~"
+    with pytest.raises(LatentError, match=message + r".*exact search \(Flat, recall 1.0\) needs ~.*Nothing was"):
+        build(dataset(tmp_path / "ds", x, dtype="float32"), tmp_path / "idx", "index.target_recall=0.9")
+    assert not (tmp_path / "idx").exists()

@@ -4,15 +4,16 @@ import faiss
 import pytest
 
 from pipeline.errors import LatentError
-from pipeline.index.build import train
 from pipeline.index.choose import (
     choose_factory,
     estimate_index_bytes,
     make_index,
     nlist_for,
     parse_memory,
+    plan_candidates,
     pq_subquantizers,
 )
+from pipeline.index.gpu import train
 
 from .helpers import vectors
 
@@ -33,13 +34,26 @@ def choose(n: int, budget: int, dim: int = 512, target: float = 0.95):
         (1_000_000, 16 * GiB, "IVF1024,PQ128x4fs,Refine(SQfp16)"),
         (1_000_000, 2 * GiB, "IVF1024,PQ128x4fs,Refine(SQfp16)"),
         (1_000_000, GiB, "IVF1024,PQ128x4fs,Refine(SQ8)"),
-        (50_000, 200 << 20, "IVF256,PQ128x4fs,Refine(SQ8)"),  # the graph does not fit: IVF instead
+        (50_000, 200 << 20, "Flat"),  # neither the graph nor float16 re-rank fits; exact search does
     ],
 )
 def test_auto_choice_by_size_and_memory(n, budget, factory):
     choice = choose(n, budget)
     assert choice.factory == factory
     assert choice.index_bytes + choice.build_bytes <= budget and choice.warning is None
+
+
+def test_fallbacks_follow_the_first_choice_finer_codes_graph_ivf_flat_exact():
+    factories = [c.factory for c in plan_candidates(300_000, 128, 16 * GiB, 0.95, IP, 100_000, 16384, 1000)]
+    assert factories[:5] == [
+        "IVF512,PQ32x4fs,Refine(SQfp16)",
+        "IVF512,PQ64x4fs,Refine(SQfp16)",
+        "HNSW32,Flat",
+        "IVF512,Flat",
+        "Flat",
+    ]
+    tight = [c.factory for c in plan_candidates(300_000, 128, 170 << 20, 0.95, IP, 100_000, 16384, 1000)]
+    assert "Flat" not in tight and tight[0] == "IVF512,PQ32x4fs,Refine(SQfp16)"
 
 
 def test_codes_only_when_nothing_else_fits_comes_with_a_warning():

@@ -3,9 +3,9 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from pipeline.index.build import train
 from pipeline.index.choose import make_index
-from pipeline.index.tune import GroundTruth, recall_at_k, tune, without_self
+from pipeline.index.gpu import train
+from pipeline.index.tune import CONFIDENCE_Z, GroundTruth, recall_at_k, tune, wilson_interval, without_self
 
 from .helpers import exact_neighbours, vectors
 
@@ -50,11 +50,19 @@ def test_tune_finds_the_smallest_nprobe_reaching_the_target():
     index, queries, truth, rows = setup_ivf("IVF64,Flat")
     result = tune(index, queries, truth, rows, 10, 0.9)
     nprobe = result.params["nprobe"]
-    assert result.reached and result.recall >= 0.9
+    lower = wilson_interval(result.recall, len(queries))[0]
+    assert result.reached and lower >= 0.9 and (result.lower, result.upper) == wilson_interval(result.recall, 261)
     assert faiss.extract_index_ivf(index).nprobe == nprobe  # left set
     assert measured_recall(index, queries, truth, rows) == result.recall
     faiss.extract_index_ivf(index).nprobe = max(1, int(nprobe * 0.75))  # a clearly lower setting misses
-    assert measured_recall(index, queries, truth, rows) < 0.9 or nprobe <= 2
+    assert wilson_interval(measured_recall(index, queries, truth, rows), 261)[0] < 0.9 or nprobe <= 2
+
+
+def test_wilson_interval_is_the_margin_for_sampling_error():
+    low, high = wilson_interval(0.95, 1000)
+    assert 0.93 < low < 0.95 < high < 0.97
+    assert wilson_interval(1.0, 400) == (400 / (400 + CONFIDENCE_Z**2), 1.0)  # closed form at p = 1
+    assert wilson_interval(0.95, 10_000)[0] > low  # more queries, a tighter promise
 
 
 def test_tune_refined_index_sets_both_knobs():

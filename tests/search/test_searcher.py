@@ -86,12 +86,11 @@ def test_ivf_index_is_searched_with_its_tuned_parameters(vector_corpus, tmp_path
     np.testing.assert_allclose(stored, x[5], atol=1e-6)
 
 
-def test_fewer_hits_than_k_are_nan_and_none(photo_index):
+def test_k_above_the_index_size_is_bounded_by_it(photo_index):
     searcher = Searcher.open(photo_index, model_config())
     result = searcher.search(vectors=np.ones((2, 32), np.float32), k=8)
-    assert result.scores.shape == (2, 8)
-    assert np.isnan(result.scores[:, 6:]).all() and np.isfinite(result.scores[:, :6]).all()
-    assert (result.ids[:, 6:] == None).all() and None not in result.ids[:, :6]  # noqa: E711
+    assert result.scores.shape == (2, 6) and result.ids.shape == (2, 6)  # 6 items: no padding allocated
+    assert np.isfinite(result.scores).all() and None not in result.ids
     assert [len(hits) for hits in result.items] == [6, 6]
     assert (np.diff(result.scores[:, :6], axis=1) <= 1e-6).all()  # best first
 
@@ -166,11 +165,46 @@ def test_bad_queries_raise_query_error(photo_index, tiny_checkpoint, query, mess
 
 
 def test_the_encoder_is_built_only_for_text_or_image_queries(photo_index):
-    searcher = Searcher.open(photo_index)  # no checkpoint given: vector queries still work
+    searcher = Searcher.open(photo_index, model_config())
     assert searcher.search(vectors=np.ones(32), k=1).ids.shape == (1, 1)
     assert searcher._encoder is None
-    with pytest.raises(LatentError, match=r"checkpoint file 'tiny.pt'.*model.pretrained=/path/to/tiny.pt"):
-        searcher.search(texts=["a cat"])
+    searcher.search(texts=["a cat"], k=1)
+    assert searcher._encoder is not None
+
+
+def _with_checkpoint_at(photo_index, tmp_path, checkpoint):
+    """A copy of the index whose fingerprint says the weights were loaded from ``checkpoint``."""
+    copy = tmp_path / "idx"
+    shutil.copytree(photo_index, copy)
+    info = json.loads((copy / "index.json").read_text())
+    info["embedding"]["model"]["checkpoint_path"] = str(checkpoint)
+    del info["files"]  # index.json is edited here, as a user moving files would not; its data files are intact
+    (copy / "index.json").write_text(json.dumps(info))
+    return copy
+
+
+def test_an_index_built_from_a_checkpoint_finds_it_where_embed_loaded_it(photo_index, tiny_checkpoint, tmp_path):
+    """Issue 8: the index recorded only the file name, so text and image queries were refused until the user
+    passed the same path again. The absolute path is kept, and used while the file's sha256 still matches."""
+    recorded = json.loads((photo_index / "index.json").read_text())["embedding"]["model"]
+    assert recorded["checkpoint_path"] == str(tiny_checkpoint.resolve()) and recorded["pretrained"] == "tiny.pt"
+    plain = Searcher.open(photo_index, model_config()).search(texts=["a cat"], k=3)
+    given = Searcher.open(photo_index, model_config(tiny_checkpoint)).search(texts=["a cat"], k=3)
+    assert plain.ids.tolist() == given.ids.tolist()
+    np.testing.assert_allclose(plain.scores, given.scores, atol=1e-6)
+
+    moved = tmp_path / "elsewhere" / "tiny.pt"
+    moved.parent.mkdir()
+    shutil.copy(tiny_checkpoint, moved)
+    index = _with_checkpoint_at(photo_index, tmp_path / "a", moved)
+    assert Searcher.open(index, model_config()).search(texts=["a cat"], k=3).ids.tolist() == plain.ids.tolist()
+    with open(moved, "ab") as f:  # the file changed since: its hash no longer matches
+        f.write(b"\0")
+    with pytest.raises(LatentError, match=rf"{moved}, has changed since.*model.pretrained=/path/to/tiny.pt"):
+        Searcher.open(index, model_config()).search(texts=["a cat"])
+    moved.unlink()
+    with pytest.raises(LatentError, match=rf"checkpoint file 'tiny.pt'.*{moved}, which is gone.*model.pretrained="):
+        Searcher.open(index, model_config()).search(texts=["a cat"])
 
 
 def test_other_weights_are_refused(photo_index, tiny_model, tmp_path):

@@ -144,6 +144,7 @@ BAD_SEARCHES = [
     ({"text": "cat", "k": 0}, 422, "greater than or equal to 1"),
     ({"text": "cat", "k": -5}, 422, "greater than or equal to 1"),
     ({"text": "cat", "k": MAX_K + 1}, 422, f"less than or equal to {MAX_K}"),
+    ({"text": "cat", "k": 1_000_000_000}, 422, f"less than or equal to {MAX_K}"),  # issue 8: never allocated
     ({"text": "cat", "k": "ten"}, 422, "integer"),
     ({"text": 42}, 422, "string"),
     ({"txt": "cat"}, 422, "Extra inputs"),
