@@ -13,8 +13,8 @@ import faiss
 
 def chain(index: faiss.Index) -> list[faiss.Index]:
     """``index`` and the indexes it wraps, outermost first, each downcast; the last is the innermost
-    (through ``IndexPreTransform.index``, ``IndexRefine.base_index`` and the first shard of ``IndexShards``). The caller keeps ``index``
-    referenced: dropping it frees the C++ objects the nodes point into."""
+    (through ``IndexPreTransform.index``, ``IndexRefine.base_index`` and the first shard of ``IndexShards``).
+    The caller keeps ``index`` referenced: dropping it frees the C++ objects the nodes point into."""
     nodes, node = [], faiss.downcast_index(index)
     while True:
         nodes.append(node)

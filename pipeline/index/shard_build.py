@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.config import IndexCommandConfig
 from pipeline.index import shards
 from pipeline.index.build import (
+    Rows,
     _plan,
     _train,
     created_by,
@@ -27,7 +28,6 @@ from pipeline.index.build import (
     query_count,
     recall_of,
     recall_warning,
-    Rows,
     tune_phase,
 )
 from pipeline.index.choose import make_index

@@ -31,9 +31,9 @@ import pyarrow as pa
 
 from pipeline.errors import LatentError
 from pipeline.index import ondisk
+from pipeline.index.choose import FLAT_MAX_VECTORS, Choice, estimate_index_bytes, human, nlist_for
 from pipeline.index.integrity import read_faiss_index
 from pipeline.index.nodes import chain
-from pipeline.index.choose import FLAT_MAX_VECTORS, Choice, estimate_index_bytes, human, nlist_for
 from pipeline.index.read import EmbeddingSource, iter_batches
 from pipeline.index.tune import GroundTruth
 
@@ -269,7 +269,9 @@ def open_shards(directory: Path, entries: Sequence[ShardEntry], dim: int, mmap: 
     """The shards as one FAISS index (``IndexShards`` with successive ids: labels are global)."""
     joined = faiss.IndexShards(dim, False, True)  # not threaded: each shard's search already uses every core
     for entry in entries:  # a file FAISS cannot parse, or of the wrong size, is an IndexCorrupted naming it
-        part = read_faiss_index(directory / entry.file, dim, entry.ntotal, ondisk.read_flags(directory / entry.file, mmap))
+        part = read_faiss_index(
+            directory / entry.file, dim, entry.ntotal, ondisk.read_flags(directory / entry.file, mmap)
+        )
         joined.add_shard(part)  # FAISS's Python wrapper keeps ``part`` alive with ``joined``
     return joined
 
