@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: install chromium test lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster clean
+.PHONY: install chromium test test-fast lint demo jobs bench-embed bench-index bench-search bench-serve bench-cluster bench-map clean
 
 install: $(VENV)/.installed chromium
 
@@ -26,9 +26,16 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[test,$(FAISS_EXTRA)]'
 	touch $@
 
+# The full suite, as CI runs it: clusters, the browser (a missing Chromium fails), subprocesses.
 test: install
 	$(BIN)/ruff check pipeline tests bench jobs
 	$(PY) -m pytest -q
+
+# The edit-test loop: leaves out what starts clusters, browsers or many processes (markers in pyproject.toml).
+FAST := not cluster and not ray and not browser and not slow and not gpu
+test-fast: $(VENV)/.installed
+	$(BIN)/ruff check pipeline tests bench jobs
+	$(PY) -m pytest -q -m "$(FAST)"
 
 lint: install
 	$(BIN)/ruff check pipeline tests bench jobs
@@ -66,6 +73,10 @@ bench-search: install
 # latent serve: p50/p99 latency and throughput of vector and text queries, 32 concurrent clients on loopback
 bench-serve: install
 	$(PY) bench/bench_serve.py $(BENCH_ARGS)
+
+# latent map on 1M x 512 (groups known): wall time, memory, preservation vs umap-learn, ARI, the map view in Chromium
+bench-map: install
+	$(PY) bench/bench_map.py $(BENCH_ARGS)
 
 # embed throughput on a two-node local Ray cluster against one node; results in docs/benchmarks.md
 bench-cluster: install

@@ -1,4 +1,4 @@
-"""Render the example jobs in jobs/k8s and jobs/slurm from conf/job.yaml (`make jobs`).
+"""Render the example jobs in jobs/k8s and jobs/slurm from pipeline.config.JobConfig (`make jobs`).
 
 The files are checked in so users can read them; tests/test_launch.py checks they equal a fresh
 rendering, so they never drift from the config. Render your own with `latent render-job` (docs/cluster.md).

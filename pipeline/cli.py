@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
+    "map": ("pipeline.map.job:run_map", "lay out an embedding dataset or an index in 2-D, with named regions"),
+    "path": ("pipeline.search.command:run_path", "the items along the great circle between two items (a route)"),
     "render-job": (
         "pipeline.launch:run_render_job",
         "render a KubeRay RayJob, an sbatch script or a Ray Jobs submission of a command",
@@ -47,8 +49,11 @@ DOCS = {
     "verify": "docs/indexing.md#verify",
     "knn": "docs/search.md",
     "serve": "docs/http-api.md",
+    "map": "docs/map.md",
+    "path": "docs/search.md",
     "job": "docs/cluster.md",
 }
+ALIASES = {"path": {"from": "start", "to": "end"}}  # keys a Python field cannot be named (`from=ID`)
 
 USAGE = """usage: latent <command> [key=value ...] [-m key=a,b ...]
        latent render-job|submit-job [key=value ...] -- latent <command> [key=value ...]
@@ -280,6 +285,9 @@ def _hydra_app(command: str) -> Callable[[], None]:
             _load(target)(config)
         except LatentError as err:
             _fail(command, err)
+        except KeyboardInterrupt:  # before or after a runner job (the runner says the same within one)
+            print(f"latent {command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
 
     return app
 
@@ -289,6 +297,11 @@ def command_override(argv: list[str]) -> list[str]:
     cut = argv.index("--")
     command = shlex.join(argv[cut + 1 :]).replace("\\", "\\\\").replace("'", "\\'")
     return [*argv[:cut], f"command='{command}'"]
+
+
+def _alias(arg: str, aliases: dict[str, str]) -> str:
+    key, sep, value = arg.partition("=")
+    return f"{aliases[key]}={value}" if sep and key in aliases else arg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command in CONFIGS and "--" in argv:
         argv = command_override(argv)
+    aliases = ALIASES.get(command, {})
+    argv = [_alias(arg, aliases) for arg in argv]
     overrides = [a for a in argv if "=" in a or a.startswith("~")]  # Hydra's flags (-m, --cfg job) aside
     try:
         check_overrides(config_name(command), overrides)
@@ -317,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                 values = OmegaConf.to_container(dictconfig, throw_on_missing=False, enum_to_str=True)
             print(render_help(command, values))
             sys.exit(0)
-        if not ({"-m", "--multirun"} & set(argv)):
+        if not any(a.startswith("-") for a in argv):  # Hydra's own flags (-m, --cfg job …): Hydra decides
             check_values(config_name(command), overrides)
     except LatentError as err:
         if command in CONFIGS and "'command'" in str(err):

@@ -1,24 +1,22 @@
 """The embed job: corpus -> read+prepare (CPU tasks) -> encode (actor pool) -> commit shards (tasks).
 
-``build_embed_plan`` is the one place the Ray Data plan is built; ``run_embed`` decides everything
-at the edge (model, device, precision, what is already done), runs the plan and summarises.
+``embed_job`` writes the job as units + stages + a writer for the runner (pipeline/runner/),
+which builds the Ray Data plan, resumes and summarises; ``run_embed`` decides everything at the
+edge (model, device, precision) and runs it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.config import EmbedConfig, Modality
+from pipeline.config import EmbedConfig, InputFormat, Modality
 from pipeline.encode.encoder import EmbedBatches
 from pipeline.encode.gpu_decode import decode_in_encoder
 from pipeline.encode.model import describe_model, resolve_model
@@ -26,22 +24,24 @@ from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
 from pipeline.io.output import OutputDir
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
-from pipeline.io.sources import Source, filter_done_units, open_source, read_unit, units_to_json
-from pipeline.runtime import (
-    RunRecord,
-    cluster_cpu_nodes,
-    cluster_cpus,
-    cluster_gpus,
-    init_ray,
-    resolve_device,
-    resolve_precision,
+from pipeline.io.sources import Source, filter_done_units, open_source, read_unit
+from pipeline.runner import (
+    ActorStage,
+    Job,
+    JobResult,
+    ReadStage,
+    WriteStage,
+    actor_resources,
+    check_error_fraction,
+    completed_summary,
+    run_job,
 )
+from pipeline.runtime import cluster_cpus, cluster_gpus, init_ray, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
 READ_BYTES_PER_ROW = 256 * 1024  # a typical web JPEG plus its sidecars
 READER_BASE_MEMORY = 768 * 1024**2  # a decode worker's own footprint (torch, torchvision, PIL, pyarrow)
-MIN_ROWS_FOR_ERROR_CHECK = 200  # judge the error fraction early only once a sample this large is in
 
 
 @dataclass
@@ -79,23 +79,36 @@ class EmbedSummary:
         return f"{self.steady_rows_per_second:,.1f} rows/s steady"
 
 
-def resolve_modality(requested: Modality, source: Source) -> str:
+def resolve_modality(requested: Modality, source: Source) -> tuple[str, list[str]]:
+    """(modality, optional kinds): auto embeds every image, plus the texts that exist (``optional: [text]``)."""
     if requested == Modality.auto:
         if source.has_images and source.has_texts:
-            return "both"
-        return "image" if source.has_images else "text"
+            if source.captioned_rows is not None and source.captioned_rows == source.total_rows:
+                return "both", []  # every image has its caption
+            if source.captioned_rows is not None:
+                log.warning(
+                    "modality=auto: %d of %d images have a caption: embedding every image, and the captions "
+                    "that exist (text_embedding is null in the other rows)",
+                    source.captioned_rows,
+                    source.total_rows,
+                )
+            return "both", ["text"]
+        return ("image" if source.has_images else "text"), []
     if requested in (Modality.image, Modality.both) and not source.has_images:
-        raise LatentError(f"modality={requested.value} needs images, but the input has none")
+        raise LatentError(f"modality={requested.value} needs images, but the input has none (modality=text?)")
     if requested in (Modality.text, Modality.both) and not source.has_texts:
-        raise LatentError(f"modality={requested.value} needs texts, but the input has no captions or text column")
-    return requested.value
+        raise LatentError(
+            f"modality={requested.value} needs texts, but the input has no captions or text column "
+            f"(modality=image embeds the images alone)"
+        )
+    return requested.value, []
 
 
 # -- the stages: plain callables on Arrow tables ----------------------------------------------------
 
 
 def read_and_prepare(
-    units: pa.Table,
+    unit: dict,
     done: pa.Array | None,
     prep: ImagePrep | None,
     needs_text: bool,
@@ -103,56 +116,27 @@ def read_and_prepare(
     rows: int,
     keep_bytes: bool = False,
 ) -> Iterator[pa.Table]:
-    """Stage 1 (CPU task): read units' records and decode/preprocess them, ``rows`` at a time.
+    """Stage 1 (CPU task): read a unit's records and decode/preprocess them, ``rows`` at a time.
 
+    ``needs_text``: a row without a text is an error (modality text, or both with every caption required).
     ``keep_bytes``: pass the image bytes on undecoded (the encoder decodes them on its GPU)."""
-    for unit in units.column("unit").to_pylist():
-        for records in read_unit(json.loads(unit), done):
-            for start in range(0, records.num_rows, rows):
-                yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels, keep_bytes)
+    for records in read_unit(unit, done, rows):
+        for start in range(0, records.num_rows, rows):
+            yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels, keep_bytes)
 
 
-def write_shards(batch: pa.Table, output: str, info: EmbeddingInfo, metadata_fields: list[pa.Field]) -> pa.Table:
-    """Stage 3 (task): commit embedded rows as a shard and failed rows as an error file."""
-    ok = pc.is_null(batch.column("error"))
-    good = batch.filter(ok)
-    bad = batch.filter(pc.invert(ok))
+def write_shards(good: pa.Table, output: str, info: EmbeddingInfo, metadata_fields: list[pa.Field]) -> None:
+    """Stage 3 (task): commit embedded rows as a shard (the runner records failed rows as errors)."""
     schema = info.shard_schema(metadata_fields)
-    if good.num_rows:
-        good = good.select(schema.names)
-        try:
-            good = good.cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a table whose later files infer other types
-            good = good.replace_schema_metadata(schema.metadata)
-        commit_table(good, output)
-    if bad.num_rows:
-        commit_table(bad.select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA), f"{output.rstrip('/')}/{ERRORS_DIR}")
-    return pa.table({"rows": [good.num_rows], "errors": [bad.num_rows]})
+    good = good.select(schema.names)
+    try:
+        good = good.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a table whose later files infer other types
+        good = good.replace_schema_metadata(schema.metadata)
+    commit_table(good, output)
 
 
-# -- the plan ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class EncoderResources:
-    actors: int
-    gpus_per_actor: float
-    cpus_per_actor: float
-    threads: int | None
-
-
-def encoder_resources(cfg: EmbedConfig, device: str) -> EncoderResources:
-    res = cfg.resources
-    if device == "cuda":
-        actors = res.encoder_actors or max(1, int(cluster_gpus() // res.gpus_per_encoder))
-        return EncoderResources(actors, res.gpus_per_encoder, res.cpus_per_encoder or 1.0, None)
-    # One CPU actor per node (Ray Data spreads its actors): it reserves one CPU but runs torch on all of
-    # its node's cores (threads=None: decided in the actor, runtime.node_cpus); decode tasks are short
-    # and interleave, so the cores stay busy instead of half of them waiting on a reservation.
-    actors = res.encoder_actors or cluster_cpu_nodes()
-    cpus = res.cpus_per_encoder or 1.0
-    threads = int(res.cpus_per_encoder) if res.cpus_per_encoder else None
-    return EncoderResources(actors, 0.0, cpus, threads)
+# -- the job ----------------------------------------------------------------------------------------
 
 
 def _row_bytes(prep: ImagePrep, keep_bytes: bool) -> int:
@@ -160,95 +144,95 @@ def _row_bytes(prep: ImagePrep, keep_bytes: bool) -> int:
     return READ_BYTES_PER_ROW if keep_bytes else prep.size[0] * prep.size[1] * 3 + 1024
 
 
-def _configure_streaming(cfg: EmbedConfig, prep: ImagePrep, keep_bytes: bool = False) -> None:
-    """Keep data moving in encoder-batch-sized blocks, with a bounded amount in flight."""
-    from ray.data import DataContext, ExecutionResources
-
-    context = DataContext.get_current()
-    # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
-    # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
-    context.target_max_block_size = max(1 << 20, cfg.batch_size * _row_bytes(prep, keep_bytes))
-    if cfg.resources.object_store_budget:
-        # Decoding is cheaper than encoding: unbounded, readers would buffer the corpus in the object store.
-        context.execution_options.resource_limits = ExecutionResources.for_limits(
-            object_store_memory=cfg.resources.object_store_budget
-        )
-
-
-def build_embed_plan(
+def embed_job(
     source: Source,
-    done: pa.Array | None,
     prep: ImagePrep | None,
     spec,
     info: EmbeddingInfo,
     cfg: EmbedConfig,
+    output: OutputDir | None = None,
     decode_on_encoder: bool = False,
-):
-    """The Ray Data plan of the embed job; ``decode_on_encoder``: images travel as bytes, decoded by the encoder."""
-    import ray
+) -> Job:
+    """The embed job for the runner: units of the corpus, read+prepare -> encoder actors -> shards.
 
-    _configure_streaming(cfg, prep, decode_on_encoder)
-    resources = encoder_resources(cfg, spec.device)
-    units = ray.data.from_items(units_to_json(source.units), override_num_blocks=max(1, len(source.units)))
-    prepared = units.map_batches(
-        partial(
-            read_and_prepare,
-            done=done if done is not None and len(done) else None,
-            prep=prep if info.modality in ("image", "both") else None,
-            needs_text=info.modality in ("text", "both"),
-            max_pixels=cfg.max_image_pixels,
-            rows=cfg.batch_size,
-            keep_bytes=decode_on_encoder,
+    ``decode_on_encoder``: images travel as bytes and the encoder decodes them (nvJPEG on a GPU)."""
+    res = cfg.resources
+    row_bytes = _row_bytes(prep, decode_on_encoder)
+    return Job(
+        name="embed",
+        output=output or OutputDir(cfg.output.path),
+        config=cfg,
+        units=source.units,
+        total_rows=source.total_rows,
+        drop_done=lambda units, done: _drop_done_files(source, units, done),
+        read=ReadStage(
+            partial(
+                read_and_prepare,
+                prep=prep if info.modality in ("image", "both") else None,
+                needs_text=info.modality in ("text", "both") and "text" not in info.optional,
+                max_pixels=cfg.max_image_pixels,
+                rows=cfg.batch_size,
+                keep_bytes=decode_on_encoder,
+            ),
+            cpus=res.cpus_per_reader,
+            # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
+            # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
+            # their resources are equal (ray#54433), which would serialise decode and encode in one actor.
+            memory=READER_BASE_MEMORY + cfg.batch_size * (2 * row_bytes + READ_BYTES_PER_ROW),
         ),
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=cfg.resources.cpus_per_reader,
-        # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
-        # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
-        # their resources are equal (ray#54433), which would serialise decode and encode in one actor.
-        memory=READER_BASE_MEMORY + cfg.batch_size * (2 * _row_bytes(prep, decode_on_encoder) + READ_BYTES_PER_ROW),
-    )
-    embedded = prepared.map_batches(
-        EmbedBatches,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "modality": info.modality,
-            "dtype": info.dtype,
-            "threads": resources.threads,
-            "decode_images": decode_on_encoder,
-            "max_pixels": cfg.max_image_pixels,
-        },
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=resources.actors),
-        num_gpus=resources.gpus_per_actor or None,
-        num_cpus=resources.cpus_per_actor,
-    )
-    return embedded.map_batches(
-        partial(write_shards, output=cfg.output.path, info=info, metadata_fields=source.metadata_fields),
-        batch_size=cfg.output.rows_per_shard,
-        batch_format="pyarrow",
-        num_cpus=0,  # I/O: committing a shard must never wait behind decode tasks for a CPU
+        process=ActorStage(
+            EmbedBatches,
+            {
+                "spec": spec,
+                "modality": info.modality,
+                "dtype": info.dtype,
+                "optional": tuple(info.optional),
+                "decode_images": decode_on_encoder,
+                "max_pixels": cfg.max_image_pixels,
+            },
+            actor_resources(res.encoder_actors, res.cpus_per_encoder, res.gpus_per_encoder, spec.device),
+            batch_size=cfg.batch_size,
+        ),
+        write=WriteStage(
+            partial(write_shards, output=cfg.output.path, info=info, metadata_fields=source.metadata_fields),
+            rows=cfg.output.rows_per_shard,
+            errors_schema=ERRORS_SCHEMA,
+        ),
+        max_error_fraction=cfg.max_error_fraction,
+        object_store_budget=res.object_store_budget,
+        # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
+        # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
+        block_bytes=max(1 << 20, cfg.batch_size * row_bytes),
+        stall_timeout_s=cfg.ray.stall_timeout_s,
+        progress=cfg.progress,
     )
 
 
-# -- the job ----------------------------------------------------------------------------------------
+def _drop_done_files(source: Source, units: list[dict], done: pa.Array) -> tuple[list[dict], int | None]:
+    """Image folders: ids are known before reading, so done files are dropped on the driver."""
+    if source.format != InputFormat.images:
+        return units, None if source.total_rows is None else max(0, source.total_rows - len(done))
+    pending = filter_done_units(replace(source, units=units), done)
+    return pending.units, pending.total_rows
 
 
-def _progress(total: int | None, enabled: bool):
-    from tqdm import tqdm
+def _same_weights(recorded: dict, name: str, pretrained: str | None) -> bool:
+    """Whether a recorded model fingerprint names these weights (checked without loading anything)."""
+    if pretrained is None or str(pretrained).lower() in ("", "none", "null", "random"):
+        pretrained = None
+    elif os.path.isfile(pretrained):
+        pretrained = os.path.basename(pretrained)  # as the fingerprint records a checkpoint
+    return recorded.get("name") == name and recorded.get("pretrained") == pretrained
 
-    return tqdm(total=total, unit="rows", desc="embed", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
-
-def _check_errors(rows: int, errors: int, limit: float, output: str, final: bool) -> None:
-    seen = rows + errors
-    if seen and (final or seen >= MIN_ROWS_FOR_ERROR_CHECK) and errors / seen > limit:
-        raise LatentError(
-            f"{errors:,} of {seen:,} rows failed ({errors / seen:.1%}), more than max_error_fraction={limit}; "
-            f"see {output}/{ERRORS_DIR}. Fix the input (or raise max_error_fraction) and rerun: "
-            f"finished shards are kept."
-        )
+def _already_complete(cfg: EmbedConfig) -> EmbedSummary | None:
+    """The summary of a finished output made with these weights, checked before any model or Ray starts."""
+    output = OutputDir(cfg.output.path)
+    info = output.recorded_info() if completed_summary(output) is not None else None
+    if info is None or not _same_weights(info.model, cfg.model.name, cfg.model.pretrained):
+        return None  # unfinished, or another model: the normal path resumes or refuses it
+    counts = output.counts()
+    return EmbedSummary(cfg.output.path, counts.rows, counts.errors, 0, 0, 0.0, 0.0, already_complete=True)
 
 
 def _describe(name: str, pretrained: str | None):
@@ -258,69 +242,46 @@ def _describe(name: str, pretrained: str | None):
 
 def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
-    started = time.perf_counter()
+    done = _already_complete(cfg)
+    if done is not None:
+        print(done.render())
+        return done
+    source = open_source(cfg.input)
+    modality, optional = resolve_modality(cfg.modality, source)
     output = OutputDir(cfg.output.path)
-    # Start-up: the weights are resolved and hashed, and the model described, in a thread while Ray
-    # starts (both take seconds, mostly waiting); a finished output starts no Ray at all.
-    with ThreadPoolExecutor(1, thread_name_prefix="latent-model") as pool:
-        model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
-        source = open_source(cfg.input)
-        modality = resolve_modality(cfg.modality, source)
-        if not output.complete:
+    output.prepare()
+    with output.lock():  # a second writer is refused before any model or Ray starts
+        # Start-up: the weights are resolved and hashed, and the model described, in a thread while Ray
+        # starts (both take seconds, mostly waiting).
+        with ThreadPoolExecutor(1, thread_name_prefix="latent-model") as pool:
+            model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
             init_ray(cfg.ray)
-        weights, described = model.result()
-    info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality)
-    output.claim(info)
-    if output.complete:
-        counts = output.counts()
-        summary = EmbedSummary(cfg.output.path, counts.rows, counts.errors, 0, 0, 0.0, 0.0, already_complete=True)
-        print(summary.render())
-        return summary
+            weights, described = model.result()
+        info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality, optional)
+        output.claim(info)
+        device = resolve_device(cfg.model.device, cluster_gpus())
+        spec = weights.on(device, resolve_precision(cfg.model.precision, device))
+        log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
+        prep = ImagePrep.from_transform(described.image_transform, draft=cfg.decode.draft)
+        on_encoder = modality != "text" and decode_in_encoder(cfg.decode.device, device, described.image_transform)
+        log.info("decoding images %s", "in the encoder (nvJPEG)" if on_encoder else "in CPU tasks (Pillow)")
+        job = embed_job(source, prep, spec, info, cfg, output, decode_on_encoder=on_encoder)
 
-    device = resolve_device(cfg.model.device, cluster_gpus())
-    spec = weights.on(device, resolve_precision(cfg.model.precision, device))
-    log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
-    record = RunRecord.start(output.state_dir, cfg)
-    output.clean_tmp()
-    done = output.done_ids()
-    source = filter_done_units(source, done)
-    prep = ImagePrep.from_transform(described.image_transform, draft=cfg.decode.draft)
-    on_encoder = modality != "text" and decode_in_encoder(cfg.decode.device, device, described.image_transform)
-    log.info("decoding images %s", "in the encoder (nvJPEG)" if on_encoder else "in CPU tasks (Pillow)")
-    plan = build_embed_plan(source, done, prep, spec, info, cfg, decode_on_encoder=on_encoder)
+        def finish(result: JobResult) -> dict:
+            counts = output.counts()
+            check_error_fraction(counts.rows, counts.errors, cfg.max_error_fraction, cfg.output.path, final=True)
+            summary = EmbedSummary(
+                output=cfg.output.path,
+                rows=counts.rows,
+                errors=counts.errors,
+                rows_this_run=result.rows,
+                errors_this_run=result.errors,
+                wall_seconds=result.wall_seconds,
+                rows_per_second=result.rows_per_second,
+                steady_rows_per_second=result.steady_rows_per_second,
+            )
+            return asdict(summary)
 
-    rows = errors = 0
-    first_seen: tuple[float, int] | None = None  # (time, rows) when the first shard came in
-    last_seen = 0.0
-    with _progress(source.total_rows, cfg.progress) as bar:
-        # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
-        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
-            rows, errors = rows + new_rows, errors + new_errors
-            last_seen = time.perf_counter()
-            first_seen = first_seen or (last_seen, rows + errors)
-            bar.update(new_rows + new_errors)
-            bar.set_postfix(errors=errors, refresh=False)
-            _check_errors(rows, errors, cfg.max_error_fraction, cfg.output.path, final=False)
-
-    output.remove_duplicates()
-    counts = output.counts()
-    _check_errors(counts.rows, counts.errors, cfg.max_error_fraction, cfg.output.path, final=True)
-    wall = time.perf_counter() - started
-    steady = 0.0
-    if first_seen and last_seen > first_seen[0]:
-        steady = (rows + errors - first_seen[1]) / (last_seen - first_seen[0])
-    summary = EmbedSummary(
-        output=cfg.output.path,
-        rows=counts.rows,
-        errors=counts.errors,
-        rows_this_run=rows,
-        errors_this_run=errors,
-        wall_seconds=round(wall, 3),
-        rows_per_second=round((rows + errors) / wall, 2) if wall else 0.0,
-        steady_rows_per_second=round(steady, 2),
-    )
-    output.mark_complete(asdict(summary))
-    record.finish(asdict(summary))
+        summary = EmbedSummary(**run_job(job, finish))
     print(summary.render())
     return summary

@@ -1,5 +1,7 @@
 """The one exception type a user is meant to read: a clear message, no stack trace."""
 
+import re
+
 
 class LatentError(Exception):
     """A problem with the user's input, config or environment, phrased as what to do about it."""
@@ -10,8 +12,6 @@ class LatentError(Exception):
 def describe_error(err: BaseException) -> str:
     """An exception as ``Type: message`` for error tables and messages, without Python object addresses
     (``<_io.BytesIO object at 0x…>``), which differ on every run and mean nothing to a user."""
-    import re
-
     text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
     if isinstance(err, OSError) and err.strerror:
         text = err.strerror + (f": {err.filename}" if err.filename else "")

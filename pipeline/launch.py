@@ -2,7 +2,7 @@
 
 ``render_rayjob`` (a KubeRay ``RayJob``), ``render_sbatch`` (a SLURM script that starts a Ray head and
 workers across the allocation, then runs the command on the head) and ``submit_job`` (the Ray Jobs
-API of a running cluster) all take the same config (conf/job.yaml), so the manifest, the script and
+API of a running cluster) all take the same config (``pipeline.config.JobConfig``), so the manifest, the script and
 the submission never drift apart. The command always joins the job's cluster (``ray.address=auto``).
 """
 
@@ -21,7 +21,6 @@ from typing import Any
 from pipeline.config import JobConfig, JobKind
 from pipeline.errors import LatentError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RAYJOB_API = "ray.io/v1"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,23 +40,73 @@ def configure_process() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512…" chatter
 
 
-RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, summary.json
+RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, ray.json, summary.json
+
+
+# Ray's own messages that a user can do nothing about, silenced at their source when a job starts
+# (never at import). Not among them: core_worker's "has constructor arguments in the object store"
+# line, which Ray Data causes itself (it passes ray.put refs of its own to every actor-pool actor,
+# ray#57733) and which only RAY_BACKEND_LOG_LEVEL could hide, with every other C++ error.
+_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage-stats notice
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # latent shows one bar in rows/s instead
+}
+_QUIET_LOGGERS = {
+    "ray.data": logging.WARNING,
+    "ray.data._internal.progress": logging.ERROR,  # we disabled its bars on purpose
+    "ray.data._internal.execution.streaming_executor": logging.ERROR,  # "received 0 inputs" and the like
+    "ray.data._internal.execution.operators": logging.ERROR,
+    "ray._private.authentication": logging.ERROR,  # the token-authentication notice
+    "ray.data._internal.issue_detection": logging.ERROR,  # "Found 1 issues" (hanging-task heuristics)
+}
+
+
+def quiet_ray() -> None:
+    """Silence Ray's messages that the user can do nothing about (called at the edge, by init_ray)."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def ray_address(cfg: RayConfig) -> str:
+    """Where the job runs: ``cfg.address``, else ``RAY_ADDRESS``, else "local" — a private Ray.
+
+    "local" makes ray.init start a new Ray whatever else runs on the machine: Ray's own default
+    (no address) joins the cluster its ``ray_current_cluster`` file names, which may be another
+    user's cluster or a stale file pointing at nothing (Ray then retries for minutes)."""
+    return cfg.address or os.environ.get("RAY_ADDRESS", "") or "local"
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Connect to the cluster at ``cfg.address``, or start a local Ray on loopback."""
+    """Connect to the cluster at ``cfg.address`` (or ``RAY_ADDRESS``), or start a private Ray on loopback."""
     import ray
     from ray.data import DataContext
 
+    quiet_ray()
     if not ray.is_initialized():
         common: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING}
-        if cfg.address:
+        address = ray_address(cfg)
+        if address != "local":
             try:
-                ray.init(address=cfg.address, runtime_env=WORKER_RUNTIME_ENV, **common)
+                ray.init(address=address, runtime_env=WORKER_RUNTIME_ENV, **common)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                raise LatentError(f"ray.address: cannot connect to a Ray cluster at '{cfg.address}': {err}") from err
+                raise LatentError(f"ray.address: cannot connect to a Ray cluster at '{address}': {err}") from None
         else:
+            _start_private_ray(cfg, common)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # latent shows one bar in rows/s instead
+    context.print_on_execution_start = False
+    quiet_ray()  # ray.init configures Ray's loggers: set ours again after it
+
+
+def _start_private_ray(cfg: RayConfig, common: dict[str, Any], attempts: int = 2) -> None:
+    import ray
+
+    for attempt in range(attempts):
+        try:
             ray.init(
+                address="local",
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
                 include_dashboard=False,
@@ -62,11 +114,30 @@ def init_ray(cfg: RayConfig) -> None:
                 runtime_env=WORKER_RUNTIME_ENV,
                 **common,
             )
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # latent shows one bar in rows/s instead
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # we disabled its bars on purpose
+            return
+        except Exception as err:  # noqa: BLE001  (Ray raises many kinds; each is the same problem to the user)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            if "timed out during startup" in reason and attempt + 1 < attempts:  # Ray waits 30 s, fixed: a busy machine
+                log.warning("Ray did not start within its 30 s; trying once more")
+                continue
+            raise LatentError(
+                f"Ray failed to start on this machine: {reason} Check Ray's temp folder "
+                f"({os.environ.get('RAY_TMPDIR', tempfile.gettempdir())}/ray: free space, permissions, a path "
+                f"short enough for its sockets) and its logs there, or join a running cluster with ray.address=."
+            ) from None
+
+
+def ray_session() -> dict[str, Any]:
+    """The Ray a job runs on, for its run record."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    context = ray.get_runtime_context()
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    return {"gcs_address": context.gcs_address, "nodes": len(nodes), "resources": ray.cluster_resources()}
 
 
 def cluster_gpus() -> int:
@@ -143,7 +214,7 @@ class RunRecord:
     directory: str
 
     @classmethod
-    def start(cls, state_dir: str, config: Any) -> RunRecord:
+    def start(cls, state_dir: str, config: Any, ray: dict[str, Any] | None = None) -> RunRecord:
         from pipeline.io.shards import filesystem
 
         fs, root = filesystem(state_dir)
@@ -158,6 +229,8 @@ class RunRecord:
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(f"{directory}/config.yaml", to_yaml(config).encode())
         fs.pipe_file(f"{directory}/version.json", json.dumps(code_version(), indent=2).encode())
+        if ray:
+            fs.pipe_file(f"{directory}/ray.json", json.dumps(ray, indent=2, default=str).encode())
         return cls(directory)
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -73,8 +73,16 @@ def rng() -> np.random.Generator:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Tiers by marker: everything under tests/cluster/ is `cluster` (multi-node clusters, many processes);
+    a test on the session's local Ray (a raylet, a GCS and worker processes) is `ray`."""
     import torch
 
+    cluster_dir = Path(__file__).parent / "cluster"
+    for item in items:
+        if cluster_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)
+        if "local_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -102,6 +102,7 @@ print(json.dumps({
     assert found == {"hydra": [], "pillow_guard": True, "omp": None}
 
 
+@pytest.mark.slow  # starts a Ray of its own
 def test_ray_workers_get_the_process_settings_the_library_leaves_alone():
     """A job's Ray workers run configure_process (a runtime_env hook); the driver importing the library does not."""
     code = """
@@ -194,3 +195,14 @@ def test_every_schema_field_has_an_explanation():
     for name, cls in SCHEMAS.items():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{name}.{f.name}"
+
+
+def test_sweeps_interpolations_and_hydra_keys_pass_the_key_check_and_unknown_sweeps_do_not():
+    from pipeline.cli import check_overrides
+
+    check_overrides(
+        "index", ['index.factory="IVF16,Flat",HNSW16', "index.path=/o/${hydra:job.num}", "hydra.sweep.dir=/o"]
+    )
+    check_overrides("embed", ["model=vit-b-32,vit-l-14", "output.path=/o/${model.name}"])
+    with pytest.raises(ConfigKeyError, match="did you mean index.factory"):
+        check_overrides("index", ["index.factroy=Flat,HNSW32"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import open_clip
@@ -113,12 +115,36 @@ def test_csv_with_relative_image_paths(local_ray, tmp_path, tiny_model):
 
 def test_jsonl_texts(local_ray, tmp_path, tiny_model):
     texts = ["a cat playing jazz", "a dog on a skateboard", "", "the moon"]
-    write_table(tmp_path / "t" / "q.jsonl", pa.table({"text": texts, "lang": ["en"] * 4}))
+    path = write_table(tmp_path / "t" / "q.jsonl", pa.table({"text": texts, "lang": ["en"] * 4}))
+    with path.open("a") as f:
+        f.write('{"text": "a broken line", "lang": \n{"text": "after it", "lang": "en"}\n')
     summary, out = embed(tmp_path, tmp_path / "t", tiny_model, "max_error_fraction=0.5")
-    assert summary.rows == 3 and summary.errors == 1  # the empty text is recorded, not embedded
-    errors = read_dataset(out / "_errors")
-    assert errors.column("error").to_pylist() == ["missing text"]
-    assert errors.column("id").to_pylist() == ["q.jsonl:2"]
+    assert summary.rows == 4 and summary.errors == 2  # the empty text and the malformed line are recorded
+    errors = dict(zip(*read_dataset(out / "_errors").select(["id", "error"]).to_pydict().values()))
+    assert errors["q.jsonl:2"] == "missing text"
+    assert errors["q.jsonl:4"].startswith(f"malformed JSON at {path} line 5")
+    assert "q.jsonl:5" in read_dataset(out).column("id").to_pylist()  # the rest of the file is read
+
+
+def test_a_partly_captioned_folder_embeds_every_image_and_the_captions_there_are(local_ray, tmp_path, tiny_model):
+    corpus = write_image_folder(tmp_path / "corpus", 11, captions=False)
+    (corpus / "group0" / "img00000.txt").write_text("the one caption")
+    summary, out = embed(tmp_path, corpus, tiny_model)
+    assert summary.rows == 11 and summary.errors == 0
+    table = read_dataset(out)
+    assert table.column("image_embedding").null_count == 0
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text_embedding").is_valid().to_pylist()))
+    assert [i for i, has in texts.items() if has] == ["group0/img00000.jpg"]
+    info = read_info(str(out))
+    assert (info.modality, info.optional, info.format_version) == ("both", ["text"], 2)
+    # the same output with another modality: refused, saying how to resume it
+    with pytest.raises(LatentError, match=r"Rerun with the modality it was written with \(modality=auto\)"):
+        embed(tmp_path, corpus, tiny_model, "modality=image")
+    # modality=both asks for a caption per image: each missing one says what else to use
+    with pytest.raises(LatentError, match="max_error_fraction"):
+        embed(tmp_path, corpus, tiny_model, "modality=both", out="both")
+    error = read_dataset(tmp_path / "both" / "_errors").column("error")[0].as_py()
+    assert error.startswith("missing caption") and "modality=auto embeds every image" in error
 
 
 def test_bad_files_are_recorded_and_skipped(local_ray, tmp_path, photos, tiny_model):
@@ -130,14 +156,18 @@ def test_bad_files_are_recorded_and_skipped(local_ray, tmp_path, photos, tiny_mo
     (corpus / "bomb.png").write_bytes(_png_of_size(4000, 4000))
     (corpus / "nocaption.jpg").write_bytes(good)
     summary, out = embed(tmp_path, corpus, tiny_model, "max_error_fraction=0.5", "max_image_pixels=10000000")
-    assert summary.rows == 12 and summary.errors == 5
+    assert summary.rows == 13 and summary.errors == 4
     errors = {r["id"]: r["error"] for r in read_dataset(out / "_errors").to_pylist()}
     assert errors["zero.jpg"] == "empty file"
     assert errors["truncated.jpg"].startswith("cannot decode")
     assert errors["not-an-image.png"].startswith("cannot decode")
     assert errors["bomb.png"].startswith("image too large")
-    assert errors["nocaption.jpg"] == "missing caption"
-    assert not set(errors) & set(read_dataset(out).column("id").to_pylist())
+    assert not any(" at 0x" in e for e in errors.values())  # no Python object addresses
+    embedded = read_dataset(out)
+    assert not set(errors) & set(embedded.column("id").to_pylist())
+    nocaption = embedded.filter(pa.compute.equal(embedded.column("id"), "nocaption.jpg"))  # the image, no text
+    assert nocaption.column("image_embedding").is_valid()[0].as_py()
+    assert not nocaption.column("text_embedding").is_valid()[0].as_py()
 
 
 def test_too_many_errors_fail_the_job_and_keep_finished_shards(local_ray, tmp_path, tiny_model):
@@ -158,6 +188,20 @@ def test_rerun_of_a_finished_job_does_nothing(local_ray, tmp_path, tiny_model, c
     assert summary.already_complete and summary.rows == 5
     assert "nothing to do" in capsys.readouterr().out
     assert list_shards(str(tmp_path / "out")) == shards
+
+
+def test_rerun_of_a_finished_job_says_so_before_ray_the_model_or_the_input(local_ray, tmp_path, tiny_model):
+    """The plain CLI (the tiny model unregistered: building it would fail), an unreachable Ray address and a
+    missing input: "already complete" can only come out if none of them is touched."""
+    corpus = write_image_folder(tmp_path / "corpus", 3)
+    embed(tmp_path, corpus, tiny_model)
+    args = [f"input.path={tmp_path / 'gone'}", f"output.path={tmp_path / 'out'}", f"model.name={tiny_model}"]
+    args += ["model.pretrained=null", "ray.address=127.0.0.1:1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "embed", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is already complete (3 rows, 0 errors); nothing to do" in done.stdout
 
 
 def test_reusing_an_output_with_another_model_is_refused(local_ray, tmp_path, tiny_model, tiny_checkpoint):
@@ -203,23 +247,23 @@ def _png_of_size(width: int, height: int) -> bytes:
 
 
 def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_path, tiny_model):
-    from pipeline.embed import build_embed_plan
+    from pipeline.embed import embed_job
     from pipeline.encode.model import describe_model, resolve_model
     from pipeline.encode.preprocess import ImagePrep
     from pipeline.io.sources import open_source
+    from pipeline.runner import build_plan
 
     corpus = write_image_folder(tmp_path / "corpus", 4)
     cfg = compose("embed", embed_overrides(corpus, tmp_path / "out", tiny_model))
     spec = resolve_model(tiny_model, None)
     described = describe_model(spec)
     info = EmbeddingInfo.create(described.fingerprint, "float16", "image")
-    plan = build_embed_plan(
-        open_source(cfg.input), None, ImagePrep.from_transform(described.image_transform), spec, info, cfg
-    )
+    job = embed_job(open_source(cfg.input), ImagePrep.from_transform(described.image_transform), spec, info, cfg)
+    plan = build_plan(job)
     assert sum(b.column("rows")[0].as_py() for b in plan.iter_batches(batch_size=None, batch_format="pyarrow")) == 4
     stats = plan.stats()
-    assert "MapBatches(read_and_prepare)" in stats
-    assert "read_and_prepare)->MapBatches(EmbedBatches)" not in stats  # not fused into the encoder actor
+    assert "MapBatches(_read_units)" in stats  # the runner's read stage, running embed's read_and_prepare
+    assert "_read_units)->MapBatches(_StageActor)" not in stats  # not fused into the encoder actor
 
 
 def test_summary_reports_a_steady_pace_only_when_one_was_measured():

@@ -93,6 +93,7 @@ class EmbedBatches:
         threads: int | None = None,
         decode_images: bool = False,
         max_pixels: int = 89478485,
+        optional: tuple[str, ...] = (),
     ) -> None:
         if threads is None and spec.device == "cpu":
             from pipeline.runtime import node_cpus
@@ -100,6 +101,7 @@ class EmbedBatches:
             threads = node_cpus()  # the CPUs of the node this actor landed on, not the driver's
         self.encoder = ClipEncoder(spec, threads)
         self.kinds = ["image", "text"] if modality == "both" else [modality]
+        self.optional = optional  # kinds whose vector is null in rows without that input (texts of modality=auto)
         self.dtype = dtype
         self.decoder = None
         if decode_images:
@@ -124,15 +126,20 @@ class EmbedBatches:
         ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
         for kind in self.kinds:
             vectors = np.zeros((batch.num_rows, self.encoder.dim), dtype=np.float32)
-            if ok.any():
+            present = ok
+            if kind == "text" and kind in self.optional:
+                texts = batch.column("text").to_pylist()
+                present = ok & np.array([bool(t and t.strip()) for t in texts], dtype=bool)
+            if present.any():
                 if kind == "image" and device_pixels is not None:
-                    index = torch.from_numpy(np.flatnonzero(ok)).to(device_pixels.device)
-                    vectors[ok] = self.encoder.encode_pixel_tensor(device_pixels[index])
+                    index = torch.from_numpy(np.flatnonzero(present)).to(device_pixels.device)
+                    vectors[present] = self.encoder.encode_pixel_tensor(device_pixels[index])
                 elif kind == "image":
                     pixels = pixels_to_numpy(batch.column("pixels"), self.encoder.prep.size)
-                    vectors[ok] = self.encoder.encode_pixels(pixels[ok])
+                    vectors[present] = self.encoder.encode_pixels(pixels[present])
                 else:
-                    texts = np.asarray(batch.column("text").to_pylist(), dtype=object)[ok]
-                    vectors[ok] = self.encoder.encode_texts(texts.tolist())
-            batch = batch.append_column(f"{kind}_embedding", vectors_to_arrow(vectors, self.dtype))
+                    texts = np.asarray(batch.column("text").to_pylist(), dtype=object)[present]
+                    vectors[present] = self.encoder.encode_texts(texts.tolist())
+            column = vectors_to_arrow(vectors, self.dtype, valid=None if present is ok else present)
+            batch = batch.append_column(f"{kind}_embedding", column)
         return batch.drop_columns([c for c in ("pixels",) if c in batch.column_names])

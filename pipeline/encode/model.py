@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0  # pretrained=null: every worker builds the same random model
 HF_HOST = "huggingface.co"
-_PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")  # open_clip's
+
+
+def preprocess_overrides(tag_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing a pretrained tag sets (open_clip's ``PreprocessCfg`` keys), to force on the model."""
+    return {key: tag_cfg[key] for key in PREPROCESS_KEYS if tag_cfg.get(key) is not None}
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ def resolve_model(
         )
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     path = _download_tag(name, pretrained, tag_cfg, cache_dir)
-    overrides = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if tag_cfg.get(k) is not None}
+    overrides = preprocess_overrides(tag_cfg)
     return ModelSpec(
         name,
         pretrained,

@@ -9,7 +9,6 @@ Normalize, so vectors equal ``model.encode_image(preprocess(img))``.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +17,9 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from pipeline.errors import describe_error
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit greyscale (PNG)
-_OBJECT_ADDRESS = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 DRAFT_MARGIN = 2  # draft decoding keeps >= this many times the resize's output size: the exact resize still shrinks
 
 
@@ -94,12 +94,6 @@ def keep_ratio_size(height: int, width: int, target: tuple[int, int], longest: f
     return [round(height / ratio), round(width / ratio)]
 
 
-def clean_message(err: BaseException) -> str:
-    """An exception as ``Type: message`` without Python object addresses (``<_io.BytesIO object at 0x…>``)."""
-    text = _OBJECT_ADDRESS.sub("", str(err)).strip()
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """The decompression-bomb check of every image latent opens (corpus, query, thumbnail), from its header."""
     if width * height > max_pixels:
@@ -113,9 +107,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # Pillow's own guard, where the process keeps it (a library user)
-        raise BadImage(f"image too large for Pillow's MAX_IMAGE_PIXELS: {clean_message(err)}") from err
+        raise BadImage(f"image too large for Pillow's MAX_IMAGE_PIXELS: {describe_error(err)}") from err
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
+        raise BadImage(f"cannot decode image: {describe_error(err)}") from err
     check_pixels(*image.size, max_pixels)
     return image
 
@@ -141,7 +135,7 @@ def decode_image(
         image.load()
         return to_8bit(image)
     except Exception as err:  # PIL raises many types for broken files
-        raise BadImage(f"cannot decode image: {clean_message(err)}") from err
+        raise BadImage(f"cannot decode image: {describe_error(err)}") from err
 
 
 def prepare_records(
@@ -171,7 +165,12 @@ def prepare_records(
         flat = pa.array(pixels.reshape(-1), type=pa.uint8())
         table = table.append_column("pixels", pa.FixedSizeListArray.from_arrays(flat, height * width * 3))
     if needs_text:
-        missing = "missing caption" if prep is not None else "missing text"
+        missing = (
+            "missing caption (modality=both needs one for every image; modality=auto embeds every image and "
+            "the captions that exist)"
+            if prep is not None
+            else "missing text"
+        )
         errors = [e or (None if t else missing) for e, t in zip(errors, records.column("text").to_pylist())]
     return table.set_column(table.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
 

@@ -375,6 +375,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def publish_directory(staged: Path, target: Path) -> None:
+    """Move the finished directory ``staged`` to ``target``, replacing what was there in one atomic step
+    where the OS allows (renameat2 exchange), then remove the old one. Used for index and map directories."""
+    _fsync_tree(staged)
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if not _exchange(staged, target):
+        # two renames: a crash between them leaves the old directory under a hidden name
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(staged, target)
+        staged = old
+    shutil.rmtree(staged, ignore_errors=True)  # after an exchange, this holds the old directory
+
+
 class StagedIndexDirectory:
     """A new index directory being written next to ``path``; ``commit()`` moves it into place.
 
@@ -414,17 +430,8 @@ class StagedIndexDirectory:
         for name in (*index_files, ITEMS_FILE, IDS_FILE, INFO_FILE):
             if not self.file(name).is_file():
                 raise RuntimeError(f"staged index lacks {name}")
-        _fsync_tree(self.dir)
-        if not self.target.exists():
-            os.rename(self.dir, self.target)
-        elif not _exchange(self.dir, self.target):
-            # two renames: a crash between them leaves the old index under the staging name
-            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.target, old)
-            os.rename(self.dir, self.target)
-            self.dir = old
+        publish_directory(self.dir, self.target)
         self.committed = True
-        shutil.rmtree(self.dir, ignore_errors=True)  # after an exchange, this holds the old index
 
     def __enter__(self) -> StagedIndexDirectory:
         return self

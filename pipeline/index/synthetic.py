@@ -40,20 +40,28 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def iter_clustered(n: int, spec: ClusteredSpec = ClusteredSpec()) -> Iterator[np.ndarray]:
     """``n`` float32 unit vectors in chunks of at most CHUNK_ROWS rows (deterministic for a spec)."""
+    for vectors, _ in iter_clustered_groups(n, spec):
+        yield vectors
+
+
+def iter_clustered_groups(n: int, spec: ClusteredSpec = ClusteredSpec()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``iter_clustered``'s chunks with each row's known group (0..groups-1): the truth regions are judged by."""
     root = np.random.default_rng(spec.seed)
     groups = _unit(root.standard_normal((spec.groups, spec.dim)).astype(np.float32))
     jitter = _unit(root.standard_normal((spec.clusters, spec.dim)).astype(np.float32))
-    centres = _unit(groups[root.integers(0, spec.groups, spec.clusters)] + spec.group_spread * jitter)
+    group_of = root.integers(0, spec.groups, spec.clusters)
+    centres = _unit(groups[group_of] + spec.group_spread * jitter)
     basis = root.standard_normal((spec.rank, spec.dim)).astype(np.float32)
     basis *= (1.0 / np.sqrt(np.arange(1, spec.rank + 1, dtype=np.float32)))[:, None]
     basis *= spec.spread / np.sqrt((basis**2).sum())
     for i, start in enumerate(range(0, n, CHUNK_ROWS)):
         rng = np.random.default_rng([spec.seed, i])
         m = min(CHUNK_ROWS, n - start)
-        x = centres[rng.integers(0, spec.clusters, m)]
+        cluster = rng.integers(0, spec.clusters, m)
+        x = centres[cluster]
         x = x + rng.standard_normal((m, spec.rank), dtype=np.float32) @ basis
         x = x + rng.standard_normal((m, spec.dim), dtype=np.float32) * np.float32(spec.noise / np.sqrt(spec.dim))
-        yield _unit(x).astype(np.float32)
+        yield _unit(x).astype(np.float32), group_of[cluster]
 
 
 def clustered_unit_vectors(n: int, spec: ClusteredSpec = ClusteredSpec()) -> np.ndarray:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import LatentError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an embedding column listed in `optional` is null in rows without that input
 METADATA_KEY = b"latent.embedding"  # Parquet key-value metadata holding EmbeddingInfo as JSON
 SHARD_PREFIX = "part-"
 ERRORS_DIR = "_errors"
@@ -42,16 +42,31 @@ class EmbeddingInfo:
     modality: str  # image | text | both
     normalized: bool = True
     columns: dict[str, str] = field(default_factory=dict)  # modality -> embedding column
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    optional: list[str] = field(default_factory=list)  # kinds whose column is null where a row lacks that input
 
     @classmethod
-    def create(cls, model: dict[str, Any], dtype: str, modality: str) -> EmbeddingInfo:
+    def create(
+        cls, model: dict[str, Any], dtype: str, modality: str, optional: list[str] | None = None
+    ) -> EmbeddingInfo:
         kinds = ["image", "text"] if modality == "both" else [modality]
         columns = {kind: f"{kind}{EMBEDDING_SUFFIX}" for kind in kinds}
-        return cls(model=model, dim=int(model["dim"]), dtype=dtype, modality=modality, columns=columns)
+        optional = sorted(optional or [])
+        return cls(
+            model=model,
+            dim=int(model["dim"]),
+            dtype=dtype,
+            modality=modality,
+            columns=columns,
+            format_version=2 if optional else 1,  # version 1 readers stay able to read what they can
+            optional=optional,
+        )
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        data = dict(self.__dict__)
+        if not data["optional"]:
+            del data["optional"]  # format version 1, exactly as before
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> EmbeddingInfo:
@@ -66,7 +81,7 @@ class EmbeddingInfo:
     def compatible_with(self, other: EmbeddingInfo) -> list[str]:
         """Reasons two infos cannot share one dataset (empty when they can)."""
         problems = []
-        for key in ("dim", "dtype", "modality"):
+        for key in ("dim", "dtype", "modality", "optional"):
             if getattr(self, key) != getattr(other, key):
                 problems.append(f"{key}: {getattr(self, key)} != {getattr(other, key)}")
         for key in ("name", "pretrained", "checkpoint_sha256", "preprocess"):
@@ -86,10 +101,11 @@ class EmbeddingInfo:
         return pa.schema(fields, metadata={METADATA_KEY: self.to_json().encode()})
 
 
-def vectors_to_arrow(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    """An NxD array as a fixed_size_list<dtype>[D] array."""
+def vectors_to_arrow(vectors: np.ndarray, dtype: str, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """An NxD array as a fixed_size_list<dtype>[D] array (rows where ``valid`` is False are null)."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.dtype(dtype)).reshape(-1), type=_ARROW_DTYPES[dtype])
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1], mask=mask)
 
 
 def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dtype: np.dtype = np.float32) -> np.ndarray:
@@ -98,7 +114,10 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dtype: np.dtype = np.fl
     if len(array) == 0:
         return np.zeros((0, getattr(array.type, "list_size", 0)), dtype=dtype)
     if array.null_count:
-        raise LatentError(f"{array.null_count} rows have a null embedding")
+        raise LatentError(
+            f"{array.null_count} rows have a null embedding (in a dataset embedded with modality=auto, rows without "
+            f"a caption have no text_embedding: read the rows that have one, or use image_embedding)"
+        )
     lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
     if lengths.min() != lengths.max():
         raise LatentError(f"embeddings have mixed dimensions ({lengths.min()}..{lengths.max()})")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import SearchCommandConfig, SearchOutput
+from pipeline.config import PathCommandConfig, SearchCommandConfig, SearchOutput
 from pipeline.search.searcher import QueryError, Searcher, SearchResult
 
 TABLE_COLUMNS = ("rank", "score", "id", "source", "text")
@@ -17,12 +17,17 @@ _WIDTHS = {"id": 28, "source": 40, "text": 50}
 def _query(cfg: SearchCommandConfig, searcher: Searcher) -> tuple[str, dict[str, Any]]:
     """(what the query is, the keyword arguments of Searcher.search)."""
     q = cfg.query
-    given = {key: value for key, value in (("text", q.text), ("image", q.image), ("vector", q.vector), ("id", q.id))}
+    pairs = (("text", q.text), ("image", q.image), ("vector", q.vector), ("id", q.id), ("terms", q.terms))
+    given = dict(pairs)
     given = {key: value for key, value in given.items() if value is not None}
     if len(given) != 1:
         names = ", ".join(f"query.{key}" for key in given) or "none"
-        raise QueryError(f"set exactly one of query.text, query.image, query.vector or query.id (got {names})")
+        raise QueryError(
+            f"set exactly one of query.text, query.image, query.vector, query.id or query.terms (got {names})"
+        )
     ((kind, value),) = given.items()
+    if kind == "terms":
+        return kind, {"terms": str(value)}
     if kind == "text":
         return kind, {"texts": [str(value)]}
     if kind == "image":
@@ -74,3 +79,22 @@ def run_search(cfg: SearchCommandConfig) -> SearchResult:
     result = searcher.search(**query, k=cfg.k)
     print(render_json(result, kind, cfg) if cfg.output == SearchOutput.json else render_table(result))
     return result
+
+
+def run_path(cfg: PathCommandConfig) -> list[dict[str, Any]]:
+    """Print the route from item ``cfg.start`` to ``cfg.end`` (pipeline.search.terms.find_path)."""
+    from pipeline.search.terms import find_path
+
+    searcher = Searcher.open(cfg.index.path, cfg.model)
+    route = find_path(searcher, cfg.start, cfg.end, cfg.steps)
+    if cfg.output == SearchOutput.json:
+        document = {"index": cfg.index.path, "from": cfg.start, "to": cfg.end, "steps": cfg.steps, "route": route}
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        result = SearchResult(
+            scores=np.array([[r["score"] for r in route]], np.float32),
+            ids=np.array([[r["id"] for r in route]]),
+            items=[route],
+        )
+        print(render_table(result).replace("rank", "step", 1))
+    return route

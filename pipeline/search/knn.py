@@ -1,19 +1,18 @@
 """`latent knn`: a table of queries x an index -> each query's k nearest neighbours, as Parquet.
 
-``build_knn_plan`` is the one place the Ray Data plan is built: read tasks stream the query table
+``knn_job`` writes the job for the runner (pipeline/runner/): read tasks stream the query table
 (vectors, image paths/bytes or texts), an actor pool of Searchers (each maps the index once) answers
-a batch at a time, and write tasks commit Parquet shards. ``run_knn`` decides everything at the edge,
-runs the plan, and with ``threshold`` turns the neighbours into near-duplicate groups.
+a batch at a time, and write tasks commit Parquet shards; the runner resumes a killed run. ``run_knn``
+decides everything at the edge, runs the job, and with ``threshold`` turns the neighbours into
+near-duplicate groups.
 Output layout and schemas: docs/search.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -23,27 +22,37 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from pipeline.config import Device, InputFormat, KnnCommandConfig, Precision, QueryKind
 from pipeline.encode.model import ModelSpec
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, describe_error
 from pipeline.index.read import embedding_columns
 from pipeline.index.store import IndexDirectory
-from pipeline.io.shards import STATE_DIR, SUCCESS_MARKER, TMP_DIR, arrow_to_vectors, commit_table, filesystem
-from pipeline.io.sources import (
+from pipeline.io.output import JobOutput
+from pipeline.io.shards import ERRORS_DIR, arrow_to_vectors, commit_table, filesystem
+from pipeline.io.tables import (
     ID_COLUMN_GUESSES,
     IMAGE_COLUMN_GUESSES,
-    TABLE_EXTENSIONS,
     TEXT_COLUMN_GUESSES,
-    _list_files,
-    _table_images,
-    _table_schema,
+    TableBatch,
+    check_image_column,
+    list_tables,
+    read_images,
+    table_batches,
     table_units,
 )
-from pipeline.runtime import RunRecord, cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.runner import (
+    ActorStage,
+    Job,
+    JobResult,
+    ReadStage,
+    WriteStage,
+    actor_resources,
+    completed_summary,
+    run_job,
+)
+from pipeline.runtime import cluster_gpus, init_ray, resolve_device, resolve_precision
 from pipeline.search.limits import check_k
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image, resolve_query_model
 
@@ -51,7 +60,6 @@ log = logging.getLogger(__name__)
 
 NEIGHBORS_DIR = "neighbors"
 GROUPS_DIR = "groups"
-ERRORS_DIR = "_errors"
 NEIGHBORS_SCHEMA = pa.schema(
     [
         pa.field("query_id", pa.string(), nullable=False),
@@ -123,74 +131,89 @@ def _choose_column(schema: pa.Schema, kind: QueryKind, column: str | None) -> tu
 
 def list_queries(cfg: KnnCommandConfig) -> QueryTable:
     """List the query table at ``cfg.input.path`` and plan its read units (one per row group or file)."""
-    fs, root = filesystem(str(cfg.input.path))
-    if not fs.exists(root):
-        raise LatentError(f"input.path={cfg.input.path}: no such file or directory")
-    files = _list_files(fs, root)
-    base = posixpath.dirname(root) if fs.isfile(root) else root
-    fmt = cfg.input.format
-    if fmt == InputFormat.auto:
-        fmt = next((f for ext, f in TABLE_EXTENSIONS.items() if any(p.lower().endswith(ext) for p in files)), None)
-    if fmt not in TABLE_EXTENSIONS.values():
-        raise LatentError(f"input.path={cfg.input.path}: no .parquet, .csv or .jsonl files (input.format={fmt})")
-    ext = next(e for e, f in TABLE_EXTENSIONS.items() if f == fmt)
-    paths = [posixpath.join(base, f) for f in files if f.lower().endswith(ext)]
-    if not paths:
-        raise LatentError(f"input.path={cfg.input.path}: no {ext} files")
-    schema = _table_schema(fs, paths[0], fmt)
+    if cfg.input.format not in (InputFormat.auto, InputFormat.parquet, InputFormat.csv, InputFormat.jsonl):
+        raise LatentError(f"input.format={cfg.input.format.value}: knn reads parquet, csv or jsonl tables")
+    tables = list_tables(cfg.input.path, cfg.input.format)
+    schema = tables.schema
     kind, column = _choose_column(schema, cfg.input.kind, cfg.input.column)
+    if kind == "image":
+        check_image_column(schema, column, "input.column")
     id_column = cfg.input.id_column or next((c for c in ID_COLUMN_GUESSES if c in schema.names), None)
     if id_column is not None and id_column not in schema.names:
         raise LatentError(f"input.id_column={id_column}: no such column (columns: {', '.join(schema.names)})")
-    units, total = table_units(fs, paths, fmt)
+    units, total = table_units(tables.fs, tables.paths, tables.format)
     for unit in units:
-        unit.update(root=base, column=column, id_column=id_column, query_kind=kind)
-    return QueryTable(base, fmt, kind, column, id_column, units, total)
+        unit.update(root=tables.root, column=column, id_column=id_column, query_kind=kind)
+    return QueryTable(tables.root, tables.format, kind, column, id_column, units, total)
 
 
-def _unit_batches(unit: dict, rows: int) -> Iterator[pa.RecordBatch]:
-    fs, path = filesystem(unit["path"])
-    columns = [c for c in (unit["column"], unit["id_column"]) if c]
-    with fs.open(path, "rb") as f:
-        if unit["kind"] == "parquet":
-            yield from pq.ParquetFile(f).iter_batches(row_groups=[unit["row_group"]], batch_size=rows, columns=columns)
-            return
-        reader = pcsv.open_csv(f) if unit["kind"] == "csv" else pjson.open_json(f)
-        for batch in reader:
-            yield batch.select(columns)
+QUERY_TYPES = {"vector": pa.list_(pa.float32()), "image": pa.binary(), "text": pa.string()}
 
 
-def _records(batch: pa.RecordBatch, unit: dict, offset: int) -> pa.Table:
+def _records(part: TableBatch, unit: dict) -> pa.Table:
     """Read-task output: query_id, query (vector list, image bytes or text) and error (null when usable)."""
+    batch = part.batch
     n = batch.num_rows
-    if unit["id_column"]:
-        ids = pc.cast(batch.column(unit["id_column"]), pa.string())
-    else:
-        rel = posixpath.relpath(unit["path"], unit["root"])
-        ids = pa.array([f"{rel}:{offset + i}" for i in range(n)], pa.string())
-    column = batch.column(unit["column"])
+    rel = posixpath.relpath(unit["path"], unit["root"])
     kind = unit["query_kind"]
-    if kind == "image":
-        source = pa.nulls(n, pa.string())
-        query, error, _ = _table_images(pa.chunked_array([column]), unit, source)
-    elif kind == "text":
-        query = pc.cast(column, pa.string())
-        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(query), ""), True)
-        error = pc.if_else(blank, pa.scalar("empty text", pa.string()), pa.nulls(n, pa.string()))
+    if n:
+        if unit["id_column"]:
+            ids = pc.cast(batch.column(unit["id_column"]), pa.string())
+        else:
+            ids = pa.array([f"{rel}:{row}" for row in part.rows.tolist()], pa.string())
+        column = batch.column(unit["column"])
+        if kind == "image":
+            images, errors, _ = read_images(column.to_pylist(), unit["path"])
+            query, error = pa.array(images, pa.binary()), pa.array(errors, pa.string())
+        elif kind == "text":
+            query = pc.cast(column, pa.string())
+            blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(query), ""), True)
+            error = pc.if_else(blank, pa.scalar("empty text", pa.string()), pa.nulls(n, pa.string()))
+        else:
+            fixed = pa.types.is_fixed_size_list(column.type)
+            query = column if fixed else pc.cast(column, QUERY_TYPES["vector"])
+            error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
+        records = pa.table({"query_id": ids, "query": query, "error": error})
     else:
-        query = pc.cast(column, pa.list_(pa.float32())) if not pa.types.is_fixed_size_list(column.type) else column
-        error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
-    return pa.table({"query_id": ids, "query": query, "error": error})
+        records = pa.table(
+            {
+                "query_id": pa.array([], pa.string()),
+                "query": pa.array([], QUERY_TYPES[kind]),
+                "error": pa.array([], pa.string()),
+            }
+        )
+    if not part.bad:
+        return records
+    bad = pa.table(
+        {
+            "query_id": pa.array([f"{rel}:{row}" for row, _ in part.bad], pa.string()),
+            "query": pa.nulls(len(part.bad), records.schema.field("query").type),
+            "error": pa.array([why for _, why in part.bad], pa.string()),
+        }
+    )
+    return pa.concat_tables([records, bad])
 
 
-def read_queries(units: pa.Table, rows: int) -> Iterator[pa.Table]:
-    """Stage 1 (CPU task): stream the rows of read units as query records, ``rows`` at a time."""
-    for unit in units.column("unit").to_pylist():
-        unit = json.loads(unit)
-        offset = unit["offset"]
-        for batch in _unit_batches(unit, rows):
-            yield _records(batch, unit, offset)
-            offset += batch.num_rows
+def read_queries(unit: dict, done: pa.Array | None, rows: int) -> Iterator[pa.Table]:
+    """Stage 1 (CPU task): stream a read unit's rows as query records, ``rows`` at a time, without ``done`` ids."""
+    columns = [c for c in (unit["column"], unit["id_column"]) if c]
+    offset = unit["offset"]
+    try:
+        for part in table_batches(unit, columns, rows):
+            offset = int(part.rows[-1]) + 1 if len(part.rows) else offset
+            records = _records(part, unit)
+            if done is not None:
+                records = records.filter(pc.invert(pc.is_in(records.column("query_id"), value_set=done)))
+            yield records
+    except (pa.ArrowInvalid, OSError) as err:  # a broken file: one error row, the job goes on
+        rel = posixpath.relpath(unit["path"], unit["root"])
+        yield pa.table(
+            {
+                "query_id": [f"{rel}#unreadable@{offset}"],
+                "query": pa.nulls(1, QUERY_TYPES[unit["query_kind"]]),
+                "error": [f"unreadable table from row {offset}: {describe_error(err)}"],
+            }
+        )
 
 
 # -- the searcher actor ---------------------------------------------------------------------------------
@@ -264,72 +287,44 @@ class KnnBatches:
         )
 
 
-def write_neighbours(batch: pa.Table, output: str) -> pa.Table:
-    """Stage 3 (task): commit answered queries as a neighbours shard, failed ones as an error file."""
-    ok = pc.is_null(batch.column("error"))
-    good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
-    if good.num_rows:
-        commit_table(good.select(NEIGHBORS_SCHEMA.names).cast(NEIGHBORS_SCHEMA), posixpath.join(output, NEIGHBORS_DIR))
-    if bad.num_rows:
-        commit_table(bad.select(KNN_ERRORS_SCHEMA.names).cast(KNN_ERRORS_SCHEMA), posixpath.join(output, ERRORS_DIR))
-    return pa.table({"rows": [good.num_rows], "errors": [bad.num_rows]})
+def write_neighbours(good: pa.Table, output: str) -> None:
+    """Stage 3 (task): commit answered queries as a neighbours shard (the runner records failed ones)."""
+    commit_table(good.select(NEIGHBORS_SCHEMA.names).cast(NEIGHBORS_SCHEMA), posixpath.join(output, NEIGHBORS_DIR))
 
 
-@dataclass
-class SearcherResources:
-    actors: int
-    gpus_per_actor: float
-    cpus_per_actor: float
-    threads: int | None
+def knn_output(cfg: KnnCommandConfig) -> JobOutput:
+    """The knn output: neighbours and errors keyed by query id (docs/search.md)."""
+    return JobOutput(cfg.output.path, data_dirs=(NEIGHBORS_DIR, ERRORS_DIR), key="query_id")
 
 
-def searcher_resources(cfg: KnnCommandConfig, device: str) -> SearcherResources:
+def knn_job(
+    queries: QueryTable, spec: ModelSpec | None, device: str, cfg: KnnCommandConfig, output: JobOutput | None = None
+) -> Job:
+    """The knn job for the runner: read tasks -> searcher actors (each maps the index once) -> write tasks."""
     res = cfg.resources
-    if device == "cuda":
-        actors = res.actors or max(1, int(cluster_gpus() // res.gpus_per_actor))
-        return SearcherResources(actors, res.gpus_per_actor, res.cpus_per_actor or 1.0, None)
-    actors = res.actors or 1
-    # As embed's encoder: reserve one CPU but let FAISS/torch use the node's cores (read tasks are short).
-    threads = int(res.cpus_per_actor) if res.cpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
-    return SearcherResources(actors, 0.0, res.cpus_per_actor or 1.0, threads)
-
-
-def build_knn_plan(queries: QueryTable, spec: ModelSpec | None, resources: SearcherResources, cfg: KnnCommandConfig):
-    """The Ray Data plan of the knn job: read tasks -> searcher actors -> write tasks."""
-    import ray
-
-    units = ray.data.from_items(
-        [{"unit": json.dumps(u)} for u in queries.units], override_num_blocks=max(1, len(queries.units))
-    )
-    records = units.map_batches(
-        partial(read_queries, rows=cfg.batch_size),
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=cfg.resources.cpus_per_reader,
-        # Declared so that Ray Data keeps reading in its own tasks: it fuses a task stage into the next
-        # actor stage when their resources are equal (ray#54433), which would serialise read and search.
-        memory=READER_MEMORY,
-    )
-    answered = records.map_batches(
-        KnnBatches,
-        fn_constructor_kwargs={
-            "index_path": os.path.abspath(cfg.index.path),
-            "spec": spec,
-            "k": cfg.k,
-            "kind": queries.kind,
-            "threads": resources.threads,
-        },
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=resources.actors),
-        num_gpus=resources.gpus_per_actor or None,
-        num_cpus=resources.cpus_per_actor,
-    )
-    return answered.map_batches(
-        partial(write_neighbours, output=cfg.output.path),
-        batch_size=cfg.output.rows_per_shard,
-        batch_format="pyarrow",
-        num_cpus=0,  # I/O: a commit must never wait behind read tasks for a CPU
+    return Job(
+        name="knn",
+        output=output or knn_output(cfg),
+        config=cfg,
+        units=queries.units,
+        total_rows=queries.total_rows,
+        # Memory declared so that Ray Data keeps reading in its own tasks: it fuses a task stage into the
+        # next actor stage when their resources are equal (ray#54433), which would serialise read and search.
+        read=ReadStage(partial(read_queries, rows=cfg.batch_size), cpus=res.cpus_per_reader, memory=READER_MEMORY),
+        process=ActorStage(
+            KnnBatches,
+            {"index_path": os.path.abspath(cfg.index.path), "spec": spec, "k": cfg.k, "kind": queries.kind},
+            actor_resources(res.actors, res.cpus_per_actor, res.gpus_per_actor, device),
+            batch_size=cfg.batch_size,
+        ),
+        write=WriteStage(
+            partial(write_neighbours, output=cfg.output.path),
+            rows=cfg.output.rows_per_shard,
+            errors_schema=KNN_ERRORS_SCHEMA,
+        ),
+        stall_timeout_s=cfg.ray.stall_timeout_s,
+        progress=cfg.progress,
+        row_label="queries",
     )
 
 
@@ -434,75 +429,70 @@ def _check_config(cfg: KnnCommandConfig, directory: IndexDirectory) -> None:
             )
 
 
-def _prepare_output(output: str) -> tuple[Any, str]:
-    """The output's filesystem and root, emptied of an unfinished earlier run (knn reruns from the start)."""
-    fs, root = filesystem(output)
-    for name in (NEIGHBORS_DIR, GROUPS_DIR, ERRORS_DIR, TMP_DIR):
-        path = posixpath.join(root, name)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    fs.makedirs(posixpath.join(root, NEIGHBORS_DIR), exist_ok=True)
-    return fs, root
-
-
-def _progress(total: int | None, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="queries", desc="knn", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-
-
 def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
-    """Search ``cfg.index.path`` for every query of ``cfg.input.path``; write neighbours (and groups)."""
-    started = time.perf_counter()
+    """Search ``cfg.index.path`` for every query of ``cfg.input.path``; write neighbours (and groups).
+
+    A killed run, rerun with the same command, keeps what it committed and answers each query once."""
     directory = IndexDirectory.open(cfg.index.path)
     _check_config(cfg, directory)
-    fs, root = filesystem(cfg.output.path)
-    state = posixpath.join(root, STATE_DIR)
-    if fs.exists(posixpath.join(root, SUCCESS_MARKER)):
-        recorded = json.loads(fs.cat_file(posixpath.join(state, "summary.json")))
+    output = knn_output(cfg)
+    recorded = completed_summary(output)
+    if recorded is not None:
         summary = KnnSummary(**{**recorded, "already_complete": True})
         print(summary.render())
         return summary
     queries = list_queries(cfg)
-    init_ray(cfg.ray)
-    spec, device = None, "cpu"
-    if queries.kind != "vector":  # checked once here: a mismatched model fails before any actor starts
-        device = resolve_device(cfg.model.device, cluster_gpus())
-        model = replace(
-            cfg.model, device=Device(device), precision=Precision(resolve_precision(cfg.model.precision, device))
-        )
-        spec = resolve_query_model(directory.info, model, gpus=cluster_gpus())
-    fs, root = _prepare_output(cfg.output.path)
-    record = RunRecord.start(state, cfg)
-    plan = build_knn_plan(queries, spec, searcher_resources(cfg, device), cfg)
-    rows = errors = 0
-    with _progress(queries.total_rows, cfg.progress) as bar:
-        for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-            new_rows, new_errors = sum(stats.column("rows").to_pylist()), sum(stats.column("errors").to_pylist())
-            rows, errors = rows + new_rows, errors + new_errors
-            bar.update(new_rows + new_errors)
-            bar.set_postfix(errors=errors, refresh=False)
-    wall = time.perf_counter() - started
+    output.prepare()
+    with output.lock():  # a second writer is refused before Ray starts
+        init_ray(cfg.ray)
+        spec, device = None, "cpu"
+        if queries.kind != "vector":  # checked once here: a mismatched model fails before any actor starts
+            device = resolve_device(cfg.model.device, cluster_gpus())
+            model = replace(
+                cfg.model, device=Device(device), precision=Precision(resolve_precision(cfg.model.precision, device))
+            )
+            spec = resolve_query_model(directory.info, model, gpus=cluster_gpus())
+        summary = KnnSummary(**run_job(knn_job(queries, spec, device, cfg, output), partial(_finish, cfg, queries)))
+    print(summary.render())
+    return summary
+
+
+def _finish(cfg: KnnCommandConfig, queries: QueryTable, result: JobResult) -> dict:
+    """The summary over the whole output, and near-duplicate groups with a threshold."""
+    fs, root = filesystem(cfg.output.path)
+    started = time.perf_counter()
+    answered = _count_rows(posixpath.join(root, NEIGHBORS_DIR))
     summary = KnnSummary(
         output=cfg.output.path,
-        queries=rows,
-        errors=errors,
+        queries=answered,
+        errors=_count_rows(posixpath.join(root, ERRORS_DIR)),
         k=cfg.k,
         kind=queries.kind,
-        wall_seconds=round(wall, 3),
-        queries_per_second=round((rows + errors) / wall, 2) if wall else 0.0,
+        wall_seconds=result.wall_seconds,
+        queries_per_second=result.rows_per_second,
     )
+    fs.makedirs(posixpath.join(root, NEIGHBORS_DIR), exist_ok=True)
     if cfg.threshold is not None:
+        groups_dir = posixpath.join(root, GROUPS_DIR)
+        if fs.exists(groups_dir):  # groups of an earlier run that died while writing them
+            fs.rm(groups_dir, recursive=True)
         groups = near_duplicate_groups(posixpath.join(root, NEIGHBORS_DIR), cfg.threshold)
-        fs.makedirs(posixpath.join(root, GROUPS_DIR), exist_ok=True)
+        fs.makedirs(groups_dir, exist_ok=True)
         for start in range(0, groups.num_rows, cfg.output.rows_per_shard):
-            commit_table(groups.slice(start, cfg.output.rows_per_shard), posixpath.join(root, GROUPS_DIR))
+            commit_table(groups.slice(start, cfg.output.rows_per_shard), groups_dir)
         summary.groups = groups.num_rows
         summary.duplicates = int(pc.sum(groups.column("size")).as_py() or 0) - groups.num_rows
         summary.threshold = cfg.threshold
-        summary.wall_seconds = round(time.perf_counter() - started, 3)
-    fs.pipe_file(posixpath.join(state, "summary.json"), json.dumps(asdict(summary), indent=2).encode())
-    record.finish(asdict(summary))
-    fs.pipe_file(posixpath.join(root, SUCCESS_MARKER), b"")
-    print(summary.render())
-    return summary
+        summary.wall_seconds = round(result.wall_seconds + time.perf_counter() - started, 3)
+    return asdict(summary)
+
+
+def _count_rows(directory: str) -> int:
+    from pipeline.io.shards import list_shards
+
+    total = 0
+    for path in list_shards(directory):
+        fs, local = filesystem(path)
+        with fs.open(local, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total

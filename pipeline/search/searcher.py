@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import Device, Precision, SearchModelConfig
-from pipeline.encode.model import _PREPROCESS_KEYS, ModelSpec, describe_model, resolve_model
+from pipeline.config import SearchModelConfig
+from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
 from pipeline.index import shards
 from pipeline.index.store import IndexDirectory, IndexInfo
@@ -49,11 +49,6 @@ class SearchResult:
         return len(self.scores)
 
 
-def default_model_config() -> SearchModelConfig:
-    """The index's own weights on the best device here (conf/search.yaml's ``model`` defaults)."""
-    return SearchModelConfig(pretrained=None, device=Device.auto, precision=Precision.auto)
-
-
 class Searcher:
     """Nearest items of an index directory to vectors, texts or images.
 
@@ -66,7 +61,7 @@ class Searcher:
         self, directory: IndexDirectory, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
     ) -> None:
         self.directory = directory
-        self.model_config = model or default_model_config()
+        self.model_config = model or SearchModelConfig()  # the index's own weights, on the best device here
         self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
         self._encoder = None
         self._encoder_lock = threading.Lock()
@@ -136,19 +131,28 @@ class Searcher:
         vectors: Any = None,
         texts: Sequence[str] | None = None,
         images: Sequence[Any] | None = None,
+        terms: Sequence[Any] | str | None = None,
         k: int = 10,
         with_items: bool = True,
     ) -> SearchResult:
-        """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``.
+        """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``, ``terms``.
 
-        ``with_items=False`` skips reading the hits' metadata rows (``items`` is then a list of empty lists)."""
+        ``terms``: one query weighing several terms (pipeline.search.terms: a list of Term, or the expression
+        ``"id:ID + 'text' - 0.5*'text'"``). ``with_items=False`` skips reading the hits' metadata rows (``items``
+        is then a list of empty lists)."""
         given = [
-            name for name, value in (("vectors", vectors), ("texts", texts), ("images", images)) if value is not None
+            name
+            for name, value in (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
+            if value is not None
         ]
         if len(given) != 1:
-            raise QueryError(f"give exactly one of vectors, texts or images (got {', '.join(given) or 'none'})")
+            raise QueryError(f"give exactly one of vectors, texts, images or terms (got {', '.join(given) or 'none'})")
         k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
-        if vectors is not None:
+        if terms is not None:
+            from pipeline.search.terms import combine_terms, parse_terms
+
+            queries = combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
+        elif vectors is not None:
             queries = self._check_vectors(vectors)
         elif texts is not None:
             queries = self.encode_texts(texts)
@@ -367,7 +371,7 @@ def resolve_query_model(info: IndexInfo, cfg: SearchModelConfig, gpus: int | Non
         )
     if tag is not None:  # a tag's own settings hold even when its weights come from a local file
         tag_cfg = open_clip.get_pretrained_cfg(name, tag)
-        overrides = {key: tag_cfg[key] for key in _PREPROCESS_KEYS if tag_cfg.get(key) is not None}
+        overrides = preprocess_overrides(tag_cfg)
         spec = dataclasses.replace(
             spec, quick_gelu=bool(tag_cfg.get("quick_gelu", False)), preprocess_overrides=overrides
         )

@@ -290,6 +290,11 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             batched_queries=dict(batcher.stats.queries),
         )
 
+    from pipeline.serve.map_routes import attach_map
+
+    helpers = {"thumbnail_url": thumbnail_url, "metadata_of": metadata_of, "decode_image": decode_base64_image}
+    attach_map(app, searcher, cfg, batcher, helpers)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")

@@ -16,8 +16,7 @@ from collections import OrderedDict
 from PIL import Image
 
 from pipeline.encode.preprocess import BadImage, open_image, to_8bit
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+from pipeline.io.images import IMAGE_EXTENSIONS, is_image_name
 
 
 class NoThumbnail(Exception):
@@ -30,7 +29,7 @@ def read_source_image(source: str | None) -> bytes:
         raise NoThumbnail("the item's source is not a local image")
     source = source.removeprefix("file://")
     if os.path.isfile(source):
-        if not source.lower().endswith(tuple(f".{e}" for e in IMAGE_EXTENSIONS)):
+        if not is_image_name(source):
             raise NoThumbnail("the item's source is not an image file")
         with open(source, "rb") as f:
             return f.read()

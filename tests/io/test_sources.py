@@ -8,20 +8,12 @@ from corpora import jpeg_bytes, write_image_folder, write_table, write_webdatase
 
 from pipeline.config import InputConfig, InputFormat
 from pipeline.errors import LatentError
-from pipeline.io.sources import expand_braces, filter_done_units, open_source, read_unit
+from pipeline.io.sources import filter_done_units, open_source, read_unit
+from pipeline.io.webdataset import expand_braces
 
 
 def input_config(path, **kw) -> InputConfig:
-    values = {
-        "path": str(path),
-        "format": InputFormat.auto,
-        "image_column": None,
-        "text_column": None,
-        "id_column": None,
-        "files_per_task": 4,
-        **kw,
-    }
-    return InputConfig(**values)
+    return InputConfig(path=str(path), **{"files_per_task": 4, **kw})
 
 
 def read_all(source, done=None) -> pa.Table:
@@ -68,7 +60,7 @@ def test_webdataset_folder_is_detected_and_read(tmp_path):
 def test_tables_guess_columns_and_derive_ids(tmp_path, suffix):
     write_table(tmp_path / "t" / f"a{suffix}", pa.table({"caption": ["x", "y", "z"], "score": [1, 2, 3]}))
     source = open_source(input_config(tmp_path / "t"))
-    assert source.text_column == "caption" and not source.has_images
+    assert source.units[0]["columns"]["text"] == "caption" and not source.has_images
     table = read_all(source)
     assert table.column("id").to_pylist() == [f"a{suffix}:{i}" for i in range(3)]
     assert table.column("score").to_pylist() == [1, 2, 3]

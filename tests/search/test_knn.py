@@ -98,14 +98,22 @@ def test_text_queries_from_csv_equal_searcher_and_bad_rows_are_recorded(
 def test_image_path_queries_from_jsonl(local_ray, tmp_path, photo_index, photos, tiny_checkpoint):
     rows = [{"id": "a", "image": str(photos / "coffee.jpg")}, {"id": "b", "image": "missing.jpg"},
             {"id": "c", "image": str(photos / "sub" / "chelsea.jpg")}]  # fmt: skip
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [json.dumps(r) + "\n" for r in rows]
+    (tmp_path / "q.jsonl").write_text("".join([*lines[:2], '{"id": "d", "image": \n', lines[2]]))  # a broken line
     summary = knn(tmp_path / "q.jsonl", photo_index, tmp_path / "out", "k=2", f"model.pretrained={tiny_checkpoint}")
-    assert (summary.queries, summary.errors, summary.kind) == (2, 1, "image")
+    assert (summary.queries, summary.errors, summary.kind) == (2, 2, "image")
     got = as_dict(read(tmp_path / "out" / "neighbors"))
     assert got["a"][0][0] == "coffee.jpg" and got["c"][0][0] == "sub/chelsea.jpg"
     assert got["a"][1][0] == pytest.approx(1.0, abs=1e-4)
-    (error,) = read(tmp_path / "out" / "_errors").to_pylist()
-    assert error["query_id"] == "b" and "cannot read image file" in error["error"]
+    errors = {e["query_id"]: e["error"] for e in read(tmp_path / "out" / "_errors").to_pylist()}
+    assert "cannot read image file" in errors["b"]
+    assert errors["q.jsonl:2"].startswith(f"malformed JSON at {tmp_path / 'q.jsonl'} line 3")
+
+
+def test_an_integer_image_column_is_refused_naming_it(tmp_path, flat_index):
+    pq.write_table(pa.table({"image": [1, 2]}), tmp_path / "q.parquet")
+    with pytest.raises(LatentError, match="input.column: column 'image' holds int64"):
+        knn(tmp_path / "q.parquet", flat_index, tmp_path / "out")
 
 
 def test_groups_are_connected_components_of_pairs_above_threshold(tmp_path):
@@ -154,11 +162,12 @@ def test_the_stages_on_float16_embeddings_without_ray(tmp_path, flat_index, vect
     queries = list_queries(cfg)
     assert (queries.kind, queries.column, queries.id_column) == ("vector", "image_embedding", "id")
     assert queries.total_rows == 300
-    units = pa.table({"unit": [json.dumps(u) for u in queries.units]})
     searcher = KnnBatches(str(flat_index), None, k=4, kind="vector", threads=None)
-    answered = [searcher(records) for records in read_queries(units, rows=64)]
-    stats = [write_neighbours(batch, str(tmp_path / "out")) for batch in answered]
-    assert sum(s.column("rows")[0].as_py() for s in stats) == 300
+    answered = [searcher(records) for unit in queries.units for records in read_queries(unit, None, rows=64)]
+    assert sum(batch.num_rows for batch in answered) == 300
+    for batch in answered:
+        assert batch.column("error").null_count == batch.num_rows  # every query answered
+        write_neighbours(batch, str(tmp_path / "out"))
     got = as_dict(read(tmp_path / "out" / "neighbors"))
     ids = sorted(got, key=lambda i: int(i[1:]))
     stored = np.stack([x[int(i[1:])] for i in ids]).astype(np.float16).astype(np.float32)

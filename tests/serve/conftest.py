@@ -26,9 +26,8 @@ MAX_BODY = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def photo_embeddings_dataset(request, tmp_path_factory, photos, tiny_model) -> Path:
+def photo_embeddings_dataset(local_ray, tmp_path_factory, photos, tiny_model) -> Path:
     """The photos (with captions) embedded by `latent embed` (tiny model, seeded random weights)."""
-    request.getfixturevalue("local_ray")
     emb = tmp_path_factory.mktemp("serve-emb") / "emb"
     run_embed(compose("embed", embed_overrides(photos, emb, tiny_model, "output.dtype=float32")))
     return emb

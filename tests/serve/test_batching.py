@@ -1,5 +1,9 @@
 """Micro-batching: concurrent queries over real HTTP share encoder calls and FAISS searches, and each
-request still gets its own answer."""
+request still gets its own answer.
+
+No timing: the worker thread is held inside a first batch until every other request has reached the
+batcher, so what forms the next batch is decided by the batcher's rules alone (queued requests are
+taken together, up to max_batch), not by how fast this machine is."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import pytest
 
 from pipeline.encode.encoder import ClipEncoder
 from pipeline.search import Searcher
+from pipeline.serve.batcher import MicroBatcher
 
-TEXTS = [f"a photo number {i} of something" for i in range(16)]
+TEXTS = [f"a photo number {i} of something" for i in range(15)]
 
 
 @pytest.fixture
@@ -38,28 +43,64 @@ def counted_encoder(monkeypatch):
     return calls
 
 
+class Gate:
+    """Holds the batcher's worker inside its first batch until ``expected`` requests reached the batcher."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.arrived = 0
+        self.expected = 0
+        self.batches: list[list[str]] = []
+        run, search = MicroBatcher._run, MicroBatcher.search
+        gate = self
+
+        def held_run(batcher, batch):
+            gate.batches.append([r.kind for r in batch])
+            if len(gate.batches) == 1:
+                gate.inside.set()
+                assert gate.release.wait(120), "the other requests never reached the batcher"
+            return run(batcher, batch)
+
+        async def counted_search(batcher, kind, query, k):
+            gate.arrived += 1  # on the event loop: the request is queued before the collector can run again
+            if gate.expected and gate.arrived >= gate.expected:
+                gate.release.set()
+            return await search(batcher, kind, query, k)
+
+        monkeypatch.setattr(MicroBatcher, "_run", held_run)
+        monkeypatch.setattr(MicroBatcher, "search", counted_search)
+
+    def run(self, url: str, bodies: list[dict]) -> list[httpx.Response]:
+        """POST a first (vector) query, then ``bodies`` concurrently once the worker holds the first."""
+        self.expected = 1 + len(bodies)
+
+        async def post_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                first = asyncio.create_task(client.post("/search", json={"vector": [0.5] * 32, "k": 1}))
+                assert await asyncio.to_thread(self.inside.wait, 120)
+                rest = await asyncio.gather(*(client.post("/search", json=body) for body in bodies))
+                assert (await first).status_code == 200
+                return list(rest)
+
+        return asyncio.run(post_all())
+
+
 @pytest.fixture(scope="module")
 def batching_server(start_server, photo_index):
-    # a 300 ms window: the 16 requests below reach the server within it even on a loaded machine
-    return start_server(photo_index, "batch_wait_ms=300", "max_batch=64")
+    return start_server(photo_index, "batch_wait_ms=0", "max_batch=64")  # no waiting window at all
 
 
-async def _post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        return await asyncio.gather(*(client.post("/search", json=body) for body in bodies))
-
-
-def test_concurrent_text_queries_share_encoder_calls(batching_server, counted_encoder, photo_index):
+def test_queued_text_queries_share_one_encoder_call(batching_server, counted_encoder, photo_index, monkeypatch):
+    gate = Gate(monkeypatch)
     ks = [1 + i % 6 for i in range(len(TEXTS))]  # different k per request: each gets its own length back
     before = httpx.get(f"{batching_server.url}/healthz").json()["batches"]["texts"]
-    responses = asyncio.run(_post_all(batching_server.url, [{"text": t, "k": k} for t, k in zip(TEXTS, ks)]))
+    responses = gate.run(batching_server.url, [{"text": t, "k": k} for t, k in zip(TEXTS, ks)])
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
 
-    calls = counted_encoder["texts"]
-    assert sum(calls) == len(TEXTS)  # every text encoded exactly once
-    assert len(calls) <= 4 and max(calls) >= 4, calls  # 16 requests, a handful of encoder calls
-    batches = httpx.get(f"{batching_server.url}/healthz").json()["batches"]["texts"] - before
-    assert batches == len(calls)
+    assert gate.batches == [["vectors"], ["texts"] * len(TEXTS)]  # everything queued became one batch
+    assert counted_encoder["texts"] == [len(TEXTS)]  # one encoder call, every text encoded exactly once
+    assert httpx.get(f"{batching_server.url}/healthz").json()["batches"]["texts"] - before == 1
 
     reference = Searcher.open(photo_index)  # each request got the answer of its own query
     for text, k, response in zip(TEXTS, ks, responses):
@@ -69,15 +110,25 @@ def test_concurrent_text_queries_share_encoder_calls(batching_server, counted_en
         np.testing.assert_allclose([h["score"] for h in hits], expected.scores[0], rtol=1e-5, atol=1e-6)
 
 
-def test_a_bad_query_in_a_batch_fails_alone(batching_server, counted_encoder, photos):
+def test_a_batch_holds_at_most_max_batch(start_server, photo_index, counted_encoder, monkeypatch):
+    small = start_server(photo_index, "batch_wait_ms=0", "max_batch=4")
+    gate = Gate(monkeypatch)
+    responses = gate.run(small.url, [{"text": t, "k": 1} for t in TEXTS[:10]])
+    assert all(r.status_code == 200 for r in responses)
+    assert [len(b) for b in gate.batches] == [1, 4, 4, 2]
+    assert counted_encoder["texts"] == [4, 4, 2]
+
+
+def test_a_bad_query_in_a_batch_fails_alone(batching_server, counted_encoder, photos, monkeypatch):
     import base64
 
+    gate = Gate(monkeypatch)
     good = base64.b64encode((photos / "sub/chelsea.jpg").read_bytes()).decode()
     ids = [{"id": "coffee.jpg", "k": 1}, {"id": "missing.jpg"}, {"id": "camera.jpg", "k": 1}]
     bodies = [{"image": good, "k": 1}] * 3 + [{"vector": [0.5] * 32, "k": 1}, *ids]
-    responses = asyncio.run(_post_all(batching_server.url, bodies))
+    responses = gate.run(batching_server.url, bodies)
     assert [r.status_code for r in responses] == [200, 200, 200, 200, 200, 404, 200]
     assert all(r.json()["hits"][0]["id"] == "sub/chelsea.jpg" for r in responses[:3])
     assert [responses[i].json()["hits"][0]["id"] for i in (4, 6)] == ["coffee.jpg", "camera.jpg"]
-    assert counted_encoder["images"] and sum(counted_encoder["images"]) == 3
-    assert len(counted_encoder["images"]) < 3
+    assert len(gate.batches) == 2 and len(gate.batches[1]) == len(bodies)  # one batch, the bad query in it
+    assert counted_encoder["images"] == [3]  # the three images encoded together

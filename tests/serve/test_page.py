@@ -28,10 +28,15 @@ IMAGES_LOADED = """() => {
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make install` installs Debian's chromium (apt-get install chromium)")
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "playwright is not installed: pip install -e '.[test]'"
+    if missing is None and not os.path.exists(CHROMIUM):
+        missing = f"no Chromium at {CHROMIUM}: run `sudo apt-get install chromium` (or `make install`, as root)"
+    if missing:  # never a skip: `make test` (and CI) must not pass without having driven the page
+        pytest.fail(f"the browser tests need a real Chromium: {missing}; `make test-fast` leaves them out")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser

@@ -1,0 +1,240 @@
+"""Running a job: the lock, resume, progress, unit markers, the stall watchdog, faults as clear messages."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.compute as pc
+
+from pipeline.errors import LatentError
+from pipeline.io.output import JobOutput, unit_marker_name, writable_error
+from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
+from pipeline.runner.plan import build_plan, with_ids
+from pipeline.runtime import RunRecord, ray_session
+
+log = logging.getLogger(__name__)
+
+UNIT_POLL_SECONDS = 5.0  # how often completed units get their markers while the job runs
+
+# -- stalls -----------------------------------------------------------------------------------------
+
+
+def unmet_demand(job: Job) -> str | None:
+    """Why the cluster's live nodes cannot run the job's stages now (None when they can)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus, gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+    res = job.process.resources
+    need_cpus = res.actors * res.cpus + job.read.cpus
+    problems = []
+    if need_cpus > cpus:
+        problems.append(
+            f"{need_cpus:g} CPUs ({res.actors} actors x {res.cpus:g} + {job.read.cpus:g} for reading), "
+            f"the cluster has {cpus:g}"
+        )
+    if res.actors * res.gpus > gpus:
+        problems.append(
+            f"{res.actors * res.gpus:g} GPUs ({res.actors} actors x {res.gpus:g}), the cluster has {gpus:g}"
+        )
+    if nodes and not any(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
+        problems.append(f"no live node has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one actor")
+    if not problems:
+        return None
+    return f"the stages need {'; '.join(problems)} ({len(nodes)} live nodes; was a node lost?)"
+
+
+class _Watchdog(threading.Thread):
+    """Interrupts the run when no row came for ``timeout`` seconds and the stages cannot be scheduled."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(daemon=True, name="latent-stall-watchdog")
+        self.job, self.timeout = job, job.stall_timeout_s
+        self.last_progress = time.monotonic()
+        self.reason: str | None = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import _thread
+
+        warned = False
+        while not self.stopped.wait(min(5.0, max(0.5, self.timeout / 4))):
+            idle = time.monotonic() - self.last_progress
+            if idle < self.timeout:
+                warned = False
+                continue
+            try:
+                why = unmet_demand(self.job)
+            except Exception:  # noqa: BLE001  (Ray going away under us: the main thread reports it)
+                return
+            if why:
+                self.reason = f"no progress for {idle:.0f} s and nothing can be scheduled: {why}"
+                _thread.interrupt_main()
+                return
+            if not warned:
+                log.warning("no rows for %.0f s; the stages are scheduled and still working", idle)
+                warned = True
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _cause(err: BaseException) -> BaseException | None:
+    """The LatentError or OSError behind an exception that Ray wrapped (task errors, user code errors)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, LatentError | OSError) and not type(e).__module__.startswith("ray"):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return _cause_in_text(str(err))
+
+
+def _cause_in_text(text: str) -> BaseException | None:
+    """A task's exception chain does not survive Ray's serialisation, only its traceback text: read it there."""
+    found = re.findall(r"(?:pipeline\.errors\.)?LatentError: ([^\n]+)", text)
+    if found:
+        return LatentError(found[-1].strip())
+    found = re.findall(r"(\w*Error): \[Errno (\d+)\] ([^\n:']+)(?:: '([^'\n]+)')?", text)
+    if found:
+        _, number, message, filename = found[-1]
+        return OSError(int(number), message.strip(), filename or None)
+    return None
+
+
+def _about_output(err: OSError, output: JobOutput) -> bool:
+    """Whether an OSError met while running is the output's (a full or read-only disk), not an input's."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return str(getattr(err, "filename", "") or "").startswith(output.root)
+
+
+def _progress(job: Job, total: int | None):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, unit=job.row_label, desc=job.name, disable=not job.progress, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _execute(job: Job, plan, total: int | None) -> tuple[int, int, float]:
+    """Iterate the plan: progress, error fraction, unit markers. Returns (rows, errors, steady pace)."""
+    output = job.output
+    rows = errors = 0
+    by_attempt: Counter[str] = Counter()
+    marked: set[str] = set()
+    first: tuple[float, int] | None = None
+    last = polled = time.monotonic()
+    watchdog = _Watchdog(job)
+    watchdog.start()
+    try:
+        with _progress(job, total) as bar:
+            # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
+            for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
+                rows, errors = rows + new_rows, errors + new_errors
+                by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
+                last = watchdog.last_progress = time.monotonic()
+                first = first or (last, rows + errors)
+                bar.update(new_rows + new_errors)
+                bar.set_postfix(errors=errors, refresh=False)
+                check_error_fraction(rows, errors, job.max_error_fraction, output.path, final=False)
+                if last - polled > UNIT_POLL_SECONDS:
+                    _mark_finished_units(output, by_attempt, marked)
+                    polled = last
+        _mark_finished_units(output, by_attempt, marked)
+    except KeyboardInterrupt:
+        if watchdog.reason:
+            raise LatentError(
+                f"latent {job.name} is stuck: {watchdog.reason}. Finished work is kept: fix the cluster or "
+                f"the resources and rerun the same command to resume."
+            ) from None
+        raise
+    except LatentError:
+        raise
+    except Exception as err:
+        cause = _cause(err)
+        if isinstance(cause, LatentError):
+            raise LatentError(str(cause)) from None
+        if isinstance(cause, OSError) and _about_output(cause, output):
+            raise writable_error(output.path, cause) from None
+        raise
+    finally:
+        watchdog.stopped.set()
+    steady = (rows + errors - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
+    return rows, errors, steady
+
+
+def _mark_finished_units(output: JobOutput, by_attempt: Counter, marked: set[str]) -> None:
+    """Mark units whose read attempt's rows are all committed (attempts of retried reads never complete)."""
+    finished = []
+    for tag, emitted in output.read_counts().items():
+        unit = tag.rsplit(".", 1)[0]
+        if unit not in marked and by_attempt[tag] >= emitted:
+            finished.append(unit)
+            marked.add(unit)
+    output.mark_units_done(finished)
+
+
+def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``job`` to completion (resuming what an earlier run left), holding its output's lock.
+
+    ``finish`` gets this run's counts and returns the summary, recorded in the run record and in
+    ``_latent/summary.json``; ``_SUCCESS`` is written last. Raises LatentError with what to do."""
+    started = time.perf_counter()
+    output = job.output
+    output.prepare()
+    with output.lock():
+        try:
+            output.clean_tmp()
+            output.clear_read_counts()
+            record = RunRecord.start(output.state_dir, job.config, ray=ray_session())
+            done = output.done_keys()
+            finished = output.done_units()
+            units = [u for u in with_ids(job.units) if unit_marker_name(u["unit_id"]) not in finished]
+            total = None if job.total_rows is None else max(0, job.total_rows - len(done))
+            if job.drop_done is not None:
+                units, total = job.drop_done(units, done)
+            if finished or len(done):
+                print(
+                    f"latent {job.name}: resuming: {len(finished):,} units and {len(done):,} rows finished earlier "
+                    f"are kept; {len(units):,} units to do",
+                    file=sys.stderr,
+                )
+            rows = errors = 0
+            steady = 0.0
+            if units:  # nothing left: no plan at all (Ray Data would only say it received 0 inputs)
+                plan = build_plan(job, units, done if len(done) else None)
+                rows, errors, steady = _execute(job, plan, total)
+            output.remove_duplicates()
+            wall = time.perf_counter() - started
+            result = JobResult(
+                rows=rows,
+                errors=errors,
+                wall_seconds=round(wall, 3),
+                rows_per_second=round((rows + errors) / wall, 2) if wall else 0.0,
+                steady_rows_per_second=round(steady, 2),
+            )
+            summary = finish(result)
+            output.mark_complete(summary)
+            output.clear_units()  # complete: the markers served their purpose
+            record.finish(summary)
+        except KeyboardInterrupt:
+            raise JobInterrupted("interrupted; rerun the same command to resume") from None
+        except OSError as err:
+            if _about_output(err, output):
+                raise writable_error(output.path, err) from err
+            raise
+    return summary

@@ -1,0 +1,119 @@
+"""A runner job: its units, its stages and their resources, its result (see pipeline/runner/__init__.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import LatentError
+from pipeline.io.output import JobOutput
+from pipeline.io.shards import ERRORS_DIR
+from pipeline.runtime import cluster_cpu_nodes, cluster_gpus
+
+MIN_ROWS_FOR_ERROR_CHECK = 200  # judge the error fraction early only once a sample this large is in
+
+
+class JobInterrupted(LatentError):
+    exit_code = 130
+
+
+# -- a job ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ActorResources:
+    """One actor-pool stage's resources: decided once, here, from the cluster (``actor_resources``)."""
+
+    actors: int
+    cpus: float
+    gpus: float
+    threads: int | None  # torch/FAISS threads of an actor; None: the library's default (GPU actors)
+    node_threads: bool = False  # CPU actors: as many threads as the node the actor lands on has CPUs
+
+
+def actor_resources(actors: int | None, cpus: float | None, gpus_per_actor: float, device: str) -> ActorResources:
+    """Resources of an actor pool on ``device``; nulls derived from the cluster.
+
+    CUDA: one actor per ``gpus_per_actor`` of the cluster's GPUs. CPU: one actor per node with CPUs to
+    spare; it reserves one CPU (or ``cpus``) but runs on all of its node's cores unless ``cpus`` is set
+    (read tasks are short and interleave, so the cores stay busy)."""
+    if device == "cuda":
+        count = actors or max(1, int(cluster_gpus() // gpus_per_actor))
+        return ActorResources(count, cpus or 1.0, gpus_per_actor, None)
+    threads = int(cpus) if cpus else None
+    return ActorResources(actors or cluster_cpu_nodes(), cpus or 1.0, 0.0, threads, node_threads=threads is None)
+
+
+@dataclass
+class ReadStage:
+    """``fn(unit, done)`` -> Arrow tables of records (CPU tasks); ``done``: keys to skip, or None."""
+
+    fn: Callable[[dict, pa.Array | None], Iterator[pa.Table]]
+    cpus: float = 1.0
+    memory: int | None = None  # bytes a read task holds; declared, it also keeps reads out of the actor
+
+
+@dataclass
+class ActorStage:
+    """``cls(**kwargs, threads=...)`` once per actor, then called on batches (same number of rows out)."""
+
+    cls: type
+    kwargs: dict[str, Any]
+    resources: ActorResources
+    batch_size: int
+
+
+@dataclass
+class WriteStage:
+    """``fn(good_rows)`` commits rows whose ``error`` is null; failed rows go to ``<output>/_errors``."""
+
+    fn: Callable[[pa.Table], Any]
+    rows: int  # rows per call: a shard
+    errors_schema: pa.Schema
+
+
+@dataclass
+class Job:
+    name: str  # the command: names the progress bar and messages
+    output: JobOutput
+    config: Any  # recorded in the run record
+    units: list[dict[str, Any]]  # JSON-able; "unit_id" (stable across runs) is added when missing
+    read: ReadStage
+    process: ActorStage
+    write: WriteStage
+    total_rows: int | None = None  # rows of all units, when known up front
+    drop_done: Callable[[list[dict], pa.Array], tuple[list[dict], int | None]] | None = None  # units known done early
+    max_error_fraction: float | None = None
+    object_store_budget: int | None = None  # bytes in flight across stages (None: Ray Data's default)
+    block_bytes: int | None = None  # Ray Data's block size (None: its default)
+    stall_timeout_s: float = 600.0
+    progress: bool = True
+    row_label: str = "rows"
+
+
+@dataclass
+class JobResult:
+    rows: int  # rows committed this run (not errors)
+    errors: int  # rows recorded as errors this run
+    wall_seconds: float
+    rows_per_second: float  # rows and errors over the whole wall time
+    steady_rows_per_second: float  # from the first commit to the last: the pipeline's pace
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_error_fraction(rows: int, errors: int, limit: float | None, output: str, final: bool) -> None:
+    seen = rows + errors
+    if limit is not None and seen and (final or seen >= MIN_ROWS_FOR_ERROR_CHECK) and errors / seen > limit:
+        raise LatentError(
+            f"{errors:,} of {seen:,} rows failed ({errors / seen:.1%}), more than max_error_fraction={limit}; "
+            f"see {output}/{ERRORS_DIR}. Fix the input (or raise max_error_fraction) and rerun: "
+            f"finished shards are kept."
+        )
+
+
+def completed_summary(output: JobOutput) -> dict | None:
+    """The recorded summary of a finished output (None if unfinished): checked before anything starts."""
+    return output.recorded_summary() if output.complete else None

@@ -1,0 +1,121 @@
+"""The Ray Data plan of a runner job: read tasks -> the actor pool -> write tasks. The one place plans are built.
+
+The job's stages are wrapped so that every row carries the unit (and read attempt) it came from,
+and the write tasks report how many rows of each they committed: the driver marks units done.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.io.output import READ_DIR, unit_marker_name
+from pipeline.io.shards import commit_table, filesystem
+from pipeline.runner.job import Job
+from pipeline.runtime import node_cpus
+
+UNIT_COLUMN = "_latent_unit"  # which unit (and read attempt) a row came from: "<unit marker>.<attempt>"
+
+
+def _read_units(units: pa.Table, fn: Callable, done: pa.Array | None, state_dir: str) -> Iterator[pa.Table]:
+    fs, _ = filesystem(state_dir)
+    attempts = posixpath.join(state_dir, "units", READ_DIR)
+    fs.makedirs(attempts, exist_ok=True)
+    for text in units.column("unit").to_pylist():
+        unit = json.loads(text)
+        tag = f"{unit_marker_name(unit['unit_id'])}.{uuid.uuid4().hex[:12]}"  # this read attempt
+        emitted = 0
+        for records in fn(unit, done):
+            if records.num_rows:
+                emitted += records.num_rows
+                yield records.append_column(UNIT_COLUMN, pa.array([tag] * records.num_rows, pa.string()))
+        fs.pipe_file(posixpath.join(attempts, tag), str(emitted).encode())
+
+
+class _StageActor:
+    def __init__(self, stage: type, kwargs: dict, threads: int | None, node_threads: bool) -> None:
+        self.fn = stage(**kwargs, threads=node_cpus() if node_threads else threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tags = batch.column(UNIT_COLUMN)
+        out = self.fn(batch.drop_columns([UNIT_COLUMN]))
+        if out.num_rows != batch.num_rows:
+            raise RuntimeError(f"{type(self.fn).__name__} returned {out.num_rows} rows for {batch.num_rows}")
+        return out.append_column(UNIT_COLUMN, tags)
+
+
+def _write(batch: pa.Table, fn: Callable, errors_dir: str, errors_schema: pa.Schema) -> pa.Table:
+    tags = batch.column(UNIT_COLUMN)
+    batch = batch.drop_columns([UNIT_COLUMN])
+    ok = pc.is_null(batch.column("error"))
+    good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
+    if good.num_rows:
+        fn(good)
+    if bad.num_rows:
+        commit_table(bad.select(errors_schema.names).cast(errors_schema), errors_dir)
+    counts = pc.value_counts(tags)
+    units = counts.field("values").to_pylist() or [""]
+    padding = [0] * (len(units) - 1)
+    return pa.table(
+        {
+            "unit": pa.array(units, pa.string()),
+            "count": pa.array(counts.field("counts").to_pylist() or [0], pa.int64()),
+            "rows": pa.array([good.num_rows, *padding], pa.int64()),
+            "errors": pa.array([bad.num_rows, *padding], pa.int64()),
+        }
+    )
+
+
+def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None = None):
+    """The Ray Data plan: read tasks -> the actor pool -> write tasks. The one place plans are built."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    context = DataContext.get_current()
+    if job.block_bytes:
+        context.target_max_block_size = job.block_bytes
+    if job.object_store_budget:
+        # Reading is cheaper than the actor's work: unbounded, reads would buffer the input in the object store.
+        context.execution_options.resource_limits = ExecutionResources.for_limits(
+            object_store_memory=job.object_store_budget
+        )
+    stage = job.process
+    units = with_ids(job.units) if units is None else units
+    items = [{"unit": json.dumps(u)} for u in units]
+    records = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=job.read.cpus,
+        memory=job.read.memory,
+    )
+    processed = records.map_batches(
+        _StageActor,
+        fn_constructor_kwargs={
+            "stage": stage.cls,
+            "kwargs": stage.kwargs,
+            "threads": stage.resources.threads,
+            "node_threads": stage.resources.node_threads,
+        },
+        batch_size=stage.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=stage.resources.actors),
+        num_gpus=stage.resources.gpus or None,
+        num_cpus=stage.resources.cpus,
+    )
+    return processed.map_batches(
+        partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema),
+        batch_size=job.write.rows,
+        batch_format="pyarrow",
+        num_cpus=0,  # I/O: a commit must never wait behind read tasks for a CPU
+    )
+
+
+def with_ids(units: list[dict]) -> list[dict]:
+    return [u if "unit_id" in u else {**u, "unit_id": json.dumps(u, sort_keys=True)} for u in units]

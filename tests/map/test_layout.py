@@ -1,0 +1,96 @@
+"""Layout pieces on NumPy arrays: sampling, the kNN graph, placement from landmarks, regions, preservation."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from map.conftest import clustered
+from pipeline.map.layout import LandmarkIndex, PcaProjection, knn_graph, membership_weights, sample_rows
+from pipeline.map.place import Placer
+from pipeline.map.quality import neighbourhood_preservation
+from pipeline.map.regions import find_regions, vote
+
+
+def test_sample_is_seeded_sorted_and_distinct():
+    a, b, c = sample_rows(1000, 100, 3), sample_rows(1000, 100, 3), sample_rows(1000, 100, 4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(np.unique(a)) == 100 and np.all(np.diff(a) > 0)
+    assert np.array_equal(sample_rows(10, 100, 0), np.arange(10))
+
+
+def test_knn_graph_puts_each_row_first_at_distance_zero():
+    vectors, _ = clustered(300)
+    vectors = np.concatenate([vectors, vectors[:5]])  # exact duplicates tie with their original
+    indices, distances = knn_graph(vectors, 6)
+    assert np.array_equal(indices[:, 0], np.arange(len(vectors)))
+    assert np.all(distances[:, 0] == 0) and np.all(np.diff(distances[:, 1:], axis=1) >= -1e-6)
+
+
+def test_a_landmark_is_placed_on_itself_and_rows_between_landmarks_between_them():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    xy = rng.uniform(-10, 10, (50, 2)).astype(np.float32)
+    index = LandmarkIndex(vectors, xy, k=4)
+    placed, neighbours, weights = index.place(vectors[:10])
+    on_map = ((placed[:, None, :] - xy[None]) ** 2).sum(-1).argmin(axis=1)
+    assert np.array_equal(on_map, np.arange(10))  # a landmark's own vector lands nearest its own position
+    assert np.allclose(weights.sum(axis=1), 1)
+    mid = vectors[0] + vectors[1]
+    placed, neighbours, _ = index.place((mid / np.linalg.norm(mid))[None])
+    assert set(neighbours[0, :2]) == {0, 1}
+    lo, hi = np.minimum(xy[0], xy[1]) - 1e-3, np.maximum(xy[0], xy[1]) + 1e-3
+    assert np.all(placed[0] >= lo - 5) and np.all(placed[0] <= hi + 5)  # near the segment between them
+
+
+def test_landmark_index_survives_pickling_including_ivf():
+    vectors, _ = clustered(2500)
+    xy = np.random.default_rng(1).uniform(size=(2500, 2)).astype(np.float32)
+    index = LandmarkIndex(vectors, xy, k=5, exact_below=1000)  # IVF above 1000
+    copy = pickle.loads(pickle.dumps(index))
+    a, b = index.place(vectors[:100]), copy.place(vectors[:100])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_membership_weights_prefer_nearer_landmarks():
+    w = membership_weights(np.array([[0.1, 0.2, 0.4]], np.float32))
+    assert w[0, 0] > w[0, 1] > w[0, 2] and np.isclose(w.sum(), 1)
+
+
+def test_regions_nest_and_rows_vote_with_their_landmarks():
+    vectors, groups = clustered(1200)
+    xy = PcaProjection.fit(vectors)(vectors)
+    graph, _ = knn_graph(vectors, 10)
+    regions = find_regions(vectors, xy, graph, levels=3, split=4, coarse="kmeans", coarse_k=5)
+    assert regions.levels == 3
+    for level in (1, 2):
+        parents = regions.parents[level]
+        assert np.array_equal(parents[regions.landmark_labels[level]], regions.landmark_labels[level - 1])
+    labels = np.array([0, 1, 1])
+    neighbours = np.array([[0, 1, 2], [0, 0, 1]])
+    weights = np.array([[0.5, 0.3, 0.2], [0.3, 0.3, 0.4]], np.float32)
+    assert vote(labels, neighbours, weights, 2).tolist() == [0, 0]
+
+
+def test_placer_keeps_landmark_rows_exactly():
+    vectors, _ = clustered(500)
+    rows = sample_rows(500, 100, 0)
+    xy = np.random.default_rng(2).uniform(size=(100, 2)).astype(np.float32)
+    labels = [np.zeros(100, np.int32), np.arange(100, dtype=np.int32) % 3]
+    parents = [np.array([-1], np.int32), np.zeros(3, np.int32)]
+    placer = Placer(LandmarkIndex(vectors[rows], xy, k=5), rows, labels, parents)
+    placed, levels = placer.place(0, vectors)
+    np.testing.assert_array_equal(placed[rows], xy)
+    np.testing.assert_array_equal(levels[1][rows], labels[1])
+    assert np.all(levels[0] == 0)
+
+
+def test_preservation_is_one_for_an_isometric_map_and_low_for_a_random_one():
+    rng = np.random.default_rng(0)
+    flat = rng.uniform(size=(800, 2)).astype(np.float32)
+    vectors = np.concatenate([flat, np.zeros((800, 3), np.float32)], axis=1)
+    assert neighbourhood_preservation(vectors, flat, metric="l2", queries=200) > 0.99
+    shuffled = flat[rng.permutation(800)]
+    assert neighbourhood_preservation(vectors, shuffled, metric="l2", queries=200) < 0.1

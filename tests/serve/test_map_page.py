@@ -1,0 +1,94 @@
+"""The map view driven in a real headless Chromium: WebGL points, hover, click, a located query, a box selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve.test_map_api import map_index, map_server, photo_map  # noqa: F401  (fixtures)
+from serve.test_page import browser  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.browser
+
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+WHITE = [255, 255, 255, 255]
+
+
+@pytest.fixture
+def map_page(browser, map_server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(map_server.url + "/map")
+    page.wait_for_function("() => window.latentMap && window.latentMap.ready && window.latentMap.frames > 0")
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def test_points_render_in_webgl(map_page):
+    state = map_page.evaluate("() => ({points: latentMap.points, bytes: latentMap.bytes, error: latentMap.error})")
+    assert state == {"points": 6, "bytes": 60, "error": None}
+    colours = map_page.evaluate("() => [0, 1, 2, 3, 4, 5].map((i) => latentMap.pixelOf(i))")
+    assert all(c != WHITE for c in colours), colours  # every point is drawn where it lies
+    assert map_page.evaluate("() => latentMap.labelsShown.length") >= 1  # region labels are drawn
+
+
+def test_hover_shows_a_thumbnail_and_caption(map_page):
+    x, y = map_page.evaluate("() => latentMap.screenOf(3)")
+    map_page.mouse.move(x, y)
+    map_page.wait_for_function("() => latentMap.hover && latentMap.hover.index === 3 && latentMap.hover.thumbnail")
+    assert map_page.is_visible("#tooltip")
+    assert map_page.evaluate("() => document.querySelector('#tooltip-img').naturalWidth") > 0
+    assert "a photo of" in map_page.text_content("#tooltip-text")
+
+
+def test_click_lists_and_highlights_nearest_neighbours(map_page):
+    x, y = map_page.evaluate("() => latentMap.screenOf(1)")
+    before = map_page.evaluate("() => latentMap.pixelOf(1)")
+    map_page.mouse.click(x, y)
+    map_page.wait_for_function("() => latentMap.highlighted.length > 0")
+    map_page.wait_for_function("() => document.querySelectorAll('#list li').length > 0")
+    assert map_page.evaluate("() => latentMap.highlighted[0]") == 1  # the item itself is its nearest
+    map_page.wait_for_function("(b) => JSON.stringify(latentMap.pixelOf(1)) !== JSON.stringify(b)", arg=before)
+    r, g, b, _ = map_page.evaluate("() => latentMap.pixelOf(1)")
+    assert r > 200 and 100 < g < 180 and b < 60  # drawn orange: highlighted
+
+
+def test_a_text_query_lands_and_its_hits_are_highlighted(map_page):
+    map_page.fill("#locate", "a photo of rocket")
+    map_page.press("#locate", "Enter")
+    map_page.wait_for_function("() => latentMap.query && latentMap.query.hits.length > 0")
+    hit = map_page.evaluate("() => latentMap.query.hits[0]")
+    map_page.wait_for_timeout(200)
+    r, g, b, _ = map_page.evaluate("(i) => latentMap.pixelOf(i)", hit)
+    assert r > 180 and g < 80 and b < 100  # the hit is drawn red
+    assert "query lands" in map_page.text_content("#map-status")
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    map_page.screenshot(path=str(DOCS_IMG / "map-view.png"))
+
+
+def test_box_selection_lists_items_and_exports_ids(map_page):
+    map_page.keyboard.down("Shift")
+    map_page.mouse.move(5, 60)
+    map_page.mouse.down()
+    map_page.mouse.move(900, 780, steps=5)
+    map_page.mouse.up()
+    map_page.keyboard.up("Shift")
+    map_page.wait_for_function("() => latentMap.selectionIds && latentMap.selectionIds.length > 0")
+    assert "selected" in map_page.text_content("#map-status")
+    with map_page.expect_download() as download:
+        map_page.click("#export")
+    text = Path(download.value.path()).read_text()
+    assert sorted(text.split()) == sorted(map_page.evaluate("() => latentMap.selectionIds"))
+
+
+def test_the_search_page_links_to_the_map(browser, map_server):  # noqa: F811
+    page = browser.new_page()
+    page.goto(map_server.url + "/")
+    page.click("#map-link")
+    page.wait_for_function("() => window.latentMap && window.latentMap.frames > 0")
+    assert page.url.endswith("/map")
+    page.close()
