@@ -224,6 +224,11 @@ class IndexMode(str, Enum):
     overwrite = "overwrite"  # build anew and replace index.path atomically
 
 
+class Storage(str, Enum):
+    memory = "memory"  # the index in one file (or one per shard), memory-mapped when searched
+    ondisk = "ondisk"  # IVF inverted lists in a separate memory-mapped file per shard (indexes larger than RAM)
+
+
 class DuplicatePolicy(str, Enum):
     error = "error"  # refuse the append, naming the id (nothing written)
     skip = "skip"  # keep the vector already indexed; the input's row is left out (counted, warned)
@@ -258,6 +263,14 @@ class IndexBuildConfig:
     batch_size: int = setting(16384, "vectors read and added per batch")
     device: Device = setting(Device.auto, "auto (a GPU when faiss sees one) | cpu | cuda")
     seed: int = setting(0, "seed of sampling and training")
+    shards: str = setting(
+        "1",
+        "N shards sharing one trained quantizer, built by Ray tasks across the cluster | auto (the fewest shards "
+        "each within index.max_memory); IVF without re-rank, or Flat (docs/index-directory.md)",
+    )
+    storage: Storage = setting(
+        Storage.memory, "memory | ondisk (IVF lists in a memory-mapped .ivfdata file per shard; not fast-scan x4fs)"
+    )
     on_duplicate_id: DuplicatePolicy = setting(
         DuplicatePolicy.error,
         "append: an id the index holds with a DIFFERENT vector: error (name it, write nothing) | skip (keep the "
@@ -395,6 +408,11 @@ class KnnCommandConfig:
 # --- latent serve -------------------------------------------------------------------------------
 
 
+class ServeBackend(str, Enum):
+    single = "single"  # one uvicorn process searching the whole index
+    ray = "ray"  # Ray Serve: a deployment per shard, an encoder, an ingress merging top-k (docs/cluster.md)
+
+
 @dataclass
 class ServeMapConfig:
     path: str | None = setting(None, "a map directory from `latent map` (null: <index>.map beside the index, if any)")
@@ -429,6 +447,14 @@ class ServeConfig:
 
     index: IndexPathConfig = setting(IndexPathConfig, "the index to serve")
     model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: the model recorded in the index")
+    backend: ServeBackend = setting(
+        ServeBackend.single, "single (one process) | ray (Ray Serve: a deployment per shard; docs/cluster.md)"
+    )
+    ray: RayConfig = setting(RayConfig, "backend=ray: the cluster")
+    replicas: int = setting(1, "backend=ray: replicas of each shard's deployment (throughput, failover)")
+    encoder_replicas: int = setting(1, "backend=ray: replicas of the query encoder (a GPU each if the cluster has any)")
+    shard_timeout_s: float = setting(10.0, "backend=ray: a shard answering later than this fails the query with 503")
+    replica_cpus: float = setting(1.0, "backend=ray: CPUs each replica reserves (a shard's FAISS uses as many threads)")
     host: str = setting("127.0.0.1", "127.0.0.1: this machine only; 0.0.0.0: every interface (set auth.token then)")
     port: int = setting(8080, "0: any free port")
     max_k: int = setting(100, "largest k a query may ask for (more gets 400)")

@@ -16,3 +16,9 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         text = err.strerror + (f": {err.filename}" if err.filename else "")
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class ServiceUnavailable(Exception):
+    """A part of a distributed service (a shard, the query encoder) did not answer: HTTP 503, naming it.
+
+    Not a LatentError: nothing is wrong with the request, and retrying it alone would not help."""

@@ -291,6 +291,18 @@ def submit_job(cfg: JobConfig, log_to: Any = None) -> JobResult:
 
 
 def render_job(cfg: JobConfig) -> str:
+    from pipeline.serve.rayservice import render_rayservice, serve_args, serve_run_line
+
+    if (args := serve_args(cfg.command)) is not None:  # a Ray Serve application, not a job
+        if cfg.kind == JobKind.k8s:
+            import yaml
+
+            header = (
+                f"# KubeRay RayService rendered by `latent render-job kind=k8s`: kubectl apply -f {cfg.name}.yaml\n"
+            )
+            return header + yaml.safe_dump(render_rayservice(cfg, args), sort_keys=False, width=1000)
+        if cfg.kind == JobKind.ray:
+            return f"# on a machine of the cluster (RAY_ADDRESS set):\n{serve_run_line(args)}\n"
     if cfg.kind == JobKind.k8s:
         import yaml
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
+from pipeline.index import shards
 from pipeline.index.build import (
     Rows,
     finish,
@@ -170,7 +171,15 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         )
     metric_name = old.metric
     index = existing.index
+    appender = shards.appender_for(existing)  # a sharded index: new rows fill its last shard, then new ones
+    if appender is not None and policy == DuplicatePolicy.replace:
+        raise LatentError(
+            "index.on_duplicate_id=replace is not supported on a sharded or on-disk index (the shards are not "
+            "re-filled); use skip or error, or rebuild with index.mode=overwrite"
+        )
     stored = _Stored(index, old.factory)
+    if appender is not None:
+        index = appender
     id_map = existing.id_map()
     known, known_labels = id_map.column("id"), id_map.column("label").to_numpy()
     n_in = source.rows
@@ -191,7 +200,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         with (
             clock.phase("add"),
             progress_bar(cfg.progress, "add", total=n_in) as bar,
-            coarse_quantizer_on(index, device),
+            coarse_quantizer_on(index if appender is None else appender.parts[-1], device),
         ):
             for batch in iter_batches(source, ic.batch_size, metric=metric_name):
                 position = pc.index_in(batch.items.column("id"), value_set=known)  # null: a new id
@@ -231,6 +240,8 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 old, **base, reason=f"nothing new to add{_unchanged(unchanged)}", added=0, skipped=unchanged + kept,
                 memory_bytes=old.memory_bytes, warnings=_skip_warnings(kept),
             )  # fmt: skip
+        if appender is not None:
+            index = appender.joined()
         if replacements:
             with clock.phase("add"):
                 index = _refill(index, replacements)
@@ -263,6 +274,9 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 "exact_qps": round(truth.exact_qps, 1) if truth.exact_qps else None,
             }
         )
+        if appender is not None:
+            entries, _ = appender.write(stage.dir, old.storage)
+            shards.describe(info, entries, old.storage, appender.capacity)
         with clock.phase("write"):
             memory = finish(stage, index, rows_out.all_ids(), info)
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
-from pipeline.index import parallel
+from pipeline.index import parallel, shards
 from pipeline.index.choose import (
     Choice,
     build_bytes,
@@ -118,8 +118,11 @@ class Rows:
 def finish(stage: StagedIndexDirectory, index: faiss.Index, ids: pa.ChunkedArray, info: IndexInfo) -> int:
     """Write the id map, the FAISS index and index.json (with every file's checksum); publish."""
     write_id_map(stage.file(IDS_FILE), ids)
-    faiss.write_index(index, str(stage.file(INDEX_FILE)))
-    info.memory_bytes = os.path.getsize(stage.file(INDEX_FILE))
+    if info.shards:  # the shard files are in the staging directory already
+        info.memory_bytes = shards.files_bytes(stage.dir, info)
+    else:
+        faiss.write_index(index, str(stage.file(INDEX_FILE)))
+        info.memory_bytes = os.path.getsize(stage.file(INDEX_FILE))
     stage.write_info(info)
     previous_runs = stage.target / RUNS_DIR
     if previous_runs.is_dir():  # the run records of the index being replaced or appended to
@@ -254,7 +257,12 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         raise LatentError("the dataset's vectors are not normalised (normalized: false); metric ip needs unit vectors")
     n, dim = source.rows, source.dim
     n_queries = query_count(cfg, n)
-    plan = _plan(cfg, source, budget, metric, n_queries)
+    layout = shards.plan_layout(ic.shards, ic.storage.value, ic.factory, n, dim, metric, budget)
+    if layout.split:  # shard files (format 2): pipeline.index.shard_build
+        from pipeline.index.shard_build import build_sharded
+
+        return build_sharded(cfg, source, device, layout, clock, started)
+    plan = [layout.choice] if layout.choice else _plan(cfg, source, layout.budget, metric, n_queries)
     auto = ic.factory.strip().lower() == "auto"
     exact_fits = auto and any(c.factory == "Flat" for c in plan)
     query_at = held_out_rows(n, n_queries, ic.seed)

@@ -13,12 +13,14 @@ import faiss
 
 def chain(index: faiss.Index) -> list[faiss.Index]:
     """``index`` and the indexes it wraps, outermost first, each downcast; the last is the innermost
-    (through ``IndexPreTransform.index`` and ``IndexRefine.base_index``). The caller keeps ``index``
-    referenced: dropping it frees the C++ objects the nodes point into."""
+    (through ``IndexPreTransform.index``, ``IndexRefine.base_index`` and the first shard of ``IndexShards``).
+    The caller keeps ``index`` referenced: dropping it frees the C++ objects the nodes point into."""
     nodes, node = [], faiss.downcast_index(index)
     while True:
         nodes.append(node)
-        if isinstance(node, faiss.IndexRefine):
+        if isinstance(node, faiss.IndexShards):  # shards of one trained index: walk the first
+            node = faiss.downcast_index(node.at(0))
+        elif isinstance(node, faiss.IndexRefine):
             node = faiss.downcast_index(node.base_index)
         elif isinstance(node, faiss.IndexPreTransform):
             node = faiss.downcast_index(node.index)

@@ -38,7 +38,8 @@ from pipeline.index.integrity import (
 )
 from pipeline.io.shards import EmbeddingInfo
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this latent reads and writes (2: sharded and on-disk indexes)
+SINGLE_FILE_FORMAT = 1  # what a one-file, in-memory index directory is still written as (older latents read it)
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.arrow"
 IDS_FILE = "ids.arrow"
@@ -86,7 +87,24 @@ class IndexInfo:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
     files: dict[str, dict[str, Any]] | None = None  # name -> {"bytes", "sha256"}; None: written before checksums
     exact_qps: float | None = None  # exact search's batch throughput on the tune queries, for comparison
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_FILE_FORMAT
+    # format 2: the shards (pipeline.index.shards.ShardEntry as dicts: file, first, ntotal) in label order;
+    # None: one index.faiss. storage: "memory" | "ondisk" (IVF lists in <shard>.ivfdata files)
+    shards: list[dict[str, Any]] | None = None
+    storage: str = "memory"
+    shard_capacity: int | None = None  # rows a shard takes before append opens a new one
+
+    def data_files(self) -> list[str]:
+        """The files of the directory index.json records a checksum of: the FAISS index (or every shard file
+        and its on-disk lists), items and ids."""
+        if not self.shards:
+            return list(CHECKED_FILES)
+        from pipeline.index.ondisk import ONDISK, lists_file
+
+        names = [entry["file"] for entry in self.shards]
+        if self.storage == ONDISK:  # every shard's inverted lists, in its .ivfdata file
+            names += [lists_file(Path(name)).name for name in names]
+        return [*names, ITEMS_FILE, IDS_FILE]
 
     @property
     def faiss_metric(self) -> int:
@@ -132,16 +150,25 @@ def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
 class IndexDirectory:
     """A committed index directory, opened read-only. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True, index: Any = None) -> None:
         self.path = Path(path)
         self.info = info
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
-        check_files(self.path, info.files, CHECKED_FILES, full=False)  # sizes always; small files' checksums
-        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes and IVF lists
-        self._index = read_faiss_index(self.path / INDEX_FILE, info.dim, info.ntotal, flags)
-        apply_search_params(self._index, info.search_params)
+        check_files(self.path, info.files, info.data_files(), full=False)  # sizes always; small files' checksums
+        if index is not None:  # searched elsewhere (Ray Serve shard deployments): anything with search/ntotal
+            self._index = index
+        else:
+            if info.shards:
+                from pipeline.index.shards import ShardEntry, open_shards
+
+                entries = [ShardEntry(**entry) for entry in info.shards]
+                self._index = open_shards(self.path, entries, info.dim, mmap)
+            else:
+                flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0  # maps flat codes, IVF lists
+                self._index = read_faiss_index(self.path / INDEX_FILE, info.dim, info.ntotal, flags)
+            apply_search_params(self._index, info.search_params)
         self._items = open_arrow(self.path / ITEMS_FILE)
         self._ids = open_arrow(self.path / IDS_FILE)
         rows = sum(self._items.get_batch(i).num_rows for i in range(self._items.num_record_batches))
@@ -152,13 +179,14 @@ class IndexDirectory:
         self._score_bound = 1.0 + (LOSSY_SCORE_TOLERANCE if lossy_scores(info.factory) else SCORE_TOLERANCE)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mmap: bool = True) -> IndexDirectory:
-        """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it."""
+    def open(cls, path: str | os.PathLike, mmap: bool = True, index: Any = None) -> IndexDirectory:
+        """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it;
+        ``index``: search this instead of reading the FAISS index (a remote one)."""
         root = Path(path)
         info_path = root / INFO_FILE
         if not info_path.is_file():
             raise LatentError(f"{root} is not an index directory (no {INFO_FILE})")
-        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap)
+        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap, index=index)
 
     @property
     def index(self) -> faiss.Index:
@@ -392,12 +420,14 @@ class StagedIndexDirectory:
 
     def write_info(self, info: IndexInfo) -> None:
         """index.json, with the size and sha256 of every staged data file (written before it)."""
-        info.files = file_checksums(self.dir, CHECKED_FILES)
+        info.files = file_checksums(self.dir, info.data_files())
         self.file(INFO_FILE).write_text(info.to_json())
 
     def commit(self) -> None:
         """Publish the staged directory at ``path`` (replacing what was there, atomically where the OS allows)."""
-        for name in (INDEX_FILE, ITEMS_FILE, IDS_FILE, INFO_FILE):
+        info = IndexInfo.from_json(self.file(INFO_FILE).read_bytes()) if self.file(INFO_FILE).is_file() else None
+        index_files = [entry["file"] for entry in info.shards] if info is not None and info.shards else [INDEX_FILE]
+        for name in (*index_files, ITEMS_FILE, IDS_FILE, INFO_FILE):
             if not self.file(name).is_file():
                 raise RuntimeError(f"staged index lacks {name}")
         publish_directory(self.dir, self.target)

@@ -48,7 +48,8 @@ class IndexSummary:
     def text(self) -> str:
         recall = (
             f"recall@{self.recall.k} {self.recall.value:.4f} (95% interval {self.recall.lower or 0:.4f}"
-            f"-{self.recall.upper or 1:.4f}, target {self.recall.target}, {self.recall.queries} held-out queries)"
+            f"-{self.recall.upper or 1:.4f}, target {self.recall.target}, {self.recall.queries} "
+            f"{self.recall.method or 'held-out'} queries)"
             if self.recall
             else "recall not measured"
         )

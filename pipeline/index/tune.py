@@ -122,6 +122,9 @@ class Knobs:
 
 
 def knobs_of(index: faiss.Index, k: int) -> Knobs:
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexShards):  # shards of one trained index: the knobs of any of them
+        return knobs_of(top.at(0), k)
     k_factors = K_FACTORS if refine_of(index) is not None else (1,)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:

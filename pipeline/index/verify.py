@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.config import VerifyCommandConfig
 from pipeline.errors import LatentError
 from pipeline.index.integrity import IndexCorrupted, check_files, lossy_scores, open_arrow, read_faiss_index
-from pipeline.index.store import CHECKED_FILES, IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo
+from pipeline.index.store import IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo
 
 NORM_CHUNK = 65536  # stored vectors reconstructed at a time for the norm check
 NORM_TOLERANCE = 0.05  # float16 copies of unit vectors stay well within this
@@ -40,14 +40,21 @@ def verify_index(path: str | Path) -> VerifyReport:
         raise LatentError(f"index.path={root}: not an index directory (no {INFO_FILE})")
     info = IndexInfo.from_json((root / INFO_FILE).read_bytes())
     report = VerifyReport(str(root))
-    report.checks += check_files(root, info.files, CHECKED_FILES, full=True)
+    report.checks += check_files(root, info.files, info.data_files(), full=True)
     if info.files is None:
         report.warnings.append(
             f"{INFO_FILE} records no checksums (written by an older latent): only the structure was checked; "
             "rebuild with index.mode=overwrite to record them"
         )
-    index = read_faiss_index(root / INDEX_FILE, info.dim, info.ntotal)
-    report.checks.append(f"{INDEX_FILE}: {index.ntotal} x {index.d} parsed")
+    parts = [(INDEX_FILE, info.ntotal, 0)]  # (file, vectors, read flags): one index.faiss, or every shard
+    if info.shards:
+        from pipeline.index.ondisk import read_flags
+
+        parts = [(e["file"], e["ntotal"], read_flags(root / e["file"], False)) for e in info.shards]
+    indexes = []
+    for name, ntotal, flags in parts:
+        indexes.append((name, read_faiss_index(root / name, info.dim, ntotal, flags)))
+        report.checks.append(f"{name}: {ntotal} x {info.dim} parsed")
     items, ids = open_arrow(root / ITEMS_FILE), open_arrow(root / IDS_FILE)
     item_rows = sum(items.get_batch(i).num_rows for i in range(items.num_record_batches))
     id_rows = sum(ids.get_batch(i).num_rows for i in range(ids.num_record_batches))
@@ -55,13 +62,14 @@ def verify_index(path: str | Path) -> VerifyReport:
         raise IndexCorrupted(f"{root}: {item_rows} item rows and {id_rows} ids for {info.ntotal} vectors")
     report.checks.append(f"{ITEMS_FILE}, {IDS_FILE}: {item_rows} rows each")
     if info.metric == "ip" and info.normalized and info.ntotal and not lossy_scores(info.factory):
-        checked = _check_norms(root, index, info.ntotal)
-        if checked:
-            report.checks.append(f"{INDEX_FILE}: all {checked} stored vectors unit-length")
+        for name, index in indexes:
+            checked = _check_norms(root / name, index, index.ntotal)
+            if checked:
+                report.checks.append(f"{name}: all {checked} stored vectors unit-length")
     return report
 
 
-def _check_norms(root: Path, index, ntotal: int) -> int:
+def _check_norms(path: Path, index, ntotal: int) -> int:
     """Every stored vector of a normalised index is unit-length (when FAISS can give them back): 0 if it cannot."""
     import faiss
 
@@ -79,7 +87,7 @@ def _check_norms(root: Path, index, ntotal: int) -> int:
         bad = np.flatnonzero(~(np.abs(norms - 1) <= NORM_TOLERANCE))
         if len(bad):
             raise IndexCorrupted(
-                f"{root / INDEX_FILE}: stored vector {start + int(bad[0])} has norm {norms[bad[0]]:.6g} in a "
+                f"{path}: stored vector {start + int(bad[0])} has norm {norms[bad[0]]:.6g} in a "
                 f"normalised index: the index data is corrupted; rebuild it (index.mode=overwrite)"
             )
     return ntotal

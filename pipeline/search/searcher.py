@@ -24,6 +24,7 @@ from PIL import Image
 from pipeline.config import SearchModelConfig
 from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
+from pipeline.index import shards
 from pipeline.index.store import IndexDirectory, IndexInfo
 from pipeline.search.limits import check_k
 
@@ -240,6 +241,9 @@ class Searcher:
         if label is None:
             return None
         index = self.directory.index
+        if shards.is_sharded(index):  # from the shard that holds it
+            with self._encoder_lock:
+                return shards.reconstruct(index, int(label)).astype(np.float32)
         try:
             return index.reconstruct(int(label)).astype(np.float32)
         except RuntimeError:

@@ -31,7 +31,7 @@ from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_conver
 
 from pipeline import __version__
 from pipeline.encode.preprocess import BadImage
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, ServiceUnavailable
 from pipeline.serve.auth import check_origins, load_token, protect
 from pipeline.serve.batcher import MicroBatcher, UnknownItem
 from pipeline.serve.images import (
@@ -231,6 +231,11 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     @app.exception_handler(DecodersBusy)
     async def busy(request: Request, err: DecodersBusy) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(err.retry_after_s)})
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, err: ServiceUnavailable) -> JSONResponse:
+        # a sharded index on Ray Serve: never a partial answer; the message names the missing shards
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(LatentError)
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:

@@ -98,6 +98,11 @@ def run_serve(cfg: ServeConfig) -> None:
     from pipeline.serve.app import create_app
 
     _check(cfg)
+    if cfg.backend.value == "ray":
+        from pipeline.serve.ray_app import run_ray_serve
+
+        run_ray_serve(cfg)
+        return
     searcher = open_index(cfg)
     app = create_app(searcher, cfg)
     sock = bind(cfg.host, cfg.port)

@@ -119,3 +119,27 @@ def test_truncated_or_missing_files_are_named(index_copy):
     (path / INFO_FILE).write_text("{not json")
     with pytest.raises(IndexCorrupted, match="index.json is not valid JSON"):
         IndexDirectory.open(path)
+
+
+@pytest.mark.parametrize("storage", ["memory", "ondisk"])
+def test_a_flipped_byte_in_a_shard_file_is_caught_by_verify(tmp_path, storage):
+    """Shard files and on-disk lists files get checksums in index.json like the others; verify hashes them."""
+    x = vectors(N, dim=DIM)
+    path = tmp_path / "idx"
+    build(
+        dataset(tmp_path / "ds", x, dtype="float32"), path, "index.factory='IVF8,Flat'", "index.shards=2",
+        f"index.storage={storage}", "parallel.min_vectors=null", "index.target_recall=0.5",
+    )  # fmt: skip
+    info = json.loads((path / INFO_FILE).read_text())
+    shard_files = [s["file"] for s in info["shards"]]
+    lists = [f.replace(".faiss", ".ivfdata") for f in shard_files] if storage == "ondisk" else []
+    assert set(info["files"]) == {*shard_files, *lists, "items.arrow", "ids.arrow"}
+    assert any(shard_files[1] in c and "sha256 ok" in c for c in verify_index(path).checks)
+    target = path / (lists or shard_files)[-1]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the stored vectors
+    target.write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupted, match=f"{target.name}: sha256 differs"):
+        verify_index(path)
+    done = run_cli("verify", f"index.path={path}", cwd=tmp_path)
+    assert done.returncode == 2 and f"{target.name}: sha256 differs" in done.stderr, done.stderr

@@ -29,12 +29,18 @@ MAX_BODY = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def photo_index(local_ray, tmp_path_factory, photos, tiny_model) -> Path:
-    """The photos (with captions) embedded by `latent embed` (tiny model, seeded random weights), Flat index."""
+def photo_embeddings_dataset(local_ray, tmp_path_factory, photos, tiny_model) -> Path:
+    """The photos (with captions) embedded by `latent embed` (tiny model, seeded random weights)."""
     emb = tmp_path_factory.mktemp("serve-emb") / "emb"
     run_embed(compose("embed", embed_overrides(photos, emb, tiny_model, "output.dtype=float32")))
+    return emb
+
+
+@pytest.fixture(scope="session")
+def photo_index(photo_embeddings_dataset, tmp_path_factory) -> Path:
+    """The photos' image embeddings, Flat index."""
     path = tmp_path_factory.mktemp("serve-idx") / "idx"
-    build(emb, path, "input.column=image_embedding", "index.factory=Flat")
+    build(photo_embeddings_dataset, path, "input.column=image_embedding", "index.factory=Flat")
     return path
 
 
