@@ -148,6 +148,41 @@ def recall_of(result: TuneResult, cfg: IndexCommandConfig, queries: int, method:
     )
 
 
+def new_info(
+    source: EmbeddingSource,
+    factory: str,
+    dim: int,
+    metric_name: str,
+    index: faiss.Index,
+    result: TuneResult,
+    recall: Recall,
+    seconds: float,
+    exact_qps: float | None,
+) -> IndexInfo:
+    """The index.json of a newly built index (one file or shards)."""
+    stamp = now()
+    n = int(index.ntotal)
+    return IndexInfo(
+        dim=dim,
+        metric=metric_name,
+        factory=factory,
+        ntotal=n,
+        column=source.column,
+        embedding=source.embedding,
+        search_params=result.params,
+        recall=recall,
+        qps=round(result.qps, 1),
+        memory_bytes=0,
+        build_seconds=seconds,
+        created_at=stamp,
+        updated_at=stamp,
+        created_by=created_by(),
+        normalized=metric_name == "ip",
+        history=[{"mode": "create", "at": stamp, "added": n, "skipped": 0, "seconds": seconds}],
+        exact_qps=round(exact_qps, 1) if exact_qps else None,
+    )
+
+
 def tune_phase(cfg, clock, index, queries, truth_labels, own, valid=None, floor_qps=None) -> TuneResult:
     k = cfg.index.k
     truth = without_self(truth_labels, own, k, valid)
@@ -299,26 +334,8 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         if index.ntotal != n:
             raise RuntimeError(f"added {index.ntotal} vectors, expected {n}")
         seconds = round(time.perf_counter() - started, 2)
-        stamp = now()
-        info = IndexInfo(
-            dim=dim,
-            metric=metric_name,
-            factory=choice.factory,
-            ntotal=int(index.ntotal),
-            column=source.column,
-            embedding=source.embedding,
-            search_params=result.params,
-            recall=recall_of(result, cfg, len(queries), "held-out"),
-            qps=round(result.qps, 1),
-            memory_bytes=0,
-            build_seconds=seconds,
-            created_at=stamp,
-            updated_at=stamp,
-            created_by=created_by(),
-            normalized=metric_name == "ip",
-            history=[{"mode": "create", "at": stamp, "added": n, "skipped": 0, "seconds": seconds}],
-            exact_qps=round(exact_qps, 1) if exact_qps else None,
-        )
+        recall = recall_of(result, cfg, len(queries), "held-out")
+        info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, exact_qps)
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 

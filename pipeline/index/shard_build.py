@@ -21,10 +21,9 @@ from pipeline.index.build import (
     Rows,
     _plan,
     _train,
-    created_by,
     finish,
     held_out_rows,
-    now,
+    new_info,
     query_count,
     recall_of,
     recall_warning,
@@ -32,7 +31,7 @@ from pipeline.index.build import (
 )
 from pipeline.index.choose import make_index
 from pipeline.index.read import EmbeddingSource, read_rows
-from pipeline.index.store import ITEMS_FILE, METRICS, IndexInfo, ItemsWriter, StagedIndexDirectory
+from pipeline.index.store import ITEMS_FILE, METRICS, ItemsWriter, StagedIndexDirectory
 from pipeline.index.summary import Clock, IndexSummary, progress_bar, summarize
 from pipeline.index.tune import GroundTruth
 
@@ -78,26 +77,8 @@ def build_sharded(
         own = np.asarray(query_at, dtype=np.int64)  # the queries are indexed: each is left out of its answer
         result = tune_phase(cfg, clock, index, queries, truth.labels(), own)
         seconds = round(time.perf_counter() - started, 2)
-        stamp = now()
-        info = IndexInfo(
-            dim=dim,
-            metric=metric_name,
-            factory=choice.factory,
-            ntotal=int(index.ntotal),
-            column=source.column,
-            embedding=source.embedding,
-            search_params=result.params,
-            recall=recall_of(result, cfg, len(queries), "leave-one-out"),
-            qps=round(result.qps, 1),
-            memory_bytes=0,
-            build_seconds=seconds,
-            created_at=stamp,
-            updated_at=stamp,
-            created_by=created_by(),
-            normalized=metric_name == "ip",
-            history=[{"mode": "create", "at": stamp, "added": n, "skipped": 0, "seconds": seconds}],
-            exact_qps=round(truth.exact_qps, 1) if truth.exact_qps else None,
-        )
+        recall = recall_of(result, cfg, len(queries), "leave-one-out")
+        info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, truth.exact_qps)
         shards.describe(info, entries, layout.storage, -(-n // layout.count))
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
