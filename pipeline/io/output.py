@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import socket
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import LatentError
 from pipeline.io.shards import (
@@ -273,12 +275,19 @@ class JobOutput:
         return {posixpath.basename(p): int(self.fs.cat_file(p)) for p in self.fs.ls(directory, detail=False)}
 
     def clear_units(self) -> None:
-        if self.fs.exists(self.units_dir):
-            self.fs.rm(self.units_dir, recursive=True)
+        self._remove_tree(self.units_dir)
 
     def clear_read_counts(self) -> None:
-        directory = posixpath.join(self.units_dir, READ_DIR)
-        if self.fs.exists(directory):
+        self._remove_tree(posixpath.join(self.units_dir, READ_DIR))
+
+    def _remove_tree(self, directory: str) -> None:
+        if not self.fs.exists(directory):
+            return
+        if isinstance(self.fs, LocalFileSystem):
+            # fsspec's local rm compares each path with os.getcwd(), which raises once the working
+            # directory is gone (seen in Ray Jobs API drivers, whose working_dir Ray may remove first)
+            shutil.rmtree(directory)
+        else:
             self.fs.rm(directory, recursive=True)
 
     def remove_duplicates(self) -> int:
