@@ -67,7 +67,7 @@ def test_text_and_image_queries_in_process(photo_index, photos, tiny_checkpoint,
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ([], "set exactly one of query.text, query.image, query.vector or query.id (got none)"),
+        ([], "set exactly one of query.text, query.image, query.vector, query.id or query.terms (got none)"),
         (["query.text=a", "query.id=v1"], "(got query.text, query.id)"),
         (["query.vector=[1.0,2.0]"], "expected n x 32"),
         (["query.id=nope"], "query.id=nope: the item is not in the index"),
