@@ -23,6 +23,8 @@ REQUIRED = {
     "knn": ["input.path=/q", "index.path=/idx", "output.path=/out"],
     "serve": ["index.path=/idx"],
     "job": ["command='latent embed'"],
+    "map": ["input.path=/emb", "output.path=/map"],
+    "path": ["index.path=/idx", "start=a", "end=b"],
 }
 
 
