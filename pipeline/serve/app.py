@@ -186,8 +186,8 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     async def input_side() -> int:
         """The long side of the model's input, in pixels (builds the encoder if it is not built yet)."""
         if state["input_side"] is None:
-            encoder = await batcher.call(lambda: searcher.encoder)
-            state["input_side"] = max(encoder.prep.size)
+            # read in the batcher's thread: a remote encoder (Ray Serve) answers synchronously
+            state["input_side"] = await batcher.call(lambda: max(searcher.encoder.prep.size))
         return state["input_side"]
 
     @asynccontextmanager

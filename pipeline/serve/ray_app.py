@@ -17,6 +17,7 @@ dead replica; the next queries are answered again without restarting the applica
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,10 @@ class QueryEncoder:
         self.encode_texts.set_batch_wait_timeout_s(wait_s)
         self.encode_images.set_max_batch_size(max_batch)
         self.encode_images.set_batch_wait_timeout_s(wait_s)
+
+    def image_prep(self) -> Any:
+        """The model's image preprocessing (its input size): the ingress sizes query decoding by it."""
+        return self.encoder.prep if self.encoder is not None else None
 
     def problem(self) -> str | None:
         """Why this replica cannot encode queries (None: it can)."""
@@ -183,6 +188,11 @@ class RemoteEncoder:
         problem = self._call(self.handle.problem, None)
         if problem:
             raise LatentError(problem)
+
+    @functools.cached_property
+    def prep(self) -> Any:
+        """The encoder's ImagePrep, asked of the deployment once."""
+        return self._call(self.handle.image_prep, None)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self._call(self.handle.encode_texts, texts)
