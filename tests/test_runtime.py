@@ -47,7 +47,7 @@ def recorded_gcs(out: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.xfail(
-    reason="open bug (issue 8): with another Ray running, the job recorded that cluster's GCS, not a private loopback one",
+    reason="open bug (issue 8): beside another Ray, the job recorded its GCS, not a private one",
     strict=False,
 )
 def test_empty_address_starts_a_private_ray_despite_ray_current_cluster(tmp_path, knn_inputs, ray_tmpdir):
