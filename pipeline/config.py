@@ -152,7 +152,7 @@ class RayConfig:
 
     address: str = setting(
         "",
-        '"": a private Ray started inside the job on loopback (never the cluster named by Ray\'s '
+        '"": a private Ray started inside the job (never the cluster named by Ray\'s '
         "ray_current_cluster file; RAY_ADDRESS joins one); auto, host:port or ray://…: join a cluster",
     )
     num_cpus: int | None = setting(None, "local Ray only (null: all)")

@@ -231,6 +231,8 @@ def _already_complete(cfg: EmbedConfig) -> EmbedSummary | None:
     info = output.recorded_info() if completed_summary(output) is not None else None
     if info is None or not _same_weights(info.model, cfg.model.name, cfg.model.pretrained):
         return None  # unfinished, or another model: the normal path resumes or refuses it
+    if cfg.modality != Modality.auto and (info.optional or info.modality != cfg.modality.value):
+        return None  # another modality than the one it was written with: the normal path refuses it
     counts = output.counts()
     return EmbedSummary(cfg.output.path, counts.rows, counts.errors, 0, 0, 0.0, 0.0, already_complete=True)
 

@@ -18,7 +18,6 @@ from pipeline.errors import LatentError
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 # Every Ray worker of a latent job runs configure_process first (a job-level runtime_env hook).
 WORKER_RUNTIME_ENV = {"worker_process_setup_hook": "pipeline.runtime.configure_process"}
 
@@ -79,7 +78,7 @@ def ray_address(cfg: RayConfig) -> str:
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Connect to the cluster at ``cfg.address`` (or ``RAY_ADDRESS``), or start a private Ray on loopback."""
+    """Connect to the cluster at ``cfg.address`` (or ``RAY_ADDRESS``), or start a private Ray."""
     import ray
     from ray.data import DataContext
 
@@ -110,7 +109,6 @@ def _start_private_ray(cfg: RayConfig, common: dict[str, Any], attempts: int = 2
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
                 include_dashboard=False,
-                _node_ip_address=LOOPBACK,
                 runtime_env=WORKER_RUNTIME_ENV,
                 **common,
             )

@@ -67,6 +67,19 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _root_log_handlers():
+    """Hydra's in-process CLI runs attach handlers to pytest's captured streams, closed after the test:
+    put the root logger back so later tests do not log into a closed file."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

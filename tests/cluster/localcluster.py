@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -190,7 +191,9 @@ class LocalCluster:
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.pid != os.getpid() and any(m in cmd for m in marks):
+            # Ray gives the GCS the machine's address, not loopback: the client server names it that way
+            gcs_named = re.search(rf"--address=\S+:{self.gcs_port}(\s|$)", cmd)
+            if proc.pid != os.getpid() and (any(m in cmd for m in marks) or gcs_named):
                 found[proc.pid] = proc
                 with contextlib.suppress(psutil.Error):
                     found.update((c.pid, c) for c in proc.children(recursive=True))
