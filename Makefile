@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 # The full suite, as CI runs it: clusters, the browser (a missing Chromium fails), subprocesses.
 test: install
 	$(BIN)/ruff check pipeline tests bench jobs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # The edit-test loop: leaves out what starts clusters, browsers or many processes (markers in pyproject.toml).
 FAST := not cluster and not ray and not browser and not slow and not gpu

@@ -259,20 +259,18 @@ def add_shards(
 # --- reading and searching ------------------------------------------------------------------------------
 
 
-def read_shard(path: Path, mmap: bool = True) -> faiss.Index:
-    """A shard file, memory-mapped (or read into memory); on-disk lists are found beside it."""
-    flags = ondisk.read_flags(path, mmap)
-    return faiss.read_index(str(path), flags)
+def read_shard(directory: Path, entry: ShardEntry, dim: int, mmap: bool = True) -> faiss.Index:
+    """A shard file, memory-mapped (or read into memory); on-disk lists are found beside it. A file FAISS
+    cannot parse, or that does not hold the shard's rows, is an IndexCorrupted naming it."""
+    path = directory / entry.file
+    return read_faiss_index(path, dim, entry.ntotal, ondisk.read_flags(path, mmap))
 
 
 def open_shards(directory: Path, entries: Sequence[ShardEntry], dim: int, mmap: bool = True) -> faiss.IndexShards:
     """The shards as one FAISS index (``IndexShards`` with successive ids: labels are global)."""
     joined = faiss.IndexShards(dim, False, True)  # not threaded: each shard's search already uses every core
-    for entry in entries:  # a file FAISS cannot parse, or of the wrong size, is an IndexCorrupted naming it
-        part = read_faiss_index(
-            directory / entry.file, dim, entry.ntotal, ondisk.read_flags(directory / entry.file, mmap)
-        )
-        joined.add_shard(part)  # FAISS's Python wrapper keeps ``part`` alive with ``joined``
+    for entry in entries:
+        joined.add_shard(read_shard(directory, entry, dim, mmap))  # FAISS's wrapper keeps the part alive
     return joined
 
 
@@ -342,9 +340,9 @@ class ShardAppender:
         self.directory = directory
         self.entries = list(entries)
         self.capacity = max(1, capacity)
-        self.parts = [read_shard(directory / e.file, mmap=True) for e in self.entries[:-1]]
+        self.parts = [read_shard(directory, e, dim, mmap=True) for e in self.entries[:-1]]
         # the one FAISS adds to: read into memory (on-disk lists copied in: the old directory stays untouched)
-        self.parts.append(ondisk.to_memory(read_shard(directory / self.entries[-1].file, mmap=False)))
+        self.parts.append(ondisk.to_memory(read_shard(directory, self.entries[-1], dim, mmap=False)))
         self.changed = {len(self.parts) - 1}
         self.dim = dim
         empty = faiss.clone_index(self.parts[-1])

@@ -28,6 +28,7 @@ from ray import serve
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError, ServiceUnavailable
 from pipeline.index import shards
+from pipeline.index.integrity import check_files
 from pipeline.index.store import IndexDirectory, IndexInfo, apply_search_params
 from pipeline.search.searcher import Searcher, resolve_query_model
 
@@ -55,13 +56,17 @@ def shard_entries(info: IndexInfo, path: str) -> list[shards.ShardEntry]:
 class Shard:
     """One shard of the index, mapped once per replica."""
 
-    def __init__(self, path: str, file: str, search_params: dict[str, Any], threads: int) -> None:
+    def __init__(self, path: str, entry: shards.ShardEntry, info: IndexInfo, threads: int) -> None:
         import faiss
 
         faiss.omp_set_num_threads(max(1, threads))
-        self.index = shards.read_shard(Path(path) / file)
-        apply_search_params(self.index, search_params)
-        self.file = file
+        # a replica may run on another node (a shared filesystem): check its own file there, as a
+        # one-process open does (size, and the checksum of a small file), before answering anything
+        recorded = {entry.file: info.files[entry.file]} if info.files and entry.file in info.files else None
+        check_files(path, recorded, [entry.file], full=False)
+        self.index = shards.read_shard(Path(path), entry, info.dim)
+        apply_search_params(self.index, info.search_params)
+        self.file = entry.file
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, max(self.index.ntotal, 1)))
@@ -255,7 +260,7 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     cpus = {"num_cpus": cfg.replica_cpus}
     handles = [
         Shard.options(name=f"shard-{s:05d}", num_replicas=cfg.replicas, ray_actor_options=cpus).bind(
-            cfg.index.path, entry.file, info.search_params, int(cfg.replica_cpus)
+            cfg.index.path, entry, info, int(cfg.replica_cpus)
         )
         for s, entry in enumerate(entries)
     ]

@@ -120,3 +120,36 @@ def test_a_killed_shard_replica_gives_503s_never_partial_answers_then_recovers(s
     gap = (failed[-1] - killed) if failed else 0.0
     print(f"shard replica killed: {len(failed)} answers 503, service whole again {gap:.1f}s after the kill")
     assert shard.pid.remote().result(timeout_s=30) != pid  # a new replica process
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_shard_replica_refuses_a_damaged_shard_file(tmp_path, damage):
+    """A replica may map its shard on another node: it checks its own file there before answering."""
+    import json
+
+    from index.helpers import dataset, vectors
+
+    from pipeline.index.integrity import IndexCorrupted
+    from pipeline.index.store import INFO_FILE
+    from pipeline.serve.ray_app import Shard, _info, shard_entries
+
+    path = tmp_path / "idx"
+    x = vectors(600, dim=16)
+    build(dataset(tmp_path / "ds", x, dtype="float32"), path, "index.factory=Flat", "index.shards=2")
+    info = _info(str(path))
+    first, second = shard_entries(info, str(path))
+    replica = Shard.func_or_class(str(path), first, info, 1)  # a sound shard answers
+    _, labels = replica.search(x[:1], 3)
+    assert labels[0][0] == 0
+    target = path / second.file
+    data = bytearray(target.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+        match = "sha256 differs"
+    else:
+        del data[-64:]
+        match = "truncated or replaced"
+    target.write_bytes(bytes(data))
+    assert second.file in json.loads((path / INFO_FILE).read_text())["files"]
+    with pytest.raises(IndexCorrupted, match=f"{second.file}: .*{match}"):
+        Shard.func_or_class(str(path), second, info, 1)
