@@ -4,13 +4,15 @@ The create path of ``build.build_index`` when the directory holds shard files (i
 one trained index, copied into every shard and filled by ``shards.add_shards`` (a Ray task per shard),
 tuned on the joined shards, published by ``build.finish``. Unlike the one-file build, the tune queries
 stay in the index (labels follow the input's row order, which the shard ranges need) and are left out
-of their own answers (leave-one-out), as append measures; auto builds one candidate (the sharding
-choice of ``shards.plan_layout``), not a sequence.
+of their own answers (leave-one-out), as append measures; auto tries the candidates of
+``shards.auto_factories`` in order until one reaches the target recall (or the last one).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from pipeline.index.build import (
     Rows,
     _plan,
     _train,
+    _trial,
+    _unreachable,
     finish,
     held_out_rows,
     new_info,
@@ -29,30 +33,67 @@ from pipeline.index.build import (
     recall_warning,
     tune_phase,
 )
-from pipeline.index.choose import make_index
+from pipeline.index.choose import Choice, make_index
 from pipeline.index.read import EmbeddingSource, read_rows
 from pipeline.index.store import ITEMS_FILE, METRICS, ItemsWriter, StagedIndexDirectory
 from pipeline.index.summary import Clock, IndexSummary, progress_bar, summarize
 from pipeline.index.tune import GroundTruth
 
+log = logging.getLogger(__name__)
+
 
 def build_sharded(
     cfg: IndexCommandConfig, source: EmbeddingSource, device: str, layout: shards.Layout, clock: Clock, started: float
 ) -> IndexSummary:
-    """A new sharded (or on-disk) index directory at ``cfg.index.path`` from every row of ``source``."""
+    """A new sharded (or on-disk) index directory at ``cfg.index.path`` from every row of ``source``.
+
+    ``index.factory=auto`` keeps its promise as the one-file build does: a candidate whose tuned recall
+    falls short of the target is discarded (never published) and the next one that fits is built; when
+    none reaches it, nothing is written and the error says what recall is reachable."""
+    ic = cfg.index
+    n_queries = query_count(cfg, source.rows)
+    metric = METRICS[ic.metric.value]
+    auto = layout.choice is not None
+    given = None if auto else _plan(cfg, source, layout.budget, metric, n_queries)[0]
+    candidates = [layout.choice, *layout.fallbacks] if auto else [given]
+    query_at = held_out_rows(source.rows, n_queries, ic.seed)
+    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
+        (queries,) = read_rows(source, [query_at], ic.batch_size, ic.metric.value)
+        bar.update(len(query_at))
+    tried: list[dict] = []
+    for attempt, choice in enumerate(candidates):
+        if attempt:
+            choice = replace(choice, reason=f"{choice.reason} (after {candidates[attempt - 1].factory} fell short)")
+        summary, trial = _build_candidate(cfg, source, device, layout, choice, queries, query_at, clock, started, auto)
+        tried.append(trial)
+        if summary is not None:
+            summary.tried = tried
+            return summary
+    exact_fits = any(c.factory == "Flat" for c in candidates)
+    raise _unreachable(cfg, tried, source.rows, source.dim, metric, n_queries, exact_fits)
+
+
+def _build_candidate(
+    cfg: IndexCommandConfig,
+    source: EmbeddingSource,
+    device: str,
+    layout: shards.Layout,
+    choice: Choice,
+    queries: np.ndarray,
+    query_at: np.ndarray,
+    clock: Clock,
+    started: float,
+    auto: bool,
+) -> tuple[IndexSummary | None, dict]:
+    """Build, tune and publish one candidate: (its summary, its trial). With ``auto``, a candidate whose
+    recall falls short is not published (summary None); a given factory is, with a warning."""
     ic = cfg.index
     target = Path(ic.path)
     metric_name = ic.metric.value
     metric = METRICS[metric_name]
     n, dim = source.rows, source.dim
-    n_queries = query_count(cfg, n)
-    choice = layout.choice or _plan(cfg, source, layout.budget, metric, n_queries)[0]
     index = make_index(choice.factory, dim, metric)
     shards.check_layout(index, choice.factory, layout)
-    query_at = held_out_rows(n, n_queries, ic.seed)
-    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
-        (queries,) = read_rows(source, [query_at], ic.batch_size, metric_name)
-        bar.update(len(query_at))
     if not index.is_trained:
         _train(cfg, clock, index, choice.factory, source, query_at, 0, device, metric_name)
 
@@ -76,6 +117,10 @@ def build_sharded(
             raise RuntimeError(f"added {index.ntotal} vectors, expected {n}")
         own = np.asarray(query_at, dtype=np.int64)  # the queries are indexed: each is left out of its answer
         result = tune_phase(cfg, clock, index, queries, truth.labels(), own)
+        trial = _trial(choice, result, truth.exact_qps)
+        if auto and not result.reached:
+            log.warning("index.factory=auto: %s: %s; not kept", choice.factory, trial["outcome"])
+            return None, trial  # leaving the block unpublished removes the staging directory
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "leave-one-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, truth.exact_qps)
@@ -98,4 +143,4 @@ def build_sharded(
         warnings=[w for w in (choice.warning,) if w and not result.reached] + recall_warning(result, cfg),
         ray_tasks=layout.count if use_ray else 0,
         ray_nodes=ray_nodes,
-    )
+    ), trial

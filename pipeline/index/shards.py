@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Layout:
     storage: str
     budget: int  # bytes the whole index is planned against (index.max_memory is per shard)
     choice: Choice | None  # the factory ``index.factory=auto`` gives a sharded or on-disk index
+    fallbacks: list[Choice] = field(default_factory=list)  # auto's next candidates, if recall falls short
 
     @property
     def split(self) -> bool:
@@ -84,22 +85,25 @@ class Layout:
         return self.count > 1 or self.storage == ondisk.ONDISK
 
 
-def auto_factory(n: int, dim: int, storage: str) -> str:
-    """``index.factory=auto`` for a sharded or on-disk index: Flat when small and in memory, else IVF-SQ8
-    (no re-rank, plain array lists: merges exactly and goes on disk)."""
+def auto_factories(n: int, storage: str) -> list[str]:
+    """``index.factory=auto`` for a sharded or on-disk index, in the order tried: Flat when small and in
+    memory; else IVF-SQ8, then IVF-Flat when SQ8's codes cannot reach the target, then Flat (in memory).
+    Each merges exactly (no re-rank) and the IVF ones go on disk (plain array lists)."""
     if storage == ondisk.MEMORY and n <= FLAT_MAX_VECTORS:
-        return "Flat"
-    return f"IVF{nlist_for(n)},SQ8"
+        return ["Flat"]
+    ladder = [f"IVF{nlist_for(n)},SQ8", f"IVF{nlist_for(n)},Flat"]
+    return ladder + (["Flat"] if storage == ondisk.MEMORY else [])
 
 
 def plan_layout(shards: str | int, storage: str, factory: str, n: int, dim: int, metric: int, budget: int) -> Layout:
     """``index.shards`` and ``index.storage`` resolved for ``n`` vectors (``budget``: index.max_memory)."""
     text = str(shards).strip().lower()
-    choice = None
+    choice, ladder = None, []
     if factory.strip().lower() == "auto" and (text != "1" or storage == ondisk.ONDISK):
-        chosen = auto_factory(n, dim, storage)
-        size = estimate_index_bytes(chosen, n, dim, metric)
-        choice = Choice(chosen, f"sharded/on-disk auto choice: exact shard merge; ~{human(size)}", size, 0)
+        for chosen in auto_factories(n, storage):
+            size = estimate_index_bytes(chosen, n, dim, metric)
+            ladder.append(Choice(chosen, f"sharded/on-disk auto choice: exact shard merge; ~{human(size)}", size, 0))
+        choice = ladder[0]
     used = choice.factory if choice else factory.strip()
     if text == "auto":
         if used.lower() == "auto":
@@ -107,7 +111,8 @@ def plan_layout(shards: str | int, storage: str, factory: str, n: int, dim: int,
         count = resolve_count(text, n, estimate_index_bytes(used, n, dim, metric), budget)
     else:
         count = resolve_count(text, n, 0, budget)
-    return Layout(count, storage, budget * count, choice)
+    fallbacks = [c for c in ladder[1:] if c.index_bytes <= budget * count]  # the next ones that fit
+    return Layout(count, storage, budget * count, choice, fallbacks)
 
 
 def check_layout(index: faiss.Index, factory: str, layout: Layout) -> None:

@@ -150,3 +150,19 @@ def test_shards_without_ray_are_the_same_shards(corpus, tmp_path):
     two = build(src, tmp_path / "two", *common, "index.shards=2")
     assert two.ray_tasks == 0 and two.ntotal == 6000
     same_answers(IndexDirectory.open(tmp_path / "one"), IndexDirectory.open(tmp_path / "two"), x[::37].copy())
+
+
+def test_sharded_auto_moves_to_the_next_candidate_until_the_recall_is_met(tmp_path):
+    """Issue 8's promise holds sharded too: IVF-SQ8's codes fall short of a high target on these vectors,
+    so auto discards that build (nothing of it published) and keeps IVF-Flat, which meets the target."""
+    src = dataset(tmp_path / "ds", vectors(4000, dim=16, seed=3), dtype="float32")
+    common = ["index.shards=2", "index.storage=ondisk", "parallel.min_vectors=null"]
+    assert shards.auto_factories(4000, "ondisk") == ["IVF64,SQ8", "IVF64,Flat"]
+    summary = build(src, tmp_path / "idx", *common, "index.target_recall=0.99")
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert info["factory"] == "IVF64,Flat" and "after IVF64,SQ8 fell short" in summary.reason
+    assert [t["factory"] for t in summary.tried] == ["IVF64,SQ8", "IVF64,Flat"]
+    assert info["recall"]["value"] >= 0.99 and len(info["shards"]) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+    # a target SQ8 meets: the first candidate is kept
+    assert build(src, tmp_path / "low", *common, "index.target_recall=0.8").factory == "IVF64,SQ8"
