@@ -79,33 +79,45 @@ def _check_append(existing: IndexInfo, source: EmbeddingSource, cfg: IndexComman
 
 
 class _Stored:
-    """The vectors an index stores for labels, to tell a re-read row from a different vector under its id."""
+    """The vectors an index stores for labels, to tell a re-read row from a different vector under its id.
+    A sharded index is read shard by shard (FAISS's IndexShards cannot reconstruct)."""
 
     def __init__(self, index: faiss.Index, factory: str) -> None:
-        self.index = index
         self.same = SAME_COSINE_LOSSY if lossy_scores(factory) else SAME_COSINE
-        self.ivf = faiss.try_extract_index_ivf(index)
-        if self.ivf is not None:
-            self.ivf.make_direct_map()  # label -> list entry; dropped again before the index is written
+        self.parts = shards.shard_parts(index) if shards.is_sharded(index) else [index]
+        self.firsts = np.cumsum([0] + [p.ntotal for p in self.parts])
+        self.ivfs = [ivf for p in self.parts if (ivf := faiss.try_extract_index_ivf(p)) is not None]
+        for ivf in self.ivfs:
+            ivf.make_direct_map()  # label -> list entry; dropped again before the index is written
         try:
-            index.reconstruct(0)
+            self.parts[0].reconstruct(0)
             self.available = True
         except RuntimeError:
             self.available = False
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        """The stored vectors of global ``labels``, each read from the shard that holds it."""
+        labels = np.asarray(labels, dtype=np.int64)
+        part_of = np.searchsorted(self.firsts, labels, side="right") - 1
+        out = np.empty((len(labels), self.parts[0].d), dtype=np.float32)
+        for p in np.unique(part_of):
+            mine = np.flatnonzero(part_of == p)
+            out[mine] = self.parts[p].reconstruct_batch(labels[mine] - self.firsts[p])
+        return out
 
     def differ(self, labels: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Mask over ``labels``: the input vector is not the one stored (False where it cannot tell)."""
         if not self.available or not len(labels):
             return np.zeros(len(labels), dtype=bool)
-        stored = self.index.reconstruct_batch(np.asarray(labels, dtype=np.int64))
+        stored = self.vectors(labels)
         cos = np.einsum("ij,ij->i", stored, vectors) / np.maximum(
             np.linalg.norm(stored, axis=1) * np.linalg.norm(vectors, axis=1), 1e-12
         )
         return cos < self.same
 
     def release(self) -> None:
-        if self.ivf is not None:
-            self.ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        for ivf in self.ivfs:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
 
 
 def _duplicate_error(item: dict, where: str) -> LatentError:

@@ -166,3 +166,19 @@ def test_sharded_auto_moves_to_the_next_candidate_until_the_recall_is_met(tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
     # a target SQ8 meets: the first candidate is kept
     assert build(src, tmp_path / "low", *common, "index.target_recall=0.8").factory == "IVF64,SQ8"
+
+
+@pytest.mark.parametrize("storage", ["memory", "ondisk"])
+def test_append_to_shards_tells_a_different_vector_under_an_indexed_id(tmp_path, storage):
+    """FAISS's IndexShards cannot reconstruct: each stored vector is read from the shard that holds it, so a
+    collision is caught (error by default; skip keeps the indexed vector) and a re-read row is skipped."""
+    old, other = vectors(1000, seed=11), vectors(1000, seed=12)
+    common = ["index.factory='IVF8,Flat'", "index.target_recall=0.5", "parallel.min_vectors=null"]
+    build(dataset(tmp_path / "a", old), tmp_path / "idx", *common, "index.shards=2", f"index.storage={storage}")
+    colliding = dataset(tmp_path / "b", other, first_row=900)  # v900..v999 are other vectors, then new ids
+    with pytest.raises(LatentError, match=r"duplicate id 'v900'"):
+        build(colliding, tmp_path / "idx", *common, "index.mode=append")
+    summary = build(colliding, tmp_path / "idx", *common, "index.mode=append", "index.on_duplicate_id=skip")
+    assert (summary.added, summary.skipped, summary.ntotal) == (900, 100, 1900)
+    reread = build(dataset(tmp_path / "c", old[:600]), tmp_path / "idx", *common, "index.mode=append")
+    assert (reread.added, reread.skipped) == (0, 600)  # the same rows again: nothing to add
