@@ -45,6 +45,7 @@ from pipeline.serve.images import (
 )
 from pipeline.serve.models import (
     API_VERSION,
+    ERRORS,
     ErrorBody,
     Health,
     Hit,
@@ -66,11 +67,6 @@ QUERY_FIELDS = ("text", "image", "vector", "id")
 KIND_OF = {"text": "texts", "image": "images", "vector": "vectors", "id": "ids"}  # the batcher's kinds
 THUMBNAIL_WAIT_S = 10.0  # a thumbnail request waits this long for a decode slot, then gets 503
 ID_CONVERTOR = "latent_id"  # {id:latent_id}: see AnyTextConvertor
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a bad query (the message says what to change)"},
-    413: {"model": ErrorBody, "description": "the request body is over the server's max_body_bytes"},
-    503: {"model": ErrorBody, "description": "max_decodes image decodes are running: retry after Retry-After seconds"},
-}
 
 
 class BodyLimit:
@@ -241,6 +237,11 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
+    async def decode_query_image(text: str) -> Image.Image:
+        """A query's ``image`` field, decoded in a thread within the decode budget and max_query_pixels."""
+        min_side = DRAFT_FACTOR * await input_side()
+        return await run_in_threadpool(decode_base64_image, text, decodes, cfg.max_query_pixels, min_side)
+
     def thumbnail_url(request: Request, id: str) -> str:
         return f"{request.scope.get('root_path', '')}{url_of('/thumbnails', id)}"
 
@@ -269,8 +270,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
         if field == "id" and not value:
             raise HTTPException(400, "id: empty")
         if field == "image":
-            min_side = DRAFT_FACTOR * await input_side()
-            value = await run_in_threadpool(decode_base64_image, value, decodes, cfg.max_query_pixels, min_side)
+            value = await decode_query_image(value)
         if field == "vector":
             with np.errstate(over="ignore"):
                 value = np.asarray(value, dtype=np.float32)
@@ -364,7 +364,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
 
     from pipeline.serve.map_routes import attach_map
 
-    helpers = {"thumbnail_url": thumbnail_url, "metadata_of": metadata_of, "decode_image": decode_base64_image}
+    helpers = {"thumbnail_url": thumbnail_url, "metadata_of": metadata_of, "decode_image": decode_query_image}
     attach_map(app, searcher, cfg, batcher, helpers)
 
     @app.get("/", include_in_schema=False)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import LatentError
 from pipeline.map.place import Placer
 from pipeline.map.store import MapDirectory, default_map_path, is_map_directory, level_column
+from pipeline.serve.models import ERRORS, ErrorBody
 
 if TYPE_CHECKING:
     from pipeline.config import ServeConfig
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_SELECTION = 1_000_000
 NO_MAP = "this index has no map: make one with `latent map index.path=INDEX` (or serve map.path=MAP)"
+# documented answers besides 200 (OpenAPI), so clients and the fuzz tests know them
+NOT_FOUND = {404: {"model": ErrorBody, "description": "this index has no map, or no such point"}}
+NO_ITEM = {404: {"model": ErrorBody, "description": "an id the index does not hold"}}
 
 
 class TermBody(BaseModel):
@@ -175,7 +179,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             return HTMLResponse(f"<!doctype html><title>latent map</title><p id='no-map'>{NO_MAP}</p>", 404)
         return FileResponse(STATIC_DIR / "map.html")
 
-    @app.get("/map/info", summary="The served map: rows, levels, regions per level, bounds, quality, labels")
+    @app.get(
+        "/map/info",
+        responses=NOT_FOUND,
+        summary="The served map: rows, levels, regions per level, bounds, quality, labels",
+    )
     def map_info() -> dict[str, Any]:
         s = need()
         info = s.map.info
@@ -194,7 +202,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
     @app.get(
         "/map/points",
         response_class=Response,
-        responses={200: {"content": {"application/octet-stream": {}}}},
+        responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
         summary="Every point as binary columns: x float32[n], y float32[n], finest cluster uint16|uint32[n]",
     )
     def map_points() -> Response:
@@ -202,11 +210,17 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         headers = {"X-Points": str(s.n), "X-Cluster-Type": s.cluster_type, "Cache-Control": "no-cache"}
         return Response(s.body, media_type="application/octet-stream", headers=headers)
 
-    @app.get("/map/clusters", summary="Regions at every level: level, cluster, parent, label, size, x, y")
+    @app.get(
+        "/map/clusters",
+        responses=NOT_FOUND,
+        summary="Regions at every level: level, cluster, parent, label, size, x, y",
+    )
     def map_clusters() -> list[dict[str, Any]]:
         return need().clusters
 
-    @app.get("/map/points/{index}", summary="The item at a point index, with its position and regions")
+    @app.get(
+        "/map/points/{index}", responses=NOT_FOUND, summary="The item at a point index, with its position and regions"
+    )
     def map_point(index: int, request: Request) -> dict[str, Any]:
         s = need()
         if not 0 <= index < s.n:
@@ -215,7 +229,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         row = searcher.item(id) or {"id": id}
         return {**hit_rows(request, [row])[0], "cluster": int(s.fine[index])}
 
-    @app.get("/map/neighbors/{index}", summary="The k nearest items (in latent space) of the item at a point")
+    @app.get(
+        "/map/neighbors/{index}",
+        responses={**ERRORS, **NOT_FOUND},
+        summary="The k nearest items (in latent space) of the item at a point",
+    )
     async def map_neighbors(index: int, request: Request, k: int = 10) -> dict[str, Any]:
         s = need()
         if not 0 <= index < s.n:
@@ -247,10 +265,14 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             terms = [Term(field, getattr(body, field))]
         for t in terms:
             if t.kind == "image":
-                t.value = helpers["decode_image"](t.value, cfg.max_image_pixels)
+                t.value = await helpers["decode_image"](t.value)
         return await batcher.call(combine_terms, searcher, terms)
 
-    @app.post("/map/locate", summary="Where a query lands on the map, and its hits (text, image, id, vector, terms)")
+    @app.post(
+        "/map/locate",
+        responses={**ERRORS, **NOT_FOUND},
+        summary="Where a query lands on the map, and its hits (text, image, id, vector, terms)",
+    )
     async def map_locate(body: LocateQuery, request: Request) -> dict[str, Any]:
         s = need()
         vector = await query_vector(body)
@@ -258,7 +280,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         rows = await batcher.search("vectors", vector[0], body.k)
         return {"x": x, "y": y, "hits": hit_rows(request, rows)}
 
-    @app.post("/search/terms", summary="The k nearest items to weighted terms (works without a map)")
+    @app.post(
+        "/search/terms",
+        responses={**ERRORS, **NO_ITEM},
+        summary="The k nearest items to weighted terms (works without a map)",
+    )
     async def search_terms(body: LocateQuery, request: Request) -> dict[str, Any]:
         vector = await query_vector(body)
         rows = await batcher.search("vectors", vector[0], body.k)
@@ -268,19 +294,27 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         ]
         return {"k": body.k, "hits": hits}
 
-    @app.post("/map/selection", summary="The ids of a set of points (a box selection), and the first items")
+    @app.post(
+        "/map/selection",
+        responses={**ERRORS, **NOT_FOUND},
+        summary="The ids of a set of points (a box selection), and the first items",
+    )
     def map_selection(body: Selection, request: Request) -> dict[str, Any]:
         s = need()
         if len(body.indices) > MAX_SELECTION:
             raise HTTPException(400, f"at most {MAX_SELECTION} indices")
-        indices = np.asarray(body.indices, dtype=np.int64)
-        if len(indices) and (indices.min() < 0 or indices.max() >= s.n):
+        if body.indices and not 0 <= min(body.indices) <= max(body.indices) < s.n:  # before any int64 cast
             raise HTTPException(400, f"indices must be in 0..{s.n - 1}")
+        indices = np.asarray(body.indices, dtype=np.int64)
         ids = s.ids.take(indices).to_pylist() if len(indices) else []
         items = [searcher.item(id) or {"id": id} for id in ids[: body.items]]
         return {"count": len(ids), "ids": ids, "items": hit_rows(request, items)}
 
-    @app.post("/map/path", summary="A route between two items: the items nearest the great circle between them")
+    @app.post(
+        "/map/path",
+        responses={**ERRORS, **NO_ITEM},
+        summary="A route between two items: the items nearest the great circle between them",
+    )
     async def map_path(body: RouteQuery, request: Request) -> dict[str, Any]:
         from pipeline.search.terms import find_path
 

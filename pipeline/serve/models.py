@@ -85,3 +85,11 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong with the request")
+
+
+# the error answers a query route can give, as documented in its OpenAPI entry
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a bad query (the message says what to change)"},
+    413: {"model": ErrorBody, "description": "the request body is over the server's max_body_bytes"},
+    503: {"model": ErrorBody, "description": "max_decodes image decodes are running: retry after Retry-After seconds"},
+}

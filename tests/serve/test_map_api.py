@@ -136,6 +136,21 @@ def test_a_query_lands_on_the_map_with_its_hits(map_server):
         assert client.post("/map/locate", json={"text": "a", "id": first}).status_code == 400
 
 
+def test_an_image_query_lands_where_its_photo_is(map_server, photo_map, photos):
+    import base64
+
+    photo = sorted(p for p in photos.rglob("*.jpg"))[0]
+    image = base64.b64encode(photo.read_bytes()).decode()
+    with map_server.client() as client:
+        got = client.post("/map/locate", json={"image": image, "k": 1})
+        assert got.status_code == 200, got.text
+        assert got.json()["hits"][0]["id"] == str(photo.relative_to(photos))  # the photo itself, first
+        mixed = client.post("/map/locate", json={"terms": [{"image": image}, {"text": "a rocket", "weight": 0.5}]})
+        assert mixed.status_code == 200, mixed.text
+        bad = client.post("/map/locate", json={"image": "bm90IGFuIGltYWdl"})  # base64 of "not an image"
+        assert bad.status_code == 400 and "not a usable image" in bad.json()["detail"]
+
+
 def test_selection_and_route(map_server, photo_map):
     ids = photo_map.points().column("id").to_pylist()
     with map_server.client() as client:
@@ -166,3 +181,52 @@ def test_serve_with_a_map_path_that_is_not_a_map_exits_2(map_index, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2 and "not a map directory" in proc.stderr
+
+
+MAP_OPERATIONS = [
+    "GET /map/info",
+    "GET /map/points",
+    "GET /map/clusters",
+    "GET /map/points/{index}",
+    "GET /map/neighbors/{index}",
+    "POST /map/locate",
+    "POST /map/selection",
+    "POST /map/path",
+    "POST /search/terms",
+]
+
+
+@pytest.mark.slow
+def test_no_generated_request_to_the_map_gets_a_5xx(map_server):
+    """Schemathesis over the map's operations (as tests/serve/test_fuzz.py does for the others): requests
+    that fit the schema get a documented status and body, and none that breaks it gets a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+    schema = schemathesis.openapi.from_url(f"{map_server.url}/openapi.json")
+    found = {f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in schema.get_all_operations())}
+    assert set(MAP_OPERATIONS) <= set(found), sorted(found)
+    seen: dict[str, list[int]] = {}
+
+    def fuzz(name: str, mode: GenerationMode) -> None:
+        checks = [not_a_server_error]
+        if mode == GenerationMode.POSITIVE:
+            checks += [status_code_conformance, response_schema_conformance]
+
+        @given(case=found[name].as_strategy(generation_mode=mode))
+        @settings(max_examples=15, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case):
+            response = case.call(timeout=30)
+            seen.setdefault(name, []).append(response.status_code)
+            case.validate_response(response, checks=checks)
+
+        run()
+
+    for name in MAP_OPERATIONS:
+        fuzz(name, GenerationMode.POSITIVE)
+        if name.startswith("POST"):  # GETs take any string: nothing negative to generate
+            fuzz(name, GenerationMode.NEGATIVE)
+    assert set(seen) == set(MAP_OPERATIONS) and max(max(codes) for codes in seen.values()) < 500
