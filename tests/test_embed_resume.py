@@ -58,7 +58,7 @@ def group_alive(pgid: int, wait: float = 15.0) -> list[str]:
 
 @pytest.mark.slow
 def test_kill_minus_nine_then_rerun_embeds_everything_exactly_once(tmp_path):
-    corpus = write_image_folder(tmp_path / "corpus", 240)
+    corpus = write_image_folder(tmp_path / "corpus", 120)
     out = tmp_path / "out"
     proc = start_embed(corpus, out)
     try:

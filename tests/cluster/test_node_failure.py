@@ -15,7 +15,7 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
     from ray.job_submission import JobSubmissionClient
 
     corpus = tmp_path / "images"
-    names = make_corpus(corpus, 320, seed=7)  # enough that an idle machine is still busy when the kill lands
+    names = make_corpus(corpus, 160, seed=7)  # enough that an idle machine is still busy when the kill lands
     out = tmp_path / "emb"
     # small shards and read tasks: many commits, so the kill lands with most of the corpus still to do
     command = tiny_embed_command(

@@ -16,7 +16,7 @@ import pytest
 from index.helpers import build, dataset, vectors
 
 TINY_CLI = str(Path(__file__).parents[1] / "tiny_cli.py")
-QUERIES = 4000
+QUERIES = 1600
 
 
 def start_knn(queries: Path, index: Path, out: Path) -> subprocess.Popen:
@@ -29,8 +29,8 @@ def start_knn(queries: Path, index: Path, out: Path) -> subprocess.Popen:
         f"output.path={out}",
         "ray.num_cpus=2",
         "k=3",
-        "batch_size=20",
-        "output.rows_per_shard=40",
+        "batch_size=40",
+        "output.rows_per_shard=80",
         "progress=false",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
