@@ -1,7 +1,7 @@
 """`latent <command> [key=value ...]`: one console script, one Hydra app per command.
 
 Hydra and omegaconf stay here, at the edge: the command line is checked against the command's
-dataclass (pipeline/config.py: the one source of keys, defaults and explanations), composed by
+dataclass (pipeline/config/: the one source of keys, defaults and explanations), composed by
 Hydra, turned into that dataclass and handed to the library.
 """
 
