@@ -15,7 +15,8 @@ from pipeline.cli import compose
 from pipeline.errors import LatentError
 from pipeline.io.shards import commit_table
 from pipeline.search import Searcher
-from pipeline.search.knn import GROUPS_SCHEMA, NEIGHBORS_SCHEMA, near_duplicate_groups, run_knn
+from pipeline.search.knn import run_knn
+from pipeline.search.neighbours import GROUPS_SCHEMA, NEIGHBORS_SCHEMA, near_duplicate_groups
 
 
 def knn(input_path, index, out, *extra: str):
@@ -154,7 +155,8 @@ def test_bad_configs_are_refused_before_any_work(tmp_path, flat_index, vector_co
 
 def test_the_stages_on_float16_embeddings_without_ray(tmp_path, flat_index, vector_corpus):
     """read_queries -> KnnBatches -> write_neighbours called directly, on a float16 embedding dataset."""
-    from pipeline.search.knn import KnnBatches, list_queries, read_queries, write_neighbours
+    from pipeline.search.neighbours import KnnBatches, write_neighbours
+    from pipeline.search.queries import list_queries, read_queries
 
     x = vectors(300, seed=9)
     data = dataset(tmp_path / "emb16", x, rows_per_shard=120)  # float16, as `latent embed` writes by default
