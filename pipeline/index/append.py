@@ -18,7 +18,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
@@ -192,8 +191,6 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
     stored = _Stored(index, old.factory)
     if appender is not None:
         index = appender
-    id_map = existing.id_map()
-    known, known_labels = id_map.column("id"), id_map.column("label").to_numpy()
     n_in = source.rows
     query_at = held_out_rows(n_in, query_count(cfg, n_in), ic.seed)
     with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
@@ -215,9 +212,8 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
             coarse_quantizer_on(index if appender is None else appender.parts[-1], device),
         ):
             for batch in iter_batches(source, ic.batch_size, metric=metric_name):
-                position = pc.index_in(batch.items.column("id"), value_set=known)  # null: a new id
-                is_old = pc.is_valid(position).to_numpy(zero_copy_only=False)
-                labels = np.where(is_old, known_labels[pc.fill_null(position, 0).to_numpy()], -1)
+                labels = existing.labels_of(batch.items.column("id"))  # -1: a new id
+                is_old = labels >= 0
                 old_at = np.flatnonzero(is_old)
                 differ = old_at[stored.differ(labels[old_at], batch.vectors[old_at])]
                 if len(differ) and policy == DuplicatePolicy.error:

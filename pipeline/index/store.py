@@ -250,24 +250,36 @@ class IndexDirectory:
 
     def label_of(self, id: str) -> int | None:
         """The FAISS label of the item ``id``, or None if the index does not hold it."""
-        b = bisect.bisect_right(self._id_fences, id) - 1
-        if b < 0:
-            return None
-        with self._lock:
-            batch = self._ids.get_batch(b)
-        keys, labels = batch.column(0), batch.column(1)
-        lo, hi = 0, len(keys)
-        while lo < hi:  # binary search inside the sorted batch, without converting it to Python
-            mid = (lo + hi) // 2
-            if keys[mid].as_py() < id:
-                lo = mid + 1
-            else:
-                hi = mid
-        return labels[lo].as_py() if lo < len(keys) and keys[lo].as_py() == id else None
+        label = int(self.labels_of([id])[0])
+        return None if label < 0 else label
 
-    def labels_of(self, ids: Iterable[str]) -> np.ndarray:
-        """FAISS labels of many ids (-1 for ids the index does not hold)."""
-        return np.array([-1 if (label := self.label_of(i)) is None else label for i in ids], dtype=np.int64)
+    def labels_of(self, ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """FAISS labels of ``ids`` (-1 for an id the index does not hold): the one id -> label lookup of an
+        index directory. ids.arrow is sorted by id: each id's record batch is found by bisecting the batches'
+        first ids, then the ids that fall in a batch are matched against it at once (memory-mapped, so only
+        the batches touched are read)."""
+        if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+            keys = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+            keys = keys.cast(pa.string())
+        else:
+            keys = pa.array(list(ids), pa.string())
+        labels = np.full(len(keys), -1, dtype=np.int64)
+        fences = self._id_fences
+        batch_of = np.array(
+            [-1 if id is None else bisect.bisect_right(fences, id) - 1 for id in keys.to_pylist()], dtype=np.int64
+        )
+        order = np.argsort(batch_of, kind="stable")
+        starts = np.flatnonzero(np.diff(batch_of[order], prepend=-2))
+        for at in np.split(order, starts[1:]):
+            b = int(batch_of[at[0]]) if len(at) else -1
+            if b < 0:  # before the first id (or a null id): not held
+                continue
+            with self._lock:
+                batch = self._ids.get_batch(b)
+            position = pc.index_in(keys.take(pa.array(at)), value_set=batch.column(0))
+            found = pc.is_valid(position).to_numpy(zero_copy_only=False)
+            labels[at[found]] = batch.column(1).to_numpy()[pc.drop_null(position).to_numpy()]
+        return labels
 
     def all_ids(self) -> pa.ChunkedArray:
         """Every id in the index, sorted (memory-mapped: cheap until iterated)."""

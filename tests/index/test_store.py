@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.errors import LatentError
 from pipeline.index.store import (
+    IDS_BATCH_ROWS,
     IDS_FILE,
     INDEX_FILE,
     INFO_FILE,
@@ -110,6 +111,26 @@ def test_label_of_every_id_and_unknown_ids(directory):
     assert d.label_of("nope") is None and d.label_of("") is None and d.label_of("zzz") is None
     assert list(d.labels_of([ids[3], "nope"])) == [3, -1]
     assert d.all_ids().to_pylist() == sorted(ids)
+
+
+def test_labels_of_many_ids_across_the_id_maps_batches(tmp_path):
+    """The one id -> label lookup: ids from every record batch of ids.arrow, shuffled, unknown ids before, between
+    and after the stored ones, a null, and an Arrow column (as append passes) give each stored id its label."""
+    n = 3 * IDS_BATCH_ROWS + 17  # several batches of the sorted id map
+    ids = [f"item-{i * 7919 % n:06d}" for i in range(n)]  # labels in another order than the ids
+    vectors = clustered_unit_vectors(n, ClusteredSpec(dim=8, clusters=4, seed=5))
+    write_directory(tmp_path / "idx", vectors, ids, batch_rows=IDS_BATCH_ROWS, chunk=5000)
+    d = IndexDirectory.open(tmp_path / "idx")
+    assert d._ids.num_record_batches == 4
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(n)[:5000]
+    asked = [ids[i] for i in pick] + ["a-before", "item-000000x", "zzz-after"]
+    expected = np.concatenate([pick, [-1, -1, -1]])
+    assert d.labels_of(asked).tolist() == expected.tolist()
+    column = pa.chunked_array([pa.array(asked[:100]), pa.array([*asked[100:], None])])
+    assert d.labels_of(column).tolist() == [*expected.tolist(), -1]
+    assert d.labels_of([]).tolist() == []
+    assert d.label_of(ids[-1]) == n - 1 and d.label_of("item-000000x") is None
 
 
 def test_items_batches_are_fixed_size(directory):
