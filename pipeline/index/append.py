@@ -22,7 +22,11 @@ import pyarrow as pa
 from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
 from pipeline.index import shards
-from pipeline.index.build import (
+from pipeline.index.choose import build_bytes, estimate_index_bytes, human
+from pipeline.index.gpu import coarse_quantizer_on
+from pipeline.index.integrity import lossy_scores
+from pipeline.index.read import EmbeddingSource, iter_batches, read_rows
+from pipeline.index.steps import (
     Rows,
     finish,
     held_out_rows,
@@ -32,10 +36,6 @@ from pipeline.index.build import (
     recall_warning,
     tune_phase,
 )
-from pipeline.index.choose import build_bytes, estimate_index_bytes, human
-from pipeline.index.gpu import coarse_quantizer_on
-from pipeline.index.integrity import lossy_scores
-from pipeline.index.read import EmbeddingSource, iter_batches, read_rows
 from pipeline.index.store import (
     ITEMS_FILE,
     IndexDirectory,

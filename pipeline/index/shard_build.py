@@ -2,7 +2,7 @@
 
 The create path of ``build.build_index`` when the directory holds shard files (index.json format 2):
 one trained index, copied into every shard and filled by ``shards.add_shards`` (a Ray task per shard),
-tuned on the joined shards, published by ``build.finish``. Unlike the one-file build, the tune queries
+tuned on the joined shards, published by ``steps.finish``. Unlike the one-file build, the tune queries
 stay in the index (labels follow the input's row order, which the shard ranges need) and are left out
 of their own answers (leave-one-out), as append measures; auto tries the candidates of
 ``shards.auto_factories`` in order until one reaches the target recall (or the last one).
@@ -19,24 +19,24 @@ import numpy as np
 
 from pipeline.config import IndexCommandConfig
 from pipeline.index import shards
-from pipeline.index.build import (
+from pipeline.index.choose import Choice, make_index
+from pipeline.index.read import EmbeddingSource, read_rows
+from pipeline.index.steps import (
     Rows,
-    _plan,
-    _train,
-    _trial,
-    _unreachable,
+    created_summary,
+    describe_trial,
+    explain_unreachable,
     finish,
     held_out_rows,
     new_info,
+    plan_choices,
     query_count,
     recall_of,
-    recall_warning,
+    train_on_sample,
     tune_phase,
 )
-from pipeline.index.choose import Choice, make_index
-from pipeline.index.read import EmbeddingSource, read_rows
 from pipeline.index.store import ITEMS_FILE, METRICS, ItemsWriter, StagedIndexDirectory
-from pipeline.index.summary import Clock, IndexSummary, progress_bar, summarize
+from pipeline.index.summary import Clock, IndexSummary, progress_bar
 from pipeline.index.tune import GroundTruth
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def build_sharded(
     n_queries = query_count(cfg, source.rows)
     metric = METRICS[ic.metric.value]
     auto = layout.choice is not None
-    given = None if auto else _plan(cfg, source, layout.budget, metric, n_queries)[0]
+    given = None if auto else plan_choices(cfg, source, layout.budget, metric, n_queries)[0]
     candidates = [layout.choice, *layout.fallbacks] if auto else [given]
     query_at = held_out_rows(source.rows, n_queries, ic.seed)
     with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
@@ -70,7 +70,7 @@ def build_sharded(
             summary.tried = tried
             return summary
     exact_fits = any(c.factory == "Flat" for c in candidates)
-    raise _unreachable(cfg, tried, source.rows, source.dim, metric, n_queries, exact_fits)
+    raise explain_unreachable(cfg, tried, source.rows, source.dim, metric, n_queries, exact_fits)
 
 
 def _build_candidate(
@@ -95,7 +95,7 @@ def _build_candidate(
     index = make_index(choice.factory, dim, metric)
     shards.check_layout(index, choice.factory, layout)
     if not index.is_trained:
-        _train(cfg, clock, index, choice.factory, source, query_at, 0, device, metric_name)
+        train_on_sample(cfg, clock, index, choice.factory, source, query_at, 0, device, metric_name)
 
     with StagedIndexDirectory(target) as stage:
         truth = GroundTruth(queries, ic.k, metric)
@@ -117,7 +117,7 @@ def _build_candidate(
             raise RuntimeError(f"added {index.ntotal} vectors, expected {n}")
         own = np.asarray(query_at, dtype=np.int64)  # the queries are indexed: each is left out of its answer
         result = tune_phase(cfg, clock, index, queries, truth.labels(), own)
-        trial = _trial(choice, result, truth.exact_qps)
+        trial = describe_trial(choice, result, truth.exact_qps)
         if auto and not result.reached:
             log.warning("index.factory=auto: %s: %s; not kept", choice.factory, trial["outcome"])
             return None, trial  # leaving the block unpublished removes the staging directory
@@ -128,19 +128,16 @@ def _build_candidate(
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 
-    return summarize(
+    return created_summary(
         info,
-        path=str(target),
-        mode=ic.mode.value,
+        cfg,
+        choice,
+        result,
         reason=choice.reason,
         device=device,
-        input_rows=n,
-        added=n,
-        skipped=0,
         clock=clock,
         started=started,
         memory_bytes=memory,
-        warnings=[w for w in (choice.warning,) if w and not result.reached] + recall_warning(result, cfg),
         ray_tasks=layout.count if use_ray else 0,
         ray_nodes=ray_nodes,
     ), trial
