@@ -25,13 +25,13 @@ from pipeline.index import shards
 from pipeline.index.choose import build_bytes, estimate_index_bytes, human
 from pipeline.index.gpu import coarse_quantizer_on
 from pipeline.index.integrity import lossy_scores
-from pipeline.index.read import EmbeddingSource, iter_batches, read_rows
+from pipeline.index.read import EmbeddingSource, iter_batches
 from pipeline.index.steps import (
     Rows,
     finish,
-    held_out_rows,
     now,
     query_count,
+    read_tune_queries,
     recall_of,
     recall_warning,
     tune_phase,
@@ -192,10 +192,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
     if appender is not None:
         index = appender
     n_in = source.rows
-    query_at = held_out_rows(n_in, query_count(cfg, n_in), ic.seed)
-    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
-        (queries,) = read_rows(source, [query_at], ic.batch_size, metric_name)
-        bar.update(len(query_at))
+    query_at, queries = read_tune_queries(cfg, clock, source, metric_name)
 
     truth = GroundTruth(queries, ic.k, old.faiss_metric)
     own = np.full(len(query_at), -1, dtype=np.int64)

@@ -32,17 +32,17 @@ from pipeline.index.choose import (
     parse_memory,
 )
 from pipeline.index.gpu import coarse_quantizer_on
-from pipeline.index.read import EmbeddingSource, iter_batches, read_rows, scan
+from pipeline.index.read import EmbeddingSource, iter_batches, scan
 from pipeline.index.steps import (
     Rows,
     created_summary,
     describe_trial,
     explain_unreachable,
     finish,
-    held_out_rows,
     new_info,
     plan_choices,
     query_count,
+    read_tune_queries,
     recall_of,
     train_on_sample,
     tune_phase,
@@ -166,10 +166,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
     plan = [layout.choice] if layout.choice else plan_choices(cfg, source, layout.budget, metric, n_queries)
     auto = ic.factory.strip().lower() == "auto"
     exact_fits = auto and any(c.factory == "Flat" for c in plan)
-    query_at = held_out_rows(n, n_queries, ic.seed)
-    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
-        (queries,) = read_rows(source, [query_at], ic.batch_size, metric_name)
-        bar.update(len(query_at))
+    query_at, queries = read_tune_queries(cfg, clock, source, metric_name)
     own = np.full(len(query_at), -1, dtype=np.int64)  # not in the index while it is tuned
 
     with StagedIndexDirectory(target) as stage:

@@ -20,17 +20,17 @@ import numpy as np
 from pipeline.config import IndexCommandConfig
 from pipeline.index import shards
 from pipeline.index.choose import Choice, make_index
-from pipeline.index.read import EmbeddingSource, read_rows
+from pipeline.index.read import EmbeddingSource
 from pipeline.index.steps import (
     Rows,
     created_summary,
     describe_trial,
     explain_unreachable,
     finish,
-    held_out_rows,
     new_info,
     plan_choices,
     query_count,
+    read_tune_queries,
     recall_of,
     train_on_sample,
     tune_phase,
@@ -56,10 +56,7 @@ def build_sharded(
     auto = layout.choice is not None
     given = None if auto else plan_choices(cfg, source, layout.budget, metric, n_queries)[0]
     candidates = [layout.choice, *layout.fallbacks] if auto else [given]
-    query_at = held_out_rows(source.rows, n_queries, ic.seed)
-    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
-        (queries,) = read_rows(source, [query_at], ic.batch_size, ic.metric.value)
-        bar.update(len(query_at))
+    query_at, queries = read_tune_queries(cfg, clock, source, ic.metric.value)
     tried: list[dict] = []
     for attempt, choice in enumerate(candidates):
         if attempt:

@@ -51,6 +51,17 @@ def held_out_rows(n: int, queries: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(n, queries), replace=False))
 
 
+def read_tune_queries(
+    cfg: IndexCommandConfig, clock: Clock, source: EmbeddingSource, metric_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tune queries: their rows (``held_out_rows``, sorted) and their vectors, read under a progress bar."""
+    query_at = held_out_rows(source.rows, query_count(cfg, source.rows), cfg.index.seed)
+    with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(query_at)) as bar:
+        (queries,) = read_rows(source, [query_at], cfg.index.batch_size, metric_name)
+        bar.update(len(query_at))
+    return query_at, queries
+
+
 class Rows:
     """Driver-side bookkeeping of the add phase: item rows in label order and the ids for the id map."""
 
