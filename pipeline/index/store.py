@@ -8,8 +8,6 @@ Readers memory-map the big files: opening an index does not load the corpus' met
 from __future__ import annotations
 
 import bisect
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -36,7 +34,11 @@ from pipeline.index.integrity import (
     open_arrow,
     read_faiss_index,
 )
+from pipeline.io.publish import pid_alive, publish_directory
 from pipeline.io.shards import EmbeddingInfo
+
+# the name pipeline/map/job.py imports today; it should import pid_alive from pipeline.io.publish
+_pid_alive = pid_alive
 
 FORMAT_VERSION = 2  # the newest format this latent reads and writes (2: sharded and on-disk indexes)
 SINGLE_FILE_FORMAT = 1  # what a one-file, in-memory index directory is still written as (older latents read it)
@@ -355,54 +357,6 @@ def write_id_map(path: str | os.PathLike, ids: pa.ChunkedArray | pa.Array) -> No
             writer.write_batch(batch)
 
 
-def _fsync_tree(root: Path) -> None:
-    for item in [*root.iterdir(), root]:
-        fd = os.open(item, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one atomic step (Linux renameat2); False where the OS cannot."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd = -100
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def publish_directory(staged: Path, target: Path) -> None:
-    """Move the finished directory ``staged`` to ``target``, replacing what was there in one atomic step
-    where the OS allows (renameat2 exchange), then remove the old one. Used for index and map directories."""
-    _fsync_tree(staged)
-    if not target.exists():
-        os.rename(staged, target)
-        return
-    if not _exchange(staged, target):
-        # two renames: a crash between them leaves the old directory under a hidden name
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(staged, target)
-        staged = old
-    shutil.rmtree(staged, ignore_errors=True)  # after an exchange, this holds the old directory
-
-
 class StagedIndexDirectory:
     """A new index directory being written next to ``path``; ``commit()`` moves it into place.
 
@@ -424,7 +378,7 @@ class StagedIndexDirectory:
         prefix = f".{self.target.name}{_STAGING_MARK}"
         for entry in self.target.parent.glob(f"{prefix}*"):
             pid = entry.name[len(prefix) :].split("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def file(self, name: str) -> Path:

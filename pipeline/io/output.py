@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import LatentError
+from pipeline.io.publish import pid_alive
 from pipeline.io.shards import (
     ERRORS_DIR,
     ERRORS_SCHEMA,
@@ -52,16 +53,6 @@ READ_DIR = "read"  # <state dir>/units/read/<unit id>.<attempt>: rows a read att
 def unit_marker_name(unit_id: str) -> str:
     """A unit id as a file name (ids may hold any character)."""
     return hashlib.sha1(unit_id.encode()).hexdigest()[:20]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 @dataclass

@@ -164,13 +164,13 @@ def test_failed_write_leaves_nothing_and_the_old_index_untouched(directory):
 
 
 def test_replacing_is_one_exchange_and_an_open_reader_keeps_the_old_index(directory, monkeypatch):
-    import pipeline.index.store as store
+    import pipeline.io.publish as publish
 
     path, vectors, ids = directory
     old = IndexDirectory.open(path)
     renames = []
     rename = os.rename
-    monkeypatch.setattr(store.os, "rename", lambda a, b: (renames.append((str(a), str(b))), rename(a, b))[1])
+    monkeypatch.setattr(publish.os, "rename", lambda a, b: (renames.append((str(a), str(b))), rename(a, b))[1])
     write_directory(path, vectors[:30], [f"new-{i}" for i in range(30)])
     # atomic: one renameat2 exchange (Linux); never the two-rename fallback, which leaves no index between them
     assert not any(str(path) in pair for pair in renames), renames
