@@ -23,9 +23,10 @@ from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
 from pipeline.index import shards
 from pipeline.index.choose import build_bytes, estimate_index_bytes, human
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import coarse_quantizer_on
 from pipeline.index.integrity import lossy_scores
-from pipeline.index.read import EmbeddingSource, iter_batches
+from pipeline.index.read import iter_batches
 from pipeline.index.steps import (
     Rows,
     finish,

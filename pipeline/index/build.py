@@ -31,8 +31,9 @@ from pipeline.index.choose import (
     make_index,
     parse_memory,
 )
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import coarse_quantizer_on
-from pipeline.index.read import EmbeddingSource, iter_batches, scan
+from pipeline.index.read import iter_batches, scan
 from pipeline.index.steps import (
     Rows,
     created_summary,

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import RayConfig
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.nodes import chain
-from pipeline.index.read import EmbeddingSource, iter_batches
+from pipeline.index.read import iter_batches
 from pipeline.index.tune import GroundTruth
 
 GROUPS_PER_TASK = 4  # more, smaller groups than tasks: balanced load, smaller results on the driver

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.config import IndexCommandConfig
 from pipeline.index import shards
 from pipeline.index.choose import Choice, make_index
-from pipeline.index.read import EmbeddingSource
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.steps import (
     Rows,
     created_summary,

@@ -32,9 +32,10 @@ import pyarrow as pa
 from pipeline.errors import LatentError
 from pipeline.index import ondisk
 from pipeline.index.choose import FLAT_MAX_VECTORS, Choice, estimate_index_bytes, human, nlist_for
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.integrity import read_faiss_index
 from pipeline.index.nodes import chain
-from pipeline.index.read import EmbeddingSource, iter_batches
+from pipeline.index.read import iter_batches
 from pipeline.index.tune import GroundTruth
 
 SHARD_FILE = "shard-{:05d}.faiss"

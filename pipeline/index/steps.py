@@ -26,8 +26,9 @@ from pipeline.index.choose import (
     plan_candidates,
     train_rows,
 )
+from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import train
-from pipeline.index.read import EmbeddingSource, read_rows
+from pipeline.index.read import read_rows
 from pipeline.index.store import (
     IDS_FILE,
     INDEX_FILE,
