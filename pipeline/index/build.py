@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
-from pipeline.index import parallel, shards
+from pipeline.index import parallel
 from pipeline.index.choose import (
     Choice,
     make_index,
@@ -34,6 +34,7 @@ from pipeline.index.choose import (
 from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import coarse_quantizer_on
 from pipeline.index.read import iter_batches, scan
+from pipeline.index.shard_layout import plan_layout
 from pipeline.index.steps import (
     Rows,
     created_summary,
@@ -159,7 +160,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         raise LatentError("the dataset's vectors are not normalised (normalized: false); metric ip needs unit vectors")
     n, dim = source.rows, source.dim
     n_queries = query_count(cfg, n)
-    layout = shards.plan_layout(ic.shards, ic.storage.value, ic.factory, n, dim, metric, budget)
+    layout = plan_layout(ic.shards, ic.storage.value, ic.factory, n, dim, metric, budget)
     if layout.split:  # shard files (format 2): pipeline.index.shard_build
         from pipeline.index.shard_build import build_sharded
 

@@ -5,7 +5,7 @@ one trained index, copied into every shard and filled by ``shards.add_shards`` (
 tuned on the joined shards, published by ``steps.finish``. Unlike the one-file build, the tune queries
 stay in the index (labels follow the input's row order, which the shard ranges need) and are left out
 of their own answers (leave-one-out), as append measures; auto tries the candidates of
-``shards.auto_factories`` in order until one reaches the target recall (or the last one).
+``shard_layout.auto_factories`` in order until one reaches the target recall (or the last one).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pipeline.config import IndexCommandConfig
 from pipeline.index import shards
 from pipeline.index.choose import Choice, make_index
 from pipeline.index.embeddings import EmbeddingSource
+from pipeline.index.shard_layout import Layout, check_layout
 from pipeline.index.steps import (
     Rows,
     created_summary,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 def build_sharded(
-    cfg: IndexCommandConfig, source: EmbeddingSource, device: str, layout: shards.Layout, clock: Clock, started: float
+    cfg: IndexCommandConfig, source: EmbeddingSource, device: str, layout: Layout, clock: Clock, started: float
 ) -> IndexSummary:
     """A new sharded (or on-disk) index directory at ``cfg.index.path`` from every row of ``source``.
 
@@ -74,7 +75,7 @@ def _build_candidate(
     cfg: IndexCommandConfig,
     source: EmbeddingSource,
     device: str,
-    layout: shards.Layout,
+    layout: Layout,
     choice: Choice,
     queries: np.ndarray,
     query_at: np.ndarray,
@@ -90,7 +91,7 @@ def _build_candidate(
     metric = METRICS[metric_name]
     n, dim = source.rows, source.dim
     index = make_index(choice.factory, dim, metric)
-    shards.check_layout(index, choice.factory, layout)
+    check_layout(index, choice.factory, layout)
     if not index.is_trained:
         train_on_sample(cfg, clock, index, choice.factory, source, query_at, 0, device, metric_name)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import LatentError
-from pipeline.index import shards
+from pipeline.index import shard_layout, shards
 from pipeline.index.store import IndexDirectory, apply_search_params
 
 from .helpers import build, dataset, vectors
@@ -137,9 +137,9 @@ def test_what_cannot_be_sharded_is_refused(tmp_path):
 
 
 def test_auto_shards_from_max_memory():
-    layout = shards.plan_layout("auto", "memory", "IVF64,SQ8", 100_000, 512, faiss.METRIC_INNER_PRODUCT, 20 << 20)
+    layout = shard_layout.plan_layout("auto", "memory", "IVF64,SQ8", 100_000, 512, faiss.METRIC_INNER_PRODUCT, 20 << 20)
     assert layout.count == 3  # ~51 MiB of codes over 20 MiB shards
-    assert shards.split_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert shard_layout.split_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
 
 
 def test_shards_without_ray_are_the_same_shards(corpus, tmp_path):
@@ -157,7 +157,7 @@ def test_sharded_auto_moves_to_the_next_candidate_until_the_recall_is_met(tmp_pa
     so auto discards that build (nothing of it published) and keeps IVF-Flat, which meets the target."""
     src = dataset(tmp_path / "ds", vectors(4000, dim=16, seed=3), dtype="float32")
     common = ["index.shards=2", "index.storage=ondisk", "parallel.min_vectors=null"]
-    assert shards.auto_factories(4000, "ondisk") == ["IVF64,SQ8", "IVF64,Flat"]
+    assert shard_layout.auto_factories(4000, "ondisk") == ["IVF64,SQ8", "IVF64,Flat"]
     summary = build(src, tmp_path / "idx", *common, "index.target_recall=0.99")
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["factory"] == "IVF64,Flat" and "after IVF64,SQ8 fell short" in summary.reason
