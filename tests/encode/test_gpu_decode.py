@@ -135,6 +135,7 @@ def test_embed_actor_decoding_bytes_gives_the_cpu_path_vectors(encoders, tiny_mo
     assert cosine(va, vb).min() >= 0.995
 
 
+@pytest.mark.slow  # a full ViT-B-32 on CPU (~12 s of CPU): out of `make test-fast`
 def test_vit_b32_vectors_of_the_tensor_path_and_of_draft_decoding_stay_close_to_exact():
     """The parity of docs/benchmarks.md at test size: ViT-B-32 (random weights), photos up to ~2 MP."""
     spec = resolve_model("ViT-B-32", None)

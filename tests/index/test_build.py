@@ -196,6 +196,7 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path, make, overrides, me
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 
+@pytest.mark.slow  # three `latent` processes: out of `make test-fast`
 def test_cli_builds_then_fails_cleanly_on_bad_input(tmp_path):
     src = dataset(tmp_path / "ds", vectors(1500))
     ok = run_cli("index", f"input.path={src}", f"index.path={tmp_path / 'idx'}", "progress=false", cwd=tmp_path)
