@@ -58,7 +58,9 @@ class MapParams:
     landmarks: int = setting(20000, "rows in the seeded landmark sample laid out by UMAP")
     neighbors: int = setting(15, "UMAP's n_neighbors (the landmarks' kNN graph, by FAISS)")
     min_dist: float = setting(0.1, "UMAP's min_dist")
-    place_k: int = setting(8, "nearest landmarks a row is placed from (and votes its region with)")
+    place_k: int = setting(
+        15, "nearest landmarks a row is placed from (weighted average, then UMAP attraction) and votes its region with"
+    )
     metric: str = setting("auto", "auto (ip for unit vectors, else l2) | ip | l2")
     seed: int = setting(0, "landmark sample, UMAP, k-means: the same seed gives the same map")
     device: Device = setting(Device.auto, "auto (cuML's UMAP when it imports and a GPU is visible) | cpu | cuda")

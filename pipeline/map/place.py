@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.map.layout import LandmarkIndex, PcaProjection
+from pipeline.map.layout import PLACE_EPOCHS, LandmarkIndex, PcaProjection
 from pipeline.map.regions import vote
 from pipeline.map.source import MapSource, Unit
 from pipeline.map.store import RECORDS_DIR, Landmarks, level_column, points_schema
@@ -32,9 +32,23 @@ class Placer:
     keep_landmarks: bool = True  # False when placing another source's rows (append)
 
     @classmethod
-    def from_landmarks(cls, landmarks: Landmarks, metric: str, k: int, seed: int, keep: bool = True) -> Placer:
+    def from_landmarks(
+        cls,
+        landmarks: Landmarks,
+        metric: str,
+        k: int,
+        seed: int,
+        keep: bool = True,
+        *,
+        epochs: int = PLACE_EPOCHS,
+        min_dist: float = 0.1,
+    ) -> Placer:
+        """A placer from stored landmarks: ``k`` nearest landmarks per row, ``epochs`` of UMAP attraction to
+        them after their weighted average (``min_dist``: the landmark layout's, for UMAP's curve)."""
         projection = PcaProjection(*landmarks.projection) if landmarks.projection is not None else None
-        index = LandmarkIndex(landmarks.vectors, landmarks.xy, metric=metric, k=k, seed=seed)
+        index = LandmarkIndex(
+            landmarks.vectors, landmarks.xy, metric=metric, k=k, seed=seed, epochs=epochs, min_dist=min_dist
+        )
         return cls(index, landmarks.rows, landmarks.labels, landmarks.parents, projection, keep)
 
     def place(self, first_row: int, vectors: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
