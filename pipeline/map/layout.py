@@ -201,8 +201,9 @@ def refine_positions(
         alpha = learning_rate * (1.0 - epoch / epochs)
         diff = y[:, None, :] - neighbour_xy
         d2 = np.maximum((diff * diff).sum(axis=-1, keepdims=True), 1e-12)
-        pull = -2.0 * a * b * d2 ** (b - 1.0) / (1.0 + a * d2**b)
-        y += alpha * (np.clip(pull * diff, -4.0, 4.0) * rate).sum(axis=1)
+        power = d2 ** np.float32(b - 1.0)  # one power per edge: d^(2b) = power * d2
+        pull = np.float32(-2.0 * a * b) * power / (1.0 + np.float32(a) * power * d2)
+        y += np.float32(alpha) * (np.clip(pull * diff, -4.0, 4.0) * rate).sum(axis=1)
     return y
 
 
