@@ -4,7 +4,8 @@ Plain callables on NumPy arrays (no Ray, no config): ``sample_rows`` picks the l
 ``knn_graph`` is their exact kNN graph with FAISS, ``umap_layout`` lays them out with umap-learn (or
 cuML's UMAP when it imports and a GPU is present), ``pca_layout`` is the linear alternative, and a
 ``LandmarkIndex`` places any batch of vectors: the weighted average of its nearest landmarks' 2-D
-positions, with UMAP's own membership weights (``exp(-(d - d_min) / sigma)``).
+positions (sharp UMAP-style weights), then ``refine_positions``: epochs of UMAP's attraction to those
+landmarks, held fixed (docs/map.md, "How the layout is made").
 """
 
 from __future__ import annotations
