@@ -60,7 +60,7 @@ def test_map_holds_every_row_with_regions_that_agree_with_the_known_groups(built
 def test_map_json_records_source_method_quality_and_timings(built):
     found, _ = built
     info = json.loads((found.path / "map.json").read_text())
-    assert info["format_version"] == 1
+    assert info["format_version"] == 2
     assert info["source"]["kind"] == "dataset" and info["source"]["rows"] == 6000 and info["source"]["sha256"]
     assert info["method"] == "landmarks" and info["landmarks"] == 1500
     assert info["seeds"]["landmarks"] == 0
