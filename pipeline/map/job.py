@@ -166,7 +166,9 @@ def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
 
 
 def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], list[Unit]]:
-    """(kept units, new units) of an append: every old unit must still be in the source, unchanged."""
+    """(kept units, new units) of an append: every old unit must still be in the source, unchanged. Their
+    ``start`` is their first row on the map: new units are numbered after the mapped rows (a dataset's
+    new shards may sort anywhere among its old ones)."""
     if source.kind == "index":  # an index grows at its end: new label ranges after the mapped rows
         from pipeline.map.source import index_units
 
@@ -187,15 +189,21 @@ def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], lis
                 f"map.mode=append: the source's unit {recorded['name']} ({recorded['rows']} rows) is gone or changed "
                 f"since the map was built; only new rows can be appended: rebuild with map.mode=overwrite"
             )
-        kept.append(unit)
+        kept.append(Unit(unit.name, recorded["start"], unit.rows, unit.shard))
     names = {u.name for u in kept}
-    return kept, [u for u in source.units if u.name not in names]
+    new, first = [], sum(u.rows for u in kept)
+    for unit in source.units:
+        if unit.name not in names:
+            new.append(Unit(unit.name, first, unit.rows, unit.shard))
+            first += unit.rows
+    return kept, new
 
 
 def _place(
     cfg: MapCommandConfig, source: MapSource, units: list[Unit], output: JobOutput, levels: int, keep: bool
 ) -> dict:
-    """Place ``units`` on the runner (a killed run's placed rows are kept, each row placed once)."""
+    """Place ``units`` (their ``start``: their first row on the map) on the runner: a killed run's placed
+    rows are kept, each row placed once."""
     from pipeline.runner import run_job
     from pipeline.runtime import init_ray
 
@@ -203,7 +211,9 @@ def _place(
         return output.recorded_summary()
     if units:
         init_ray(cfg.ray)
-    job = place_job(cfg, source, units, Path(output.path), levels, keep, output)
+    source_units = {u.name: u for u in source.units}
+    in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
+    job = place_job(cfg, source, in_source, Path(output.path), levels, keep, output, [u.start for u in units])
     return run_job(job, finish=lambda result: {"rows": result.rows, "errors": result.errors})
 
 

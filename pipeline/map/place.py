@@ -78,12 +78,13 @@ def read_unit(unit: dict, done: pa.Array | None, source: MapSource) -> Iterator[
     without the rows in ``done`` (placed by an earlier run)."""
     skip = None if done is None else pc.cast(done, pa.int64())
     part = Unit(unit["name"], unit["start"], unit["rows"], unit["shard"])
+    shift = unit["first_row"] - part.start  # the map's row numbers (append: after the mapped rows)
     for first, vectors, items in source.read(part, items=True):
         n, dim = vectors.shape
         finite = pa.array(np.isfinite(vectors).all(axis=1))
         records = pa.table(
             {
-                "row": pa.array(np.arange(first, first + n, dtype=np.int64)),
+                "row": pa.array(np.arange(first + shift, first + shift + n, dtype=np.int64)),
                 "id": items.column("id"),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
                 "error": pc.if_else(finite, pa.scalar(None, pa.string()), pa.scalar("NaN or infinite vector")),
@@ -144,9 +145,13 @@ def place_job(
     levels: int,
     keep: bool,
     output: JobOutput | None = None,
+    rows: list[int] | None = None,
 ) -> Job:
-    """The placement job of ``units`` of ``source`` into ``staging``, from the landmarks staged there
-    (``output``: the staging directory's ``points_output``, when the caller holds its lock)."""
+    """The placement job of ``units`` of ``source`` into ``staging``, from the landmarks staged there.
+
+    ``rows``: each unit's first row number on the map (default: its row in the source; an append
+    numbers new units after the mapped rows); ``output``: the staging directory's ``points_output``,
+    when the caller holds its lock."""
     from pipeline.runner import ActorStage, Job, ReadStage, WriteStage, actor_resources
 
     res = cfg.resources
@@ -163,7 +168,10 @@ def place_job(
         name="map",
         output=output or points_output(staging),
         config=cfg,
-        units=[{"unit_id": u.name, "name": u.name, "start": u.start, "rows": u.rows, "shard": u.shard} for u in units],
+        units=[
+            {"unit_id": u.name, "name": u.name, "start": u.start, "rows": u.rows, "shard": u.shard, "first_row": row}
+            for u, row in zip(units, rows or [u.start for u in units])
+        ],
         total_rows=sum(u.rows for u in units),
         # memory declared: Ray Data then keeps reading in its own tasks, not fused into the actor (ray#54433)
         read=ReadStage(partial(read_unit, source=source), cpus=res.cpus_per_reader, memory=READER_MEMORY),

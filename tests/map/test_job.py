@@ -99,6 +99,8 @@ def test_append_places_new_rows_and_moves_no_existing_point(tmp_path, local_ray)
     np.testing.assert_array_equal(kept["x"].to_numpy(), before["x"].to_numpy())
     np.testing.assert_array_equal(kept["y"].to_numpy(), before["y"].to_numpy())
     np.testing.assert_array_equal(kept["cluster_1"].to_numpy(), before["cluster_1"].to_numpy())
+    np.testing.assert_array_equal(kept["row"].to_numpy(), before["row"].to_numpy())
+    assert sorted(table["row"]) == list(range(4000))  # new rows numbered after the mapped ones, each once
     new = table.drop(before.index)
     assert len(new) == 1000 and np.isfinite(new[["x", "y"]].to_numpy()).all()
     assert [h["mode"] for h in after.info.history] == ["create", "append"]
