@@ -25,7 +25,7 @@ from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
 from pipeline.index.store import publish_directory
 from pipeline.io.output import JobOutput, pid_alive
-from pipeline.io.shards import STATE_DIR, SUCCESS_MARKER, list_shards
+from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
 from pipeline.map.layout import sample_rows
 from pipeline.map.place import place_job, points_output
@@ -214,13 +214,22 @@ def _place(
     source_units = {u.name: u for u in source.units}
     in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
     job = place_job(cfg, source, in_source, Path(output.path), levels, keep, output, [u.start for u in units])
-    return run_job(job, finish=lambda result: {"rows": result.rows, "errors": result.errors})
+    errors = Path(output.errors_dir)
+    return run_job(job, finish=lambda result: {"rows": result.rows, "errors": _count_rows(errors)})
+
+
+def _count_rows(directory: Path) -> int:
+    """Rows of the committed shards in ``directory`` (all runs': a resumed run counts the killed one's)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in list_shards(str(directory)))
 
 
 def _copy_old(old: MapDirectory, staging: Path) -> None:
-    """An appended map keeps the old map's points shards (same names: copying again is harmless) and run records."""
-    for path in list_shards(str(old.path / POINTS_DIR)):
-        shutil.copy2(path, staging / POINTS_DIR / Path(path).name)
+    """An appended map keeps the old map's points and error shards (same names: copying again is harmless)
+    and run records."""
+    for folder in (POINTS_DIR, ERRORS_DIR):
+        for path in list_shards(str(old.path / folder)):
+            (staging / folder).mkdir(exist_ok=True)
+            shutil.copy2(path, staging / folder / Path(path).name)
     runs = old.path / STATE_DIR / "runs"
     if runs.is_dir():
         shutil.copytree(runs, staging / STATE_DIR / "runs", dirs_exist_ok=True)
@@ -275,13 +284,14 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
             landmarks, names, method, n_landmarks = stage_layout(cfg, source, staging, timings)
         levels = len(landmarks.parents)
         started = time.perf_counter()
-        placed = _place(cfg, source, units, output, levels, keep=old is None)
+        _place(cfg, source, units, output, levels, keep=old is None)
         timings["place_s"] = time.perf_counter() - started
         if old is not None:
             _copy_old(old, staging)
         points = read_points(staging / POINTS_DIR, levels, ["row", "x", "y", *map(level_column, range(levels))])
         if not points.num_rows:
-            raise LatentError(f"no row of {source.path} could be placed: see {staging / '_errors'}")
+            raise LatentError(f"no row of {source.path} could be placed: see {staging / ERRORS_DIR}")
+        errors = _count_rows(staging / ERRORS_DIR)
         info = _finish(cfg, source, staging, old, points, landmarks, names, method, n_landmarks, kept + units, timings)
         timings["total_s"] = time.perf_counter() - total_started
         info.timings = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in timings.items()}
@@ -294,7 +304,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     summary = {
         "map": str(target),
         "rows": info.rows,
-        "errors": int(placed.get("errors", 0)),
+        "errors": errors,
         "clusters": info.clusters,
         "labels": method,
         "quality": quality,
@@ -304,6 +314,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
         f"latent map: {info.rows:,} rows -> {target} ({' / '.join(map(str, info.clusters))} regions, "
         f"labels: {method}); preservation {quality.get('preservation', float('nan')):.3f}"
         f" (umap-learn: {quality.get('reference_preservation', float('nan')):.3f}); {timings['total_s']:.1f} s"
+        + (f"; {errors:,} rows not placed (see {target / ERRORS_DIR})" if errors else "")
     )
     return summary
 
