@@ -121,3 +121,21 @@ def test_a_full_disk_stops_the_job_clearly_and_a_rerun_finishes_it_losing_nothin
         summary = knn(knn_inputs, out, "output.rows_per_shard=50")
         assert summary.queries == 600 and summary.errors == 0
         assert query_ids(out) == EXPECTED  # every query once: nothing lost, nothing doubled
+
+
+def test_a_unit_whose_rows_are_all_committed_is_marked_so_that_a_rerun_skips_it(tmp_path):
+    from collections import Counter
+
+    from pipeline.io.output import READ_DIR, JobOutput, unit_marker_name
+    from pipeline.runner.execute import _mark_finished_units
+
+    output = JobOutput(str(tmp_path / "out"))
+    output.prepare()
+    reads = tmp_path / "out" / "_latent" / "units" / READ_DIR
+    reads.mkdir(parents=True)
+    whole, partial = unit_marker_name("shard-a.parquet"), unit_marker_name("shard-b.parquet")
+    (reads / f"{whole}.attempt1").write_text("40")  # rows each read attempt emitted
+    (reads / f"{partial}.attempt1").write_text("40")
+    committed = Counter({f"{whole}.attempt1": 40, f"{partial}.attempt1": 39})
+    _mark_finished_units(output, committed, set())
+    assert output.done_units() == {whole}  # the name run_job looks up for unit "shard-a.parquet"

@@ -47,6 +47,14 @@ class MapIndexConfig:
 @dataclass
 class MapOutputConfig:
     path: str | None = setting(None, "the map directory; null with index.path: <index>.map beside the index")
+    rows_per_shard: int = setting(65536, "points per Parquet shard")
+
+
+@dataclass
+class MapResources:
+    actors: int | None = setting(None, "placer actors, each building its landmark index once (null: one per node)")
+    cpus_per_actor: float | None = setting(None, "null: 1 reserved (an actor runs FAISS on its node's cores)")
+    cpus_per_reader: float = setting(1.0, "CPUs per read task")
 
 
 @dataclass
@@ -97,6 +105,7 @@ class MapCommandConfig:
     quality: MapQualityConfig = setting(MapQualityConfig, "measured into map.json")
     model: SearchModelConfig = setting(SearchModelConfig, "the text tower for zero-shot labels: the source's model")
     ray: RayConfig = setting(RayConfig, "where placement runs")
-    tasks: int | None = setting(None, "placement tasks in flight (null: one per cluster CPU)")
+    resources: MapResources = setting(MapResources, "placement's stages (the job runner)")
+    batch_size: int = setting(16384, "rows per placement batch (one nearest-landmark search)")
     image: bool = setting(True, "write map.png")
     progress: bool = setting(True, "a progress bar")

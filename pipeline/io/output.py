@@ -252,11 +252,12 @@ class JobOutput:
             return set()
         return {posixpath.basename(p) for p in self.fs.ls(done, detail=False)}
 
-    def mark_units_done(self, unit_ids: Iterable[str]) -> None:
+    def mark_units_done(self, markers: Iterable[str]) -> None:
+        """Mark units done by their marker names (``unit_marker_name``: what ``done_units`` lists)."""
         done = posixpath.join(self.units_dir, "done")
         self.fs.makedirs(done, exist_ok=True)
-        for unit_id in unit_ids:
-            self.fs.pipe_file(posixpath.join(done, unit_marker_name(unit_id)), unit_id.encode())
+        for marker in markers:
+            self.fs.pipe_file(posixpath.join(done, marker), b"")
 
     def read_counts(self) -> dict[str, int]:
         """``<unit marker>.<attempt>`` -> rows that read attempt emitted (written by read tasks)."""

@@ -1,6 +1,6 @@
-"""`latent map`: the map job. Layout of the landmarks on the driver, placement of every unit in parallel
-Ray tasks (each unit's shard and completion record written as it finishes: a killed run resumes from
-its staging directory), then regions' table, quality, map.png and map.json, published atomically.
+"""`latent map`: the map job. The landmarks' layout on the driver (pipeline/map/landmarks.py), placement of
+every row as a job of the shared runner (pipeline/map/place.py: a killed run resumes, each row placed
+once), then the regions' table, quality, map.png and map.json, published atomically.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import LabelMethod, MapCommandConfig, MapMethod, MapMode
+from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.index.store import _pid_alive, publish_directory
-from pipeline.map import labels as labelling
-from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
-from pipeline.map.place import Placer, place_unit, read_record, record_file, unit_file
+from pipeline.index.store import publish_directory
+from pipeline.io.output import JobOutput, pid_alive
+from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
+from pipeline.map.landmarks import stage_layout
+from pipeline.map.layout import sample_rows
+from pipeline.map.place import place_job, points_output
 from pipeline.map.quality import neighbourhood_preservation, reference_preservation
-from pipeline.map.regions import find_regions
 from pipeline.map.source import MapSource, Unit, open_dataset, open_index
 from pipeline.map.store import (
     CLUSTERS_FILE,
@@ -45,6 +46,7 @@ from pipeline.map.store import (
     default_map_path,
     is_map_directory,
     level_column,
+    read_points,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def _check(cfg: MapCommandConfig) -> None:
     for key in ("landmarks", "neighbors", "place_k", "levels", "split", "coarse_k"):
         if getattr(m, key) < 1:
             raise LatentError(f"map.{key}={getattr(m, key)}: must be at least 1")
+    for key, value in (("batch_size", cfg.batch_size), ("output.rows_per_shard", cfg.output.rows_per_shard)):
+        if value < 1:
+            raise LatentError(f"{key}={value}: must be at least 1")
     if m.metric not in ("auto", "ip", "l2"):
         raise LatentError(f"map.metric={m.metric}: auto, ip or l2")
     if not 0 <= m.min_dist <= 1:
@@ -87,211 +92,49 @@ def _staging(target: Path, key: str) -> Path:
     for entry in target.parent.glob(f".{target.name}{STAGING_MARK}*"):  # other runs' leftovers, if dead
         owner = entry / "owner.pid"
         pid = int(owner.read_text()) if owner.is_file() and owner.read_text().strip().isdigit() else 0
-        if not entry.name.endswith(key) and not _pid_alive(pid):
+        if not entry.name.endswith(key) and not pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
     staging = target.parent / f".{target.name}{STAGING_MARK}{key}"
     (staging / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     return staging
 
 
-# --- layout ----------------------------------------------------------------------------------------
+# --- after placement ---------------------------------------------------------------------------------
 
 
-def _label_method(cfg: MapCommandConfig, source: MapSource, texts: list[str | None]) -> str:
-    chosen = cfg.map.labels
-    with_text = sum(1 for t in texts if t and t.strip())
-    if chosen == LabelMethod.auto:
-        if with_text >= 0.5 * max(1, len(texts)):
-            return "text"
-        return "zero_shot" if _known_model(source) else "none"
-    if chosen == LabelMethod.zero_shot and not _known_model(source):
-        raise LatentError(
-            "map.labels=zero_shot needs the source's open_clip model, but its vectors carry no model fingerprint "
-            "of an open_clip model (e.g. .npy or synthetic inputs): use map.labels=text or none"
-        )
-    if chosen == LabelMethod.text and not with_text:
-        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero_shot or none")
-    return chosen.value
-
-
-def _known_model(source: MapSource) -> bool:
-    import open_clip
-
-    model = source.model or {}
-    return bool(model.get("name")) and model["name"] in open_clip.list_models()
-
-
-def _text_encoder(cfg: MapCommandConfig, source: MapSource):
-    """The source's own model's text tower (checked against its fingerprint, as a Searcher's)."""
-    from types import SimpleNamespace
-
-    from pipeline.encode.encoder import ClipEncoder
-    from pipeline.search.searcher import resolve_query_model
-
-    spec = resolve_query_model(SimpleNamespace(embedding=source.embedding, dim=source.dim), cfg.model)
-    return ClipEncoder(spec).encode_texts
-
-
-def make_labels(
-    cfg: MapCommandConfig, source: MapSource, method: str, vectors: np.ndarray, texts: list, regions
-) -> list[list[str]]:
-    """Labels per level (``region <n>`` where a method finds nothing)."""
-    out = []
-    encode = concepts = None
-    if method == "zero_shot":
-        concepts = labelling.read_vocabulary(cfg.map.vocabulary)
-        encode = _text_encoder(cfg, source)
-    for level, assigned in enumerate(regions.landmark_labels):
-        n = len(regions.parents[level])
-        if method == "text":
-            names = labelling.text_labels(texts, assigned, n)
-        elif method == "zero_shot":
-            names = labelling.zero_shot_labels(labelling.centroids_of(vectors, assigned, n), concepts, encode)
-        else:
-            names = [""] * n
-        out.append([name or f"region {level}.{i}" for i, name in enumerate(names)])
-    return out
-
-
-def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tuple[Landmarks, list, str, int]:
-    """Landmarks (sample, 2-D layout, regions) and their labels: (landmarks, labels, label method, seed)."""
-    m = cfg.map
-    size = source.rows if m.method == MapMethod.umap else m.landmarks
-    if m.method == MapMethod.umap and source.rows > m.max_full_umap:
-        raise LatentError(
-            f"map.method=umap lays out every row: {source.rows:,} is above map.max_full_umap={m.max_full_umap:,} "
-            f"(use map.method=landmarks, linear in rows)"
-        )
-    started = time.perf_counter()
-    rows = sample_rows(source.rows, size, m.seed)
-    vectors, texts = source.take(rows)
-    timings["sample_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    graph, distances = knn_graph(vectors, m.neighbors + 1, source.metric)
-    timings["knn_graph_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    projection = None
-    if m.method == MapMethod.pca:
-        fitted = PcaProjection.fit(vectors)
-        xy, projection = fitted(vectors), (fitted.mean, fitted.axes)
-    else:
-        device = "cuda" if (m.device.value != "cpu" and cuml_available()) else "cpu"
-        if m.device.value == "cuda" and device != "cuda":
-            raise LatentError("map.device=cuda: cuML's UMAP needs cuML and a GPU (use map.device=auto or cpu)")
-        xy = umap_layout(
-            vectors,
-            n_neighbors=m.neighbors,
-            min_dist=m.min_dist,
-            metric=source.metric,
-            seed=m.seed,
-            device=device,
-            knn=(graph, distances),
-        )
-        timings["layout_device"] = device  # type: ignore[assignment]
-    timings["layout_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    regions = find_regions(
-        vectors,
-        xy,
-        graph,
-        levels=m.levels,
-        split=m.split,
-        min_cluster_size=m.min_cluster_size,
-        coarse=m.coarse.value,
-        coarse_k=m.coarse_k,
-        seed=m.seed,
-    )
-    timings["regions_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    method = _label_method(cfg, source, texts)
-    names = make_labels(cfg, source, method, vectors, texts, regions)
-    timings["labels_s"] = time.perf_counter() - started
-    landmarks = Landmarks(rows, vectors, xy, regions.landmark_labels, regions.parents, projection)
-    return landmarks, names, method, len(rows)
-
-
-# --- placement ---------------------------------------------------------------------------------------
-
-
-def place_all(cfg: MapCommandConfig, source: MapSource, units: list[Unit], placer: Placer, points: Path) -> dict:
-    """Place the units not yet placed, in Ray tasks (``cfg.tasks`` in flight); records of all units."""
-    import ray
-    from tqdm import tqdm
-
-    from pipeline.runtime import cluster_cpus, init_ray
-
-    records = {u.name: r for u in units if (r := read_record(points, u)) is not None}
-    pending = [u for u in units if u.name not in records]
-    if records:
-        log.warning("latent map: resuming, %d of %d units already placed", len(records), len(units))
-    if not pending:
-        return records
-    if len(pending) == 1 and not cfg.ray.address and not ray.is_initialized():  # one unit: no cluster to start
-        records[pending[0].name] = place_unit(source, pending[0], placer, str(points))
-        return records
-    init_ray(cfg.ray)
-    remote = ray.remote(num_cpus=1, max_retries=2)(place_unit)
-    placer_ref, source_ref = ray.put(placer), ray.put(source)
-    in_flight_max = cfg.tasks or max(1, cluster_cpus())
-    bar = tqdm(total=sum(u.rows for u in pending), unit="rows", desc="place", disable=not cfg.progress)
-    waiting: dict[Any, Unit] = {}
-    queue = list(pending)
-    try:
-        while queue or waiting:
-            while queue and len(waiting) < in_flight_max:
-                unit = queue.pop(0)
-                waiting[remote.remote(source_ref, unit, placer_ref, str(points))] = unit
-            done, _ = ray.wait(list(waiting), num_returns=1)
-            for ref in done:
-                unit = waiting.pop(ref)
-                records[unit.name] = ray.get(ref)
-                bar.update(unit.rows)
-    finally:
-        bar.close()
-        for ref in waiting:
-            ray.cancel(ref, force=True)
-    return records
-
-
-def region_table(records: list[dict], names: list[list[str]], parents: list[np.ndarray]) -> pa.Table:
+def region_table(points: pa.Table, names: list[list[str]], parents: list[np.ndarray]) -> pa.Table:
+    """The regions' table (docs/map.md) from every committed point: sizes and centroids per level."""
+    x = points.column("x").to_numpy().astype(np.float64)
+    y = points.column("y").to_numpy().astype(np.float64)
     levels, cluster, parent, label, size, xs, ys = [], [], [], [], [], [], []
-    for level in range(len(parents)):
-        counts = np.sum([r["counts"][level] for r in records], axis=0)
-        sums = np.sum([r["sums"][level] for r in records], axis=0)
-        for i in range(len(parents[level])):
-            n = int(counts[i])
-            levels.append(level)
-            cluster.append(i)
-            parent.append(int(parents[level][i]))
-            label.append(names[level][i])
-            size.append(n)
-            xs.append(sums[i][0] / n if n else np.nan)
-            ys.append(sums[i][1] / n if n else np.nan)
+    for level, above in enumerate(parents):
+        n = len(above)
+        region = points.column(level_column(level)).to_numpy()
+        counts = np.bincount(region, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):  # an empty region's centroid is NaN
+            cx, cy = np.bincount(region, x, n) / counts, np.bincount(region, y, n) / counts
+        levels += [level] * n
+        cluster += list(range(n))
+        parent += [int(p) for p in above]
+        label += names[level]
+        size += counts.tolist()
+        xs += cx.tolist()
+        ys += cy.tolist()
     columns = [levels, cluster, parent, label, size, xs, ys]
     return pa.table(dict(zip(CLUSTERS_SCHEMA.names, columns)), schema=CLUSTERS_SCHEMA)
 
 
-# --- the job -------------------------------------------------------------------------------------------
-
-
-def _read_points(staging: Path, units: list[Unit], levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(xy, coarse regions) of every point in the source's row order."""
-    tables = [pq.read_table(staging / POINTS_DIR / unit_file(u), columns=["x", "y", level_column(0)]) for u in units]
-    table = pa.concat_tables(tables)
-    xy = np.stack([table.column("x").to_numpy(), table.column("y").to_numpy()], axis=1).astype(np.float32)
-    return xy, table.column(level_column(0)).to_numpy().astype(np.int32)
-
-
-def measure_quality(cfg: MapCommandConfig, source: MapSource, xy: np.ndarray, timings: dict) -> dict[str, Any]:
+def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, timings: dict) -> dict[str, Any]:
+    """Neighbourhood preservation of a seeded sample (``points``: sorted by row)."""
     q = cfg.quality
     if q.sample <= 0:
         return {}
     started = time.perf_counter()
     rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
     vectors, _ = source.take(rows)
-    ours = neighbourhood_preservation(
-        vectors, xy[rows], k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed
-    )
+    at = np.searchsorted(points.column("row").to_numpy(), rows)
+    xy = np.stack([points.column("x").to_numpy()[at], points.column("y").to_numpy()[at]], axis=1)
+    ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
     out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
     if q.reference and len(rows) > q.k + 1:
         ref, seconds = reference_preservation(
@@ -311,11 +154,21 @@ def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
         raise LatentError(f"map.mode=append: no map at {target} to append to (make one first)")
     if target.exists() and not exists and any(target.iterdir()):
         raise LatentError(f"output.path={target} exists and is not a map directory: choose another path")
-    return MapDirectory(target) if cfg.map.mode == MapMode.append else None
+    if cfg.map.mode != MapMode.append:
+        return None
+    found = MapDirectory(target)
+    if found.info.format_version < 2:
+        raise LatentError(
+            f"map.mode=append: the map at {target} is in format version {found.info.format_version} (one points "
+            f"file per unit), which append no longer extends: rebuild it with map.mode=overwrite"
+        )
+    return found
 
 
 def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], list[Unit]]:
-    """(kept units, new units) of an append: every old unit must still be in the source, unchanged."""
+    """(kept units, new units) of an append: every old unit must still be in the source, unchanged. Their
+    ``start`` is their first row on the map: new units are numbered after the mapped rows (a dataset's
+    new shards may sort anywhere among its old ones)."""
     if source.kind == "index":  # an index grows at its end: new label ranges after the mapped rows
         from pipeline.map.source import index_units
 
@@ -336,15 +189,78 @@ def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], lis
                 f"map.mode=append: the source's unit {recorded['name']} ({recorded['rows']} rows) is gone or changed "
                 f"since the map was built; only new rows can be appended: rebuild with map.mode=overwrite"
             )
-        kept.append(unit)
+        kept.append(Unit(unit.name, recorded["start"], unit.rows, unit.shard))
     names = {u.name for u in kept}
-    return kept, [u for u in source.units if u.name not in names]
+    new, first = [], sum(u.rows for u in kept)
+    for unit in source.units:
+        if unit.name not in names:
+            new.append(Unit(unit.name, first, unit.rows, unit.shard))
+            first += unit.rows
+    return kept, new
+
+
+def _place(
+    cfg: MapCommandConfig, source: MapSource, units: list[Unit], output: JobOutput, levels: int, keep: bool
+) -> dict:
+    """Place ``units`` (their ``start``: their first row on the map) on the runner: a killed run's placed
+    rows are kept, each row placed once."""
+    from pipeline.runner import run_job
+    from pipeline.runtime import init_ray
+
+    if output.complete:  # placed by a run killed after placement: nothing to place again
+        return output.recorded_summary()
+    if units:
+        init_ray(cfg.ray)
+    source_units = {u.name: u for u in source.units}
+    in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
+    job = place_job(cfg, source, in_source, Path(output.path), levels, keep, output, [u.start for u in units])
+    errors = Path(output.errors_dir)
+    return run_job(job, finish=lambda result: {"rows": result.rows, "errors": _count_rows(errors)})
+
+
+def _count_rows(directory: Path) -> int:
+    """Rows of the committed shards in ``directory`` (all runs': a resumed run counts the killed one's)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in list_shards(str(directory)))
+
+
+def _copy_old(old: MapDirectory, staging: Path) -> None:
+    """An appended map keeps the old map's points and error shards (same names: copying again is harmless)
+    and run records."""
+    for folder in (POINTS_DIR, ERRORS_DIR):
+        for path in list_shards(str(old.path / folder)):
+            (staging / folder).mkdir(exist_ok=True)
+            shutil.copy2(path, staging / folder / Path(path).name)
+    runs = old.path / STATE_DIR / "runs"
+    if runs.is_dir():
+        shutil.copytree(runs, staging / STATE_DIR / "runs", dirs_exist_ok=True)
+
+
+def _old_layout(old: MapDirectory, staging: Path) -> tuple[Landmarks, list[list[str]], str, int]:
+    shutil.copy2(old.path / LANDMARKS_FILE, staging / LANDMARKS_FILE)
+    table = old.clusters()
+    names = [table.filter(pc.equal(table["level"], lv))["label"].to_pylist() for lv in range(old.info.levels)]
+    return Landmarks.load(staging / LANDMARKS_FILE), names, old.info.labels, old.info.landmarks
+
+
+def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.Table, clusters: pa.Table) -> None:
+    from pipeline.map.render import render_map
+
+    top = clusters.filter(pc.equal(clusters["level"], 0))
+    centres = np.stack([top["x"].to_numpy(zero_copy_only=False), top["y"].to_numpy(zero_copy_only=False)], 1)
+    render_map(
+        staging / IMAGE_FILE,
+        np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
+        points.column(level_column(0)).to_numpy().astype(np.int32),
+        centres,
+        top["label"].to_pylist(),
+        top["size"].to_pylist(),
+        title=f"{Path(source.path).name}: {source.rows:,} rows",
+        seed=cfg.map.seed,
+    )
 
 
 def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     """Build (or append to) the map directory of cfg's source; returns the summary (also in map.json)."""
-    from pipeline.runtime import code_version
-
     _check(cfg)
     total_started = time.perf_counter()
     source = open_source(cfg)
@@ -355,93 +271,40 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
             f"map.mode=append: the map holds {old.info.source.get('dim')}-d rows, the source {source.dim}-d"
         )
     staging = _staging(target, _run_key(source, cfg))
-    (staging / "owner.pid").write_text(str(os.getpid()))
-    timings: dict[str, Any] = {}
-    if old is not None:
-        kept, new = _append_units(old, source)
-        for unit in kept:
-            shutil.copy2(old.path / POINTS_DIR / unit_file(unit), staging / POINTS_DIR / unit_file(unit))
-            record = record_file(old.path / POINTS_DIR, unit)
-            if record.is_file():
-                record_file(staging / POINTS_DIR, unit).parent.mkdir(exist_ok=True)
-                shutil.copy2(record, record_file(staging / POINTS_DIR, unit))
-        shutil.copy2(old.path / LANDMARKS_FILE, staging / LANDMARKS_FILE)
-        landmarks = Landmarks.load(staging / LANDMARKS_FILE)
-        table = old.clusters()
-        names = [table.filter(pc.equal(table["level"], lv))["label"].to_pylist() for lv in range(old.info.levels)]
-        method, n_landmarks, keep = old.info.labels, old.info.landmarks, False
-        units = kept + new
-    else:
-        if (staging / LANDMARKS_FILE).is_file() and (staging / LABELS_FILE).is_file():
-            landmarks = Landmarks.load(staging / LANDMARKS_FILE)  # a killed run's layout: resume after it
-            saved = json.loads((staging / LABELS_FILE).read_text())
-            names, method, n_landmarks, timings = saved["names"], saved["method"], saved["landmarks"], saved["timings"]
+    output = points_output(staging)
+    output.prepare()
+    with output.lock():  # a second `latent map` of the same source and parameters is refused
+        (staging / "owner.pid").write_text(str(os.getpid()))
+        timings: dict[str, Any] = {}
+        if old is not None:
+            kept, units = _append_units(old, source)
+            landmarks, names, method, n_landmarks = _old_layout(old, staging)
         else:
-            landmarks, names, method, n_landmarks = make_layout(cfg, source, timings)
-            landmarks.save(staging / LANDMARKS_FILE)
-            state = {"names": names, "method": method, "landmarks": n_landmarks, "timings": timings}
-            (staging / LABELS_FILE).write_text(json.dumps(state))
-        units, keep = source.units, True
-    placer = Placer.from_landmarks(landmarks, source.metric, cfg.map.place_k, cfg.map.seed, keep=keep)
-    started = time.perf_counter()
-    records = place_all(cfg, source, units, placer, staging / POINTS_DIR)
-    timings["place_s"] = time.perf_counter() - started
-    ordered = [records[u.name] for u in units]
-    clusters = region_table(ordered, names, landmarks.parents)
-    pq.write_table(clusters, staging / CLUSTERS_FILE)
-    xy, coarse = _read_points(staging, units, len(landmarks.parents))
-    bounds = [float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())]
-    if old is not None:
-        quality = {**old.info.quality, "note": "measured when the map was built, before appends"}
-    else:
-        quality = measure_quality(cfg, source, xy, timings)
-    if cfg.image:
-        from pipeline.map.render import render_map
-
+            kept, units = [], source.units
+            landmarks, names, method, n_landmarks = stage_layout(cfg, source, staging, timings)
+        levels = len(landmarks.parents)
         started = time.perf_counter()
-        top = clusters.filter(pc.equal(clusters["level"], 0))
-        centres = np.stack([top["x"].to_numpy(zero_copy_only=False), top["y"].to_numpy(zero_copy_only=False)], 1)
-        render_map(
-            staging / IMAGE_FILE,
-            xy,
-            coarse,
-            centres,
-            top["label"].to_pylist(),
-            top["size"].to_pylist(),
-            title=f"{Path(source.path).name}: {source.rows:,} rows",
-            seed=cfg.map.seed,
-        )
-        timings["image_s"] = time.perf_counter() - started
-    timings["total_s"] = time.perf_counter() - total_started
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    history = [*(old.info.history if old else []), {"mode": cfg.map.mode.value, "at": now, "rows": source.rows}]
-    info = MapInfo(
-        source=source.fingerprint(),
-        method=old.info.method if old else cfg.map.method.value,
-        params=old.info.params if old else {k: _plain(v) for k, v in asdict(cfg.map).items()},
-        rows=int(sum(r["rows"] for r in ordered)),
-        levels=len(landmarks.parents),
-        clusters=[len(p) for p in landmarks.parents],
-        landmarks=n_landmarks,
-        seeds={"landmarks": cfg.map.seed, "umap": cfg.map.seed, "kmeans": cfg.map.seed, "quality": cfg.map.seed + 1},
-        metric=source.metric,
-        labels=method,
-        quality=quality,
-        timings={k: (round(v, 3) if isinstance(v, float) else v) for k, v in timings.items()},
-        units=[{"name": u.name, "start": u.start, "rows": u.rows, "file": unit_file(u)} for u in units],
-        bounds=bounds,
-        model=source.model,
-        created_at=old.info.created_at if old else now,
-        created_by=code_version(),
-        history=history,
-    )
-    for leftover in [staging / LABELS_FILE, staging / "owner.pid"]:
-        leftover.unlink(missing_ok=True)
-    (staging / INFO_FILE).write_text(info.to_json())
-    publish_directory(staging, target)
+        _place(cfg, source, units, output, levels, keep=old is None)
+        timings["place_s"] = time.perf_counter() - started
+        if old is not None:
+            _copy_old(old, staging)
+        points = read_points(staging / POINTS_DIR, levels, ["row", "x", "y", *map(level_column, range(levels))])
+        if not points.num_rows:
+            raise LatentError(f"no row of {source.path} could be placed: see {staging / ERRORS_DIR}")
+        errors = _count_rows(staging / ERRORS_DIR)
+        info = _finish(cfg, source, staging, old, points, landmarks, names, method, n_landmarks, kept + units, timings)
+        timings["total_s"] = time.perf_counter() - total_started
+        info.timings = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in timings.items()}
+        for leftover in [staging / LABELS_FILE, staging / "owner.pid", staging / SUCCESS_MARKER]:
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(staging / POINTS_DIR / ".tmp", ignore_errors=True)
+        (staging / INFO_FILE).write_text(info.to_json())
+        publish_directory(staging, target)
+    quality = info.quality
     summary = {
         "map": str(target),
         "rows": info.rows,
+        "errors": errors,
         "clusters": info.clusters,
         "labels": method,
         "quality": quality,
@@ -451,8 +314,61 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
         f"latent map: {info.rows:,} rows -> {target} ({' / '.join(map(str, info.clusters))} regions, "
         f"labels: {method}); preservation {quality.get('preservation', float('nan')):.3f}"
         f" (umap-learn: {quality.get('reference_preservation', float('nan')):.3f}); {timings['total_s']:.1f} s"
+        + (f"; {errors:,} rows not placed (see {target / ERRORS_DIR})" if errors else "")
     )
     return summary
+
+
+def _finish(
+    cfg: MapCommandConfig,
+    source: MapSource,
+    staging: Path,
+    old: MapDirectory | None,
+    points: pa.Table,
+    landmarks: Landmarks,
+    names: list[list[str]],
+    method: str,
+    n_landmarks: int,
+    units: list[Unit],
+    timings: dict,
+) -> MapInfo:
+    """The regions' table, quality and map.png written into ``staging``; map.json's contents returned."""
+    from pipeline.runtime import code_version
+
+    clusters = region_table(points, names, landmarks.parents)
+    pq.write_table(clusters, staging / CLUSTERS_FILE)
+    x, y = points.column("x").to_numpy(), points.column("y").to_numpy()
+    bounds = [float(x.min()), float(y.min()), float(x.max()), float(y.max())]
+    if old is not None:
+        quality = {**old.info.quality, "note": "measured when the map was built, before appends"}
+    else:
+        quality = measure_quality(cfg, source, points, timings)
+    if cfg.image:
+        started = time.perf_counter()
+        _render(cfg, source, staging, points, clusters)
+        timings["image_s"] = time.perf_counter() - started
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    history = [*(old.info.history if old else []), {"mode": cfg.map.mode.value, "at": now, "rows": source.rows}]
+    return MapInfo(
+        source=source.fingerprint(),
+        method=old.info.method if old else cfg.map.method.value,
+        params=old.info.params if old else {k: _plain(v) for k, v in asdict(cfg.map).items()},
+        rows=points.num_rows,
+        levels=len(landmarks.parents),
+        clusters=[len(p) for p in landmarks.parents],
+        landmarks=n_landmarks,
+        seeds={"landmarks": cfg.map.seed, "umap": cfg.map.seed, "kmeans": cfg.map.seed, "quality": cfg.map.seed + 1},
+        metric=source.metric,
+        labels=method,
+        quality=quality,
+        timings={},
+        units=[{"name": u.name, "start": u.start, "rows": u.rows} for u in units],
+        bounds=bounds,
+        model=source.model,
+        created_at=old.info.created_at if old else now,
+        created_by=code_version(),
+        history=history,
+    )
 
 
 def _plain(value: Any) -> Any:

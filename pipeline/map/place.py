@@ -1,25 +1,39 @@
-"""Placement of a source unit: its rows' 2-D positions and regions from the landmarks, written as one
-points shard plus a completion record (the unit's region counts and coordinate sums).
+"""Placement of every row on the map, as a job of the shared runner (pipeline/runner/).
 
-``Placer`` is what every placement task needs, picklable (Ray puts it in the object store once);
-``place_unit`` is the task body, callable without Ray.
+Read tasks stream a source unit's vectors (``read_unit``); placer actors (``PlaceBatches``), each
+building its ``Placer`` once from the staged landmarks file, give every row its x, y and region at
+each level; write tasks commit points shards (``write_points``). The runner owns the rest: resources,
+progress, run record, and resume with each row placed exactly once (the key is the source ``row``).
+``Placer`` is also what the server places query vectors with.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from pipeline.io.output import JobOutput
+from pipeline.io.shards import ERRORS_DIR, arrow_to_vectors, commit_table
 from pipeline.map.layout import PLACE_EPOCHS, LandmarkIndex, PcaProjection
 from pipeline.map.regions import vote
 from pipeline.map.source import MapSource, Unit
-from pipeline.map.store import RECORDS_DIR, Landmarks, level_column, points_schema
+from pipeline.map.store import LANDMARKS_FILE, POINTS_DIR, Landmarks, level_column, points_schema
+
+if TYPE_CHECKING:
+    from pipeline.config import MapCommandConfig
+    from pipeline.runner import Job
+
+PLACE_ERRORS_SCHEMA = pa.schema(
+    [pa.field("row", pa.int64()), pa.field("id", pa.string()), pa.field("error", pa.string())]
+)
+READER_MEMORY = 512 * 1024**2  # a read task: one batch of vectors and its items
 
 
 @dataclass
@@ -29,7 +43,7 @@ class Placer:
     labels: list[np.ndarray]  # per level, each landmark's region
     parents: list[np.ndarray]
     projection: PcaProjection | None = None  # method pca: positions by projection
-    keep_landmarks: bool = True  # False when placing another source's rows (append)
+    keep_landmarks: bool = True  # False when placing another source's rows (append, queries)
 
     @classmethod
     def from_landmarks(
@@ -51,15 +65,14 @@ class Placer:
         )
         return cls(index, landmarks.rows, landmarks.labels, landmarks.parents, projection, keep)
 
-    def place(self, first_row: int, vectors: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(xy, regions per level) of rows ``first_row ..`` holding ``vectors``."""
+    def place(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(xy, regions per level) of ``vectors``, the source's global ``rows`` (landmark rows keep theirs)."""
         xy, neighbours, weights = self.index.place(vectors)
         if self.projection is not None:
             xy = self.projection(vectors)
         finest = len(self.labels) - 1
         fine = vote(self.labels[finest], neighbours, weights, len(self.parents[finest]))
-        if self.keep_landmarks and len(self.landmark_rows):
-            rows = np.arange(first_row, first_row + len(vectors))
+        if self.keep_landmarks and rows is not None and len(self.landmark_rows):
             at = np.searchsorted(self.landmark_rows, rows)
             at = np.minimum(at, len(self.landmark_rows) - 1)
             own = self.landmark_rows[at] == rows
@@ -71,62 +84,124 @@ class Placer:
         return xy, levels
 
 
-def unit_file(unit: Unit) -> str:
-    return f"{unit.name}.parquet"
+# -- the stages ---------------------------------------------------------------------------------------
 
 
-def place_unit(source: MapSource, unit: Unit, placer: Placer, points_dir: str) -> dict:
-    """Place every row of ``unit``; write ``<points_dir>/<unit>.parquet`` and its completion record; return
-    the record: rows, per level the regions' counts and x/y sums, and the unit's bounds."""
-    import faiss
+def read_unit(unit: dict, done: pa.Array | None, source: MapSource) -> Iterator[pa.Table]:
+    """Stage 1 (CPU task): a unit's rows as records ``row``, ``id``, ``vector``, ``error`` (NaN/inf vectors),
+    without the rows in ``done`` (placed by an earlier run)."""
+    skip = None if done is None else pc.cast(done, pa.int64())
+    part = Unit(unit["name"], unit["start"], unit["rows"], unit["shard"])
+    shift = unit["first_row"] - part.start  # the map's row numbers (append: after the mapped rows)
+    for first, vectors, items in source.read(part, items=True):
+        n, dim = vectors.shape
+        finite = pa.array(np.isfinite(vectors).all(axis=1))
+        records = pa.table(
+            {
+                "row": pa.array(np.arange(first + shift, first + shift + n, dtype=np.int64)),
+                "id": items.column("id"),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+                "error": pc.if_else(finite, pa.scalar(None, pa.string()), pa.scalar("NaN or infinite vector")),
+            }
+        )
+        if skip is not None:
+            records = records.filter(pc.invert(pc.is_in(records.column("row"), value_set=skip)))
+        yield records
 
-    faiss.omp_set_num_threads(1)  # one task per CPU: no oversubscription
-    levels = len(placer.labels)
-    schema = points_schema(levels)
-    counts = [np.zeros(len(p), np.int64) for p in placer.parents]
-    sums = [np.zeros((len(p), 2), np.float64) for p in placer.parents]
-    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
-    final = Path(points_dir) / unit_file(unit)
-    tmp = final.with_suffix(f".tmp-{os.getpid()}")
-    rows = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for first, vectors, items in source.read(unit, items=True):
-            xy, regions = placer.place(first, vectors)
-            columns = {"id": items.column("id"), "x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}
+
+class PlaceBatches:
+    """Stage 2 (actor): records in, points out (x, y, region per level). Builds its Placer once."""
+
+    def __init__(self, landmarks_path: str, metric: str, k: int, seed: int, keep: bool, threads: int | None) -> None:
+        if threads:
+            import faiss
+
+            faiss.omp_set_num_threads(threads)
+        landmarks = Landmarks.load(Path(landmarks_path))
+        self.placer = Placer.from_landmarks(landmarks, metric, k, seed, keep=keep)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        ok = pc.is_null(batch.column("error")).to_numpy(zero_copy_only=False)
+        rows = batch.column("row").to_numpy()
+        xy = np.zeros((n, 2), np.float32)
+        levels = [np.zeros(n, np.int32) for _ in self.placer.labels]
+        if ok.any():
+            vectors = arrow_to_vectors(batch.column("vector").filter(pa.array(ok)))
+            placed, regions = self.placer.place(vectors, rows[ok])
+            xy[ok] = placed
             for level, region in enumerate(regions):
-                columns[level_column(level)] = pa.array(region, pa.int32())
-                counts[level] += np.bincount(region, minlength=len(counts[level]))
-                np.add.at(sums[level], region, xy)
-            writer.write_table(pa.table(columns, schema=schema))
-            if len(xy):
-                lo, hi = np.minimum(lo, xy.min(axis=0)), np.maximum(hi, xy.max(axis=0))
-            rows += len(xy)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    record = {
-        "unit": unit.name,
-        "rows": rows,
-        "counts": [c.tolist() for c in counts],
-        "sums": [s.tolist() for s in sums],
-        "bounds": [*lo.tolist(), *hi.tolist()],
+                levels[level][ok] = region
+        columns = {"row": batch.column("row"), "id": batch.column("id"), "x": xy[:, 0], "y": xy[:, 1]}
+        columns.update({level_column(level): region for level, region in enumerate(levels)})
+        return pa.table({**columns, "error": batch.column("error")})
+
+
+def write_points(good: pa.Table, points_dir: str, levels: int) -> None:
+    """Stage 3 (task): commit placed rows as a points shard (the runner records failed ones)."""
+    schema = points_schema(levels)
+    commit_table(good.select(schema.names).cast(schema), points_dir)
+
+
+# -- the job ------------------------------------------------------------------------------------------
+
+
+def points_output(staging: Path) -> JobOutput:
+    """The placement job's output: the map's staging directory, points and errors keyed by source row."""
+    return JobOutput(str(staging), data_dirs=(POINTS_DIR, ERRORS_DIR), key="row")
+
+
+def place_job(
+    cfg: MapCommandConfig,
+    source: MapSource,
+    units: list[Unit],
+    staging: Path,
+    levels: int,
+    keep: bool,
+    output: JobOutput | None = None,
+    rows: list[int] | None = None,
+) -> Job:
+    """The placement job of ``units`` of ``source`` into ``staging``, from the landmarks staged there.
+
+    ``rows``: each unit's first row number on the map (default: its row in the source; an append
+    numbers new units after the mapped rows); ``output``: the staging directory's ``points_output``,
+    when the caller holds its lock."""
+    from pipeline.runner import ActorStage, Job, ReadStage, WriteStage, actor_resources
+
+    res = cfg.resources
+    row_bytes = source.dim * 4 + 64
+    block = max(1 << 20, cfg.batch_size * row_bytes)
+    placer = {
+        "landmarks_path": str(staging / LANDMARKS_FILE),
+        "metric": source.metric,
+        "k": cfg.map.place_k,
+        "seed": cfg.map.seed,
+        "keep": keep,
     }
-    done = record_file(points_dir, unit)
-    done.parent.mkdir(exist_ok=True)
-    done.with_suffix(".tmp").write_text(json.dumps(record))
-    os.replace(done.with_suffix(".tmp"), done)
-    return record
-
-
-def record_file(points_dir: str | Path, unit: Unit) -> Path:
-    """``<map>/records/<unit>.json``, beside ``<map>/points/``."""
-    return Path(points_dir).parent / RECORDS_DIR / f"{unit.name}.json"
-
-
-def read_record(points_dir: str | Path, unit: Unit) -> dict | None:
-    """The completion record of a placed unit (None: not placed, or its shard is missing)."""
-    done = record_file(points_dir, unit)
-    if not done.is_file() or not (Path(points_dir) / unit_file(unit)).is_file():
-        return None
-    record = json.loads(done.read_text())
-    return record if record.get("rows") == unit.rows else None
+    return Job(
+        name="map",
+        output=output or points_output(staging),
+        config=cfg,
+        units=[
+            {"unit_id": u.name, "name": u.name, "start": u.start, "rows": u.rows, "shard": u.shard, "first_row": row}
+            for u, row in zip(units, rows or [u.start for u in units])
+        ],
+        total_rows=sum(u.rows for u in units),
+        # memory declared: Ray Data then keeps reading in its own tasks, not fused into the actor (ray#54433)
+        read=ReadStage(partial(read_unit, source=source), cpus=res.cpus_per_reader, memory=READER_MEMORY),
+        process=ActorStage(
+            PlaceBatches,
+            placer,
+            actor_resources(res.actors, res.cpus_per_actor, 0.0, "cpu"),
+            batch_size=cfg.batch_size,
+        ),
+        write=WriteStage(
+            partial(write_points, points_dir=str(staging / POINTS_DIR), levels=levels),
+            rows=cfg.output.rows_per_shard,
+            errors_schema=PLACE_ERRORS_SCHEMA,
+        ),
+        object_store_budget=max(256 * 1024**2, 8 * block),
+        block_bytes=block,
+        stall_timeout_s=cfg.ray.stall_timeout_s,
+        progress=cfg.progress,
+    )

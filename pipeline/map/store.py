@@ -1,5 +1,8 @@
 """The map directory (docs/map.md): point shards, the regions table, map.json, map.png, the landmarks.
 
+The points shards are the placement job's (pipeline/map/place.py), committed by the job runner in any
+order; ``read_points`` gives them back in the source's row order (their ``row`` column).
+
 Written into a staging directory next to the target and published in one step (the index directory's
 atomic swap, pipeline.index.store.publish_directory); a killed run leaves its staging directory, and
 the next run with the same source and parameters resumes from it.
@@ -18,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import LatentError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: points shards written by the job runner, each point with its source `row`
 INFO_FILE = "map.json"
 POINTS_DIR = "points"
 CLUSTERS_FILE = "clusters.parquet"
@@ -26,7 +29,6 @@ IMAGE_FILE = "map.png"
 LANDMARKS_FILE = "landmarks.npz"  # landmark vectors (float16), positions, regions: what append places from
 LABELS_FILE = "labels.json"  # staging only: the layout stage's labels
 STAGING_MARK = ".tmp-map-"
-RECORDS_DIR = "records"  # <unit>.json: a placed unit's region counts and sums (its completion record)
 
 
 def level_column(level: int) -> str:
@@ -36,6 +38,7 @@ def level_column(level: int) -> str:
 def points_schema(levels: int) -> pa.Schema:
     return pa.schema(
         [
+            pa.field("row", pa.int64(), nullable=False),  # the source's row (an index's label): the points' order
             pa.field("id", pa.string(), nullable=False),
             pa.field("x", pa.float32(), nullable=False),
             pa.field("y", pa.float32(), nullable=False),
@@ -73,7 +76,7 @@ class MapInfo:
     labels: str  # text | zero-shot | none
     quality: dict[str, Any]  # neighbourhood preservation (ours and the reference's), ARI when known
     timings: dict[str, float]  # seconds per stage
-    units: list[dict[str, Any]]  # name, start, rows, file: one points shard per source unit
+    units: list[dict[str, Any]]  # name, start, rows of each source unit placed (what append checks)
     bounds: list[float]  # xmin, ymin, xmax, ymax
     model: dict[str, Any] | None = None  # the source's model fingerprint (zero-shot labels, query placement)
     created_at: str = ""
@@ -104,6 +107,18 @@ def default_map_path(index_path: str | Path) -> Path:
 
 def is_map_directory(path: str | Path) -> bool:
     return (Path(path) / INFO_FILE).is_file()
+
+
+def read_points(directory: str | Path, levels: int, columns: list[str] | None = None) -> pa.Table:
+    """The committed points shards of ``directory``, sorted by source row (``columns``: only these)."""
+    from pipeline.io.shards import list_shards
+
+    wanted = None if columns is None else list(dict.fromkeys(["row", *columns]))
+    tables = [pq.read_table(path, columns=wanted) for path in list_shards(str(directory))]
+    schema = points_schema(levels)
+    table = pa.concat_tables(tables) if tables else schema.empty_table().select(wanted or schema.names)
+    table = table.sort_by("row")
+    return table if columns is None or "row" in columns else table.drop_columns(["row"])
 
 
 @dataclass
@@ -150,10 +165,13 @@ class MapDirectory:
         self.info = MapInfo.from_json((self.path / INFO_FILE).read_bytes())
 
     def points(self, columns: list[str] | None = None) -> pa.Table:
-        """Every point, in the source's row order (unit by unit)."""
-        files = [self.path / POINTS_DIR / u["file"] for u in self.info.units]
-        tables = [pq.read_table(f, columns=columns) for f in files]
-        return pa.concat_tables(tables) if tables else points_schema(self.info.levels).empty_table()
+        """Every point, in the source's row order."""
+        if self.info.format_version < 2:  # version 1: one file per source unit, in map.json's units' order
+            files = [self.path / POINTS_DIR / u["file"] for u in self.info.units]
+            tables = [pq.read_table(f, columns=columns) for f in files]
+            empty = points_schema(self.info.levels).empty_table().drop_columns(["row"])
+            return pa.concat_tables(tables) if tables else empty.select(columns or empty.schema.names)
+        return read_points(self.path / POINTS_DIR, self.info.levels, columns)
 
     def clusters(self) -> pa.Table:
         return pq.read_table(self.path / CLUSTERS_FILE)

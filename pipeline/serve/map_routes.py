@@ -137,7 +137,7 @@ class MapState:
         return out
 
     def locate(self, vector: np.ndarray) -> tuple[float, float]:
-        xy, _ = self.placer.place(0, np.asarray(vector, np.float32).reshape(1, -1))
+        xy, _ = self.placer.place(np.asarray(vector, np.float32).reshape(1, -1))
         return float(xy[0, 0]), float(xy[0, 1])
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -60,7 +59,7 @@ def test_map_holds_every_row_with_regions_that_agree_with_the_known_groups(built
 def test_map_json_records_source_method_quality_and_timings(built):
     found, _ = built
     info = json.loads((found.path / "map.json").read_text())
-    assert info["format_version"] == 1
+    assert info["format_version"] == 2
     assert info["source"]["kind"] == "dataset" and info["source"]["rows"] == 6000 and info["source"]["sha256"]
     assert info["method"] == "landmarks" and info["landmarks"] == 1500
     assert info["seeds"]["landmarks"] == 0
@@ -100,56 +99,12 @@ def test_append_places_new_rows_and_moves_no_existing_point(tmp_path, local_ray)
     np.testing.assert_array_equal(kept["x"].to_numpy(), before["x"].to_numpy())
     np.testing.assert_array_equal(kept["y"].to_numpy(), before["y"].to_numpy())
     np.testing.assert_array_equal(kept["cluster_1"].to_numpy(), before["cluster_1"].to_numpy())
+    np.testing.assert_array_equal(kept["row"].to_numpy(), before["row"].to_numpy())
+    assert sorted(table["row"]) == list(range(4000))  # new rows numbered after the mapped ones, each once
     new = table.drop(before.index)
     assert len(new) == 1000 and np.isfinite(new[["x", "y"]].to_numpy()).all()
     assert [h["mode"] for h in after.info.history] == ["create", "append"]
     assert after.clusters().to_pandas().query("level == 0")["size"].sum() == 4000
-
-
-def test_killed_run_resumes_from_its_placed_units(tmp_path, local_ray):
-    vectors, _ = clustered(4000)
-    emb = tmp_path / "emb"
-    write_embedding_dataset(emb, vectors, dtype="float32", rows_per_shard=200)  # 20 units
-    out = tmp_path / "map"
-    args = [
-        f"input.path={emb}",
-        f"output.path={out}",
-        "map.landmarks=800",
-        "quality.sample=0",
-        "image=false",
-        "ray.num_cpus=1",
-        "tasks=1",
-        "progress=false",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "map", *args],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    staged = None
-    for _ in range(6000):
-        found = list(tmp_path.glob(".map.tmp-map-*/records/*.json"))
-        if len(found) >= 2:
-            staged = found[0].parent.parent / "points"
-            break
-        if proc.poll() is not None:
-            break
-        __import__("time").sleep(0.05)
-    import os
-    import signal
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert staged is not None, proc.stdout.read().decode()[-2000:]
-    placed = [staged / p.name.replace(".json", ".parquet") for p in staged.parent.glob("records/*.json")]
-    done = {p.name: p.stat().st_mtime_ns for p in placed}  # units with a completion record
-    assert 2 <= len(done) < 20 and not (out / "map.json").exists()  # killed midway: nothing published
-    result = run_map(map_config(*args[:2], *args[2:5]))
-    assert result["rows"] == 4000
-    for name, mtime in done.items():  # the units placed before the kill were not placed again
-        assert (out / "points" / name).stat().st_mtime_ns == mtime
-    assert pq.read_table(out / "points").num_rows == 4000
 
 
 def test_bad_inputs_are_refused_and_nothing_is_published(tmp_path, grouped):

@@ -92,7 +92,7 @@ def test_placer_keeps_landmark_rows_exactly():
     labels = [np.zeros(100, np.int32), np.arange(100, dtype=np.int32) % 3]
     parents = [np.array([-1], np.int32), np.zeros(3, np.int32)]
     placer = Placer(LandmarkIndex(vectors[rows], xy, k=5), rows, labels, parents)
-    placed, levels = placer.place(0, vectors)
+    placed, levels = placer.place(vectors, np.arange(500))
     np.testing.assert_array_equal(placed[rows], xy)
     np.testing.assert_array_equal(levels[1][rows], labels[1])
     assert np.all(levels[0] == 0)

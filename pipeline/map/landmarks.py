@@ -1,0 +1,151 @@
+"""The map's layout stage, on the driver: a seeded landmark sample laid out in 2-D (UMAP over FAISS's kNN
+graph, or PCA), its regions at every level and their labels. Staged in the map's staging directory
+(``stage_layout``), so that a killed `latent map` rerun resumes after it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import LabelMethod, MapCommandConfig, MapMethod
+from pipeline.errors import LatentError
+from pipeline.map import labels as labelling
+from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
+from pipeline.map.regions import find_regions
+from pipeline.map.source import MapSource
+from pipeline.map.store import LABELS_FILE, LANDMARKS_FILE, Landmarks
+
+
+def _label_method(cfg: MapCommandConfig, source: MapSource, texts: list[str | None]) -> str:
+    chosen = cfg.map.labels
+    with_text = sum(1 for t in texts if t and t.strip())
+    if chosen == LabelMethod.auto:
+        if with_text >= 0.5 * max(1, len(texts)):
+            return "text"
+        return "zero_shot" if _known_model(source) else "none"
+    if chosen == LabelMethod.zero_shot and not _known_model(source):
+        raise LatentError(
+            "map.labels=zero_shot needs the source's open_clip model, but its vectors carry no model fingerprint "
+            "of an open_clip model (e.g. .npy or synthetic inputs): use map.labels=text or none"
+        )
+    if chosen == LabelMethod.text and not with_text:
+        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero_shot or none")
+    return chosen.value
+
+
+def _known_model(source: MapSource) -> bool:
+    import open_clip
+
+    model = source.model or {}
+    return bool(model.get("name")) and model["name"] in open_clip.list_models()
+
+
+def _text_encoder(cfg: MapCommandConfig, source: MapSource):
+    """The source's own model's text tower (checked against its fingerprint, as a Searcher's)."""
+    from types import SimpleNamespace
+
+    from pipeline.encode.encoder import ClipEncoder
+    from pipeline.search.searcher import resolve_query_model
+
+    spec = resolve_query_model(SimpleNamespace(embedding=source.embedding, dim=source.dim), cfg.model)
+    return ClipEncoder(spec).encode_texts
+
+
+def make_labels(
+    cfg: MapCommandConfig, source: MapSource, method: str, vectors: np.ndarray, texts: list, regions
+) -> list[list[str]]:
+    """Labels per level (``region <n>`` where a method finds nothing)."""
+    out = []
+    encode = concepts = None
+    if method == "zero_shot":
+        concepts = labelling.read_vocabulary(cfg.map.vocabulary)
+        encode = _text_encoder(cfg, source)
+    for level, assigned in enumerate(regions.landmark_labels):
+        n = len(regions.parents[level])
+        if method == "text":
+            names = labelling.text_labels(texts, assigned, n)
+        elif method == "zero_shot":
+            names = labelling.zero_shot_labels(labelling.centroids_of(vectors, assigned, n), concepts, encode)
+        else:
+            names = [""] * n
+        out.append([name or f"region {level}.{i}" for i, name in enumerate(names)])
+    return out
+
+
+def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tuple[Landmarks, list, str, int]:
+    """Landmarks (sample, 2-D layout, regions) and their labels: (landmarks, labels, label method, seed)."""
+    m = cfg.map
+    size = source.rows if m.method == MapMethod.umap else m.landmarks
+    if m.method == MapMethod.umap and source.rows > m.max_full_umap:
+        raise LatentError(
+            f"map.method=umap lays out every row: {source.rows:,} is above map.max_full_umap={m.max_full_umap:,} "
+            f"(use map.method=landmarks, linear in rows)"
+        )
+    started = time.perf_counter()
+    rows = sample_rows(source.rows, size, m.seed)
+    vectors, texts = source.take(rows)
+    timings["sample_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    graph, distances = knn_graph(vectors, m.neighbors + 1, source.metric)
+    timings["knn_graph_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    projection = None
+    if m.method == MapMethod.pca:
+        fitted = PcaProjection.fit(vectors)
+        xy, projection = fitted(vectors), (fitted.mean, fitted.axes)
+    else:
+        device = "cuda" if (m.device.value != "cpu" and cuml_available()) else "cpu"
+        if m.device.value == "cuda" and device != "cuda":
+            raise LatentError("map.device=cuda: cuML's UMAP needs cuML and a GPU (use map.device=auto or cpu)")
+        xy = umap_layout(
+            vectors,
+            n_neighbors=m.neighbors,
+            min_dist=m.min_dist,
+            metric=source.metric,
+            seed=m.seed,
+            device=device,
+            knn=(graph, distances),
+        )
+        timings["layout_device"] = device  # type: ignore[assignment]
+    timings["layout_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    regions = find_regions(
+        vectors,
+        xy,
+        graph,
+        levels=m.levels,
+        split=m.split,
+        min_cluster_size=m.min_cluster_size,
+        coarse=m.coarse.value,
+        coarse_k=m.coarse_k,
+        seed=m.seed,
+    )
+    timings["regions_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    method = _label_method(cfg, source, texts)
+    names = make_labels(cfg, source, method, vectors, texts, regions)
+    timings["labels_s"] = time.perf_counter() - started
+    landmarks = Landmarks(rows, vectors, xy, regions.landmark_labels, regions.parents, projection)
+    return landmarks, names, method, len(rows)
+
+
+def stage_layout(
+    cfg: MapCommandConfig, source: MapSource, staging: Path, timings: dict
+) -> tuple[Landmarks, list[list[str]], str, int]:
+    """The layout staged in ``staging`` by a killed run, or a new one, staged: (landmarks, labels, label
+    method, landmarks count); ``timings`` gets its stages' seconds."""
+    if (staging / LANDMARKS_FILE).is_file() and (staging / LABELS_FILE).is_file():
+        saved = json.loads((staging / LABELS_FILE).read_text())
+        timings.update(saved["timings"])
+        return Landmarks.load(staging / LANDMARKS_FILE), saved["names"], saved["method"], saved["landmarks"]
+    landmarks, names, method, count = make_layout(cfg, source, timings)
+    landmarks.save(staging / LANDMARKS_FILE)
+    state = {"names": names, "method": method, "landmarks": count, "timings": timings}
+    tmp = staging / f"{LABELS_FILE}.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(staging / LABELS_FILE)  # written last, atomically: the layout is staged
+    return landmarks, names, method, count
