@@ -35,7 +35,7 @@ test: install
 FAST := not cluster and not ray and not browser and not slow and not gpu
 test-fast: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests bench jobs
-	$(PY) -m pytest -q -m "$(FAST)"
+	$(PY) -m pytest -q -n 2 -m "$(FAST)"
 
 lint: install
 	$(BIN)/ruff check pipeline tests bench jobs

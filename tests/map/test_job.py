@@ -107,6 +107,7 @@ def test_append_places_new_rows_and_moves_no_existing_point(tmp_path, local_ray)
     assert after.clusters().to_pandas().query("level == 0")["size"].sum() == 4000
 
 
+@pytest.mark.slow  # several `latent map` processes
 def test_bad_inputs_are_refused_and_nothing_is_published(tmp_path, grouped):
     path, _ = grouped
     empty = tmp_path / "empty"

@@ -50,8 +50,8 @@ def map_index(tmp_path_factory, photos, tiny_model):
 
 
 @pytest.fixture(scope="session")
-def photo_map(map_index):
-    """The photo index's map, beside it (where serve finds it)."""
+def photo_map(local_ray, map_index):
+    """The photo index's map, beside it (where serve finds it): a runner job, on the session's Ray."""
     run_map(compose("map", map_overrides(f"index.path={map_index}")))
     return MapDirectory(default_map_path(map_index))
 
@@ -68,7 +68,7 @@ def test_the_map_of_an_index_is_found_beside_it_and_labelled_from_captions(photo
     assert any(name in " ".join(labels) for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins"))
 
 
-def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower(map_index, tmp_path):
+def test_zero_shot_labels_come_from_the_vocabulary_through_the_models_text_tower(local_ray, map_index, tmp_path):
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("cat\nrocket\ncoffee\ncoin\nastronaut\ncamera\ntree\nboat\n")
     out = tmp_path / "zs"

@@ -135,7 +135,8 @@ def test_a_shard_replica_refuses_a_damaged_shard_file(tmp_path, damage):
 
     path = tmp_path / "idx"
     x = vectors(600, dim=16)
-    build(dataset(tmp_path / "ds", x, dtype="float32"), path, "index.factory=Flat", "index.shards=2")
+    no_ray = "parallel.min_vectors=null"  # the shard builds in this process
+    build(dataset(tmp_path / "ds", x, dtype="float32"), path, "index.factory=Flat", "index.shards=2", no_ray)
     info = _info(str(path))
     first, second = shard_entries(info, str(path))
     replica = Shard.func_or_class(str(path), first, info, 1)  # a sound shard answers
