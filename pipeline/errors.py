@@ -9,6 +9,15 @@ class LatentError(Exception):
     exit_code = 2
 
 
+def check_format_version(data: dict, supported: int, what: str) -> None:
+    """Refuse a file written by a newer latent (``what``: "index", "map", …), rather than misread it."""
+    if data.get("format_version", 0) > supported:
+        raise LatentError(
+            f"{what} format version {data['format_version']} is newer than this latent understands "
+            f"({supported}); upgrade latent"
+        )
+
+
 def describe_error(err: BaseException) -> str:
     """An exception as ``Type: message`` for error tables and messages, without Python object addresses
     (``<_io.BytesIO object at 0x…>``), which differ on every run and mean nothing to a user."""

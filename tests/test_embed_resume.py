@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +11,7 @@ import pyarrow.dataset as pads
 import pytest
 from conftest import TINY_MODEL
 from corpora import write_image_folder
+from processes import kill_group, start_group
 
 TINY_CLI = str(Path(__file__).parent / "tiny_cli.py")
 
@@ -33,16 +31,7 @@ def start_embed(corpus: Path, out: Path) -> subprocess.Popen:
         "input.files_per_task=8",
         "progress=false",
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    return start_group(args)
 
 
 def group_alive(pgid: int, wait: float = 15.0) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, check_format_version
 from pipeline.index.integrity import (
     LOSSY_SCORE_TOLERANCE,
     SCORE_TOLERANCE,
@@ -127,11 +127,7 @@ class IndexInfo:
                 raise ValueError("not a JSON object")
         except ValueError as err:
             raise IndexCorrupted(f"{INFO_FILE} is not valid JSON ({err}); the index directory is damaged") from err
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LatentError(
-                f"index format version {data['format_version']} is newer than this latent understands "
-                f"({FORMAT_VERSION}); upgrade latent"
-            )
+        check_format_version(data, FORMAT_VERSION, "index")
         if data.get("embedding") is not None:
             data["embedding"] = EmbeddingInfo(**data["embedding"])
         if data.get("recall") is not None:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, check_format_version
 
 FORMAT_VERSION = 2  # 2: an embedding column listed in `optional` is null in rows without that input
 METADATA_KEY = b"latent.embedding"  # Parquet key-value metadata holding EmbeddingInfo as JSON
@@ -71,11 +71,7 @@ class EmbeddingInfo:
     @classmethod
     def from_json(cls, text: str | bytes) -> EmbeddingInfo:
         data = json.loads(text)
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LatentError(
-                f"embedding dataset format version {data['format_version']} is newer than this latent "
-                f"understands ({FORMAT_VERSION}); upgrade latent"
-            )
+        check_format_version(data, FORMAT_VERSION, "embedding dataset")
         return cls(**data)
 
     def compatible_with(self, other: EmbeddingInfo) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import LatentError
+from pipeline.errors import LatentError, check_format_version
 
 FORMAT_VERSION = 2  # 2: points shards written by the job runner, each point with its source `row`
 INFO_FILE = "map.json"
@@ -90,11 +90,7 @@ class MapInfo:
     @classmethod
     def from_json(cls, text: str | bytes) -> MapInfo:
         data = json.loads(text)
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise LatentError(
-                f"map format version {data['format_version']} is newer than this latent understands "
-                f"({FORMAT_VERSION}); upgrade latent"
-            )
+        check_format_version(data, FORMAT_VERSION, "map")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

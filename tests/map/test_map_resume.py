@@ -3,11 +3,8 @@ are kept, and every row is placed exactly once (placement runs on the shared job
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import kill_group, start_group
 
 from map.conftest import clustered
 from pipeline.index.synthetic import write_embedding_dataset
@@ -42,10 +40,7 @@ def start_map(emb: Path, out: Path) -> subprocess.Popen:
         "output.rows_per_shard=40",
         "progress=false",
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
+    return start_group(args)
 
 
 def staged(out: Path) -> list[Path]:
@@ -54,12 +49,6 @@ def staged(out: Path) -> list[Path]:
 
 def shards(points: Path) -> set[str]:
     return {p.name for p in points.glob("part-*.parquet")}
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
 
 
 @pytest.mark.slow

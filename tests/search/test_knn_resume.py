@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
 import subprocess
@@ -14,6 +12,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 from index.helpers import build, dataset, vectors
+from processes import kill_group, start_group
 
 TINY_CLI = str(Path(__file__).parents[1] / "tiny_cli.py")
 QUERIES = 1600
@@ -33,10 +32,7 @@ def start_knn(queries: Path, index: Path, out: Path) -> subprocess.Popen:
         "output.rows_per_shard=80",
         "progress=false",
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
+    return start_group(args)
 
 
 def shards(out: Path) -> set[str]:
@@ -49,12 +45,6 @@ def wait_for_shards(proc: subprocess.Popen, out: Path, at_least: int) -> None:
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.1)
     assert len(shards(out)) >= at_least, "the job never committed enough shards"
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
 
 
 @pytest.mark.slow
