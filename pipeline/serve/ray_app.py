@@ -292,6 +292,14 @@ def _cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
 
 
+def start_application(cfg: ServeConfig, app: serve.Application, name: str = APP_NAME) -> None:
+    """Start Ray Serve's proxy on ``cfg.host:cfg.port`` and run ``app`` at / (returns once deployed)."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # The same two keys as the one-process server: no per-request INFO line forwarded from every replica
+    logging = {"log_level": cfg.log_level.upper(), "enable_access_log": cfg.access_log}
+    serve.run(app, name=name, route_prefix="/", blocking=False, logging_config=logging)
+
+
 def run_ray_serve(cfg: ServeConfig) -> None:
     """`latent serve backend=ray`: deploy on the cluster at ``ray.address`` and serve until interrupted."""
     import contextlib
@@ -306,8 +314,7 @@ def run_ray_serve(cfg: ServeConfig) -> None:
 
         with bind(cfg.host, 0) as sock:
             cfg.port = sock.getsockname()[1]
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    start_application(cfg, app)
     info = _info(cfg.index.path)
     count = len(shard_entries(info, cfg.index.path))
     print(

@@ -21,10 +21,9 @@ def deploy(cfg: ServeConfig, name: str, timeout_s: float = 180) -> str:
     answers /healthz."""
     from ray import serve
 
-    from pipeline.serve.ray_app import build_application
+    from pipeline.serve.ray_app import build_application, start_application
 
-    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
-    serve.run(build_application(cfg), name=name, route_prefix="/", blocking=False)
+    start_application(cfg, build_application(cfg), name)
     url = f"http://127.0.0.1:{cfg.port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
