@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 
 import faiss
@@ -105,7 +106,9 @@ def umap_layout(
         n_jobs=1,
         low_memory=True,
     )
-    xy = model.fit_transform(np.asarray(vectors, np.float32))
+    with warnings.catch_warnings():  # our FAISS graph has no NNDescent index: transform() is never used
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        xy = model.fit_transform(np.asarray(vectors, np.float32))
     return np.asarray(xy, dtype=np.float32)
 
 
@@ -238,6 +241,7 @@ class LandmarkIndex:
             quantizer = _flat_index(dim, metric)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT if metric == "ip" else 1)
             index.cp.seed = seed
+            index.cp.min_points_per_centroid = 5  # ~4 sqrt(n) lists have fewer than FAISS's 39 points each: fine here
             index.train(vectors)
             index.nprobe = 16
         index.add(vectors)

@@ -73,8 +73,8 @@ def coarse_regions(xy: np.ndarray, graph: np.ndarray, min_cluster_size: int) -> 
 
     if len(xy) <= min_cluster_size:
         return np.zeros(len(xy), dtype=np.int32)
-    labels = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(10, min_cluster_size)).fit_predict(
-        xy.astype(np.float64)
+    labels = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(10, min_cluster_size), copy=False).fit_predict(
+        xy.astype(np.float64)  # a copy already
     )
     if (labels < 0).all():
         return np.zeros(len(xy), dtype=np.int32)
