@@ -26,12 +26,10 @@ $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[test,$(FAISS_EXTRA)]'
 	touch $@
 
-# The full suite, as CI runs it: clusters, the browser (a missing Chromium fails), subprocesses. Two workers
-# (pytest-xdist) overlap what waits on processes and Ray; each runs a whole file at a time (all of tests/cluster/
-# as one: one cluster), the heaviest files first (tests/conftest.py: order_for_xdist, pytest_xdist_make_scheduler).
+# The full suite, as CI runs it: clusters, the browser (a missing Chromium fails), subprocesses.
 test: install
 	$(BIN)/ruff check pipeline tests bench jobs
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30
+	$(PY) -m pytest -q --durations=30
 
 # The edit-test loop: leaves out what starts clusters, browsers or many processes (markers in pyproject.toml).
 FAST := not cluster and not ray and not browser and not slow and not gpu

@@ -96,54 +96,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cluster)
         if "local_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
-    order_for_xdist(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if item.get_closest_marker("gpu"):  # not `"gpu" in item.keywords`: that matches a folder named gpu
             item.add_marker(skip)
-
-
-# `make test` runs the suite on two xdist workers: `pytest -n 2 --dist loadfile --no-loadscope-reorder`.
-TIERS = ("ray_cluster", "slow", "cluster", "browser", "ray")  # the heaviest first: no long test left for last
-
-
-def xdist_scope(nodeid: str) -> str:
-    """What one worker runs whole: a test file (its module fixtures are built once), or all of tests/cluster/
-    (they share the session's two-node cluster: one cluster, not one per worker)."""
-    path = nodeid.split("::", 1)[0]
-    return "tests/cluster/" if path.startswith("tests/cluster/") else path
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadfile`, with tests/cluster/ as one scope (xdist_group marks cannot do it: pytest 9.2 ignores
-    the node id suffix that xdist 3.8's loadgroup relies on)."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class ClusterTogether(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(nodeid)
-
-    return ClusterTogether(config, log)
-
-
-def order_for_xdist(config, items) -> None:
-    """Under xdist, the heaviest scopes first (by TIERS): the last minutes are short tests on both workers."""
-    if not hasattr(config, "workerinput"):  # not an xdist worker (every worker sorts alike: same collection)
-        return
-
-    def tier(item) -> int:
-        marks = {"ray_cluster"} & set(getattr(item, "fixturenames", ())) | {m.name for m in item.iter_markers()}
-        return min((i for i, name in enumerate(TIERS) if name in marks), default=len(TIERS))
-
-    weight: dict[str, int] = {}
-    for item in items:
-        scope = xdist_scope(item.nodeid)
-        weight[scope] = min(weight.get(scope, len(TIERS)), tier(item))
-    items.sort(key=lambda item: weight[xdist_scope(item.nodeid)])  # stable: a file's tests keep their order
 
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
