@@ -137,15 +137,6 @@ def ray_session() -> dict[str, Any]:
     return {"gcs_address": context.gcs_address, "nodes": len(nodes), "resources": ray.cluster_resources()}
 
 
-def ray_started_here() -> bool:
-    """Whether this process started the Ray it is connected to (a private Ray: its resources never grow,
-    unlike a joined cluster's, which an autoscaler may scale up)."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)  # Ray's own record of the node it started or joined
-    return ray.is_initialized() and bool(getattr(node, "head", False))
-
-
 def cluster_gpus() -> int:
     import ray
 

@@ -18,7 +18,7 @@ from pipeline.errors import LatentError
 from pipeline.io.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
 from pipeline.runner.plan import build_plan, with_ids
-from pipeline.runtime import RunRecord, ray_session, ray_started_here
+from pipeline.runtime import RunRecord, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ UNIT_POLL_SECONDS = 5.0  # how often completed units get their markers while the
 # -- stalls -----------------------------------------------------------------------------------------
 
 
-def unmet_demand(job: Job, lost_node_hint: bool = True) -> str | None:
+def unmet_demand(job: Job) -> str | None:
     """Why the cluster's live nodes cannot run the job's stages now (None when they can)."""
     import ray
 
@@ -49,24 +49,7 @@ def unmet_demand(job: Job, lost_node_hint: bool = True) -> str | None:
         problems.append(f"no live node has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one actor")
     if not problems:
         return None
-    hint = "; was a node lost?" if lost_node_hint else ""
-    return f"the stages need {'; '.join(problems)} ({len(nodes)} live nodes{hint})"
-
-
-def check_schedulable(job: Job) -> None:
-    """Refuse at once a job that the cluster can never run: a Ray started by this process does not grow.
-    On a joined cluster an autoscaler may add nodes: say so and let the stall watchdog decide."""
-    why = unmet_demand(job, lost_node_hint=False)
-    if why is None:
-        return
-    remedy = f"give the stages fewer CPUs (e.g. resources.cpus_per_reader=0.5 {job.actor_cpus_key}=0.5)"
-    if ray_started_here():
-        raise LatentError(f"cannot run on this Ray: {why}. Start it with more CPUs (ray.num_cpus) or {remedy}")
-    log.warning(
-        "the cluster cannot run the stages yet (%s): waiting for nodes; the job fails after %.0f s without progress",
-        why,
-        job.stall_timeout_s,
-    )
+    return f"the stages need {'; '.join(problems)} ({len(nodes)} live nodes; was a node lost?)"
 
 
 class _Watchdog(threading.Thread):
@@ -233,7 +216,6 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
             rows = errors = 0
             steady = 0.0
             if units:  # nothing left: no plan at all (Ray Data would only say it received 0 inputs)
-                check_schedulable(job)
                 plan = build_plan(job, units, done if len(done) else None)
                 rows, errors, steady = _execute(job, plan, total)
             output.remove_duplicates()
