@@ -43,8 +43,9 @@ RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, 
 
 
 # Ray's own messages that a user can do nothing about, silenced at their source when a job starts
-# (never at import). The one Ray's C++ core writes straight to stderr is dropped by the CLI's filter of
-# fd 2 instead (pipeline/stderr_filter.py).
+# (never at import). Not among them: core_worker's "has constructor arguments in the object store"
+# line, which Ray Data causes itself (it passes ray.put refs of its own to every actor-pool actor,
+# ray#57733) and which only RAY_BACKEND_LOG_LEVEL could hide, with every other C++ error.
 _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage-stats notice
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # latent shows one bar in rows/s instead
