@@ -6,7 +6,7 @@ umap-learn's full fit side by side, and the map view of every point in headless 
 
 Steps: write the corpus (pipeline.index.synthetic, ClusteredSpec() as bench-index) as float32 .npy
 shards, with each row's known group; run `latent map` as a subprocess (wall time; peak memory: the
-largest sum of RSS over its process tree, Ray workers included, polled every 0.2 s, and the largest
+largest sum of RSS and of PSS over its process tree, Ray workers included, polled every 0.2 s, and the largest
 single process); adjusted Rand index of its coarse regions against the groups; umap-learn's own full
 fit (its NN-descent, all cores) of a `--full-umap` row sample, timed, and both maps' neighbourhood
 preservation on that sample; then `latent index` (SQ8, for the server) and `latent serve` of the map,
@@ -61,18 +61,22 @@ def write_corpus(work: Path, n: int, spec: ClusteredSpec) -> tuple[Path, np.ndar
 
 
 def run_measured(command: list[str], log: Path) -> dict:
-    """Wall seconds, exit code, peak summed RSS of the process tree and peak single-process RSS."""
+    """Wall seconds, exit code, peak summed RSS of the process tree, peak single-process RSS, and peak summed
+    PSS (proportional set size: a shared page, such as Ray's object store mapped by every worker, counts
+    once over the tree instead of once per process, so the sum is the tree's physical memory)."""
     start = time.perf_counter()
-    peak_sum = peak_one = 0
+    peak_sum = peak_one = peak_pss = 0
     with open(log, "w") as out:
         process = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         while process.poll() is None:
             try:
                 tree = [process, *process.children(recursive=True)]
-                rss = [p.memory_info().rss for p in tree]
-            except psutil.NoSuchProcess:
+                full = [p.memory_full_info() for p in tree]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            rss = [m.rss for m in full]
             peak_sum, peak_one = max(peak_sum, sum(rss)), max(peak_one, max(rss))
+            peak_pss = max(peak_pss, sum(m.pss for m in full))
             time.sleep(0.2)
     return {
         "command": shlex.join(command),
@@ -80,6 +84,7 @@ def run_measured(command: list[str], log: Path) -> dict:
         "returncode": process.returncode,
         "peak_rss_tree_bytes": peak_sum,
         "peak_rss_process_bytes": peak_one,
+        "peak_pss_tree_bytes": peak_pss,
     }
 
 
@@ -215,6 +220,7 @@ def main() -> None:
         "raw_float32_bytes": raw,
         "rss_tree_over_raw": round(run["peak_rss_tree_bytes"] / raw, 2),
         "rss_process_over_raw": round(run["peak_rss_process_bytes"] / raw, 2),
+        "pss_tree_over_raw": round(run["peak_pss_tree_bytes"] / raw, 2),
         "map_json": {"quality": found.info.quality, "timings": found.info.timings, "clusters": found.info.clusters},
         "ari_coarse_vs_groups": adjusted_rand_score(groups[rows], points.column("cluster_0").to_numpy()),
     }
