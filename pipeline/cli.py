@@ -306,6 +306,7 @@ def _alias(arg: str, aliases: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from pipeline.runtime import configure_process
+    from pipeline.stderr_filter import filter_native_stderr
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_process()
     register_configs()
     sys.argv = [f"latent {command}", *argv]  # Hydra reads sys.argv
-    _hydra_app(command)()
+    with filter_native_stderr():
+        _hydra_app(command)()
 
 
 if __name__ == "__main__":

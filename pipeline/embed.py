@@ -200,6 +200,7 @@ def embed_job(
         ),
         max_error_fraction=cfg.max_error_fraction,
         object_store_budget=res.object_store_budget,
+        actor_cpus_key="resources.cpus_per_encoder",
         # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
         # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
         block_bytes=max(1 << 20, cfg.batch_size * row_bytes),

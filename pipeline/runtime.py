@@ -43,9 +43,8 @@ RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, 
 
 
 # Ray's own messages that a user can do nothing about, silenced at their source when a job starts
-# (never at import). Not among them: core_worker's "has constructor arguments in the object store"
-# line, which Ray Data causes itself (it passes ray.put refs of its own to every actor-pool actor,
-# ray#57733) and which only RAY_BACKEND_LOG_LEVEL could hide, with every other C++ error.
+# (never at import). The one Ray's C++ core writes straight to stderr is dropped by the CLI's filter of
+# fd 2 instead (pipeline/stderr_filter.py).
 _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage-stats notice
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # latent shows one bar in rows/s instead
@@ -136,6 +135,15 @@ def ray_session() -> dict[str, Any]:
     context = ray.get_runtime_context()
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return {"gcs_address": context.gcs_address, "nodes": len(nodes), "resources": ray.cluster_resources()}
+
+
+def ray_started_here() -> bool:
+    """Whether this process started the Ray it is connected to (a private Ray: its resources never grow,
+    unlike a joined cluster's, which an autoscaler may scale up)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # Ray's own record of the node it started or joined
+    return ray.is_initialized() and bool(getattr(node, "head", False))
 
 
 def cluster_gpus() -> int:

@@ -17,6 +17,8 @@ from index.helpers import build, dataset, vectors
 
 from pipeline.cli import compose
 from pipeline.errors import LatentError
+from pipeline.runner import execute
+from pipeline.runtime import ray_started_here
 from pipeline.search.knn import run_knn
 
 HOLD_LOCK = """
@@ -75,10 +77,30 @@ def test_a_second_writer_is_refused_and_a_dead_runs_lock_is_taken_over(local_ray
     assert query_ids(out) == EXPECTED
 
 
-def test_a_job_that_cannot_be_scheduled_fails_saying_why(local_ray, knn_inputs, tmp_path):
-    # three 1-CPU searcher actors and a reader on a 2-CPU Ray: the stages can never all run
-    with pytest.raises(LatentError, match=r"stuck: no progress for \d+ s and nothing can be scheduled: .*CPUs"):
-        knn(knn_inputs, tmp_path / "out", "resources.actors=3", "resources.cpus_per_actor=1", "ray.stall_timeout_s=5")
+TOO_BIG = ("resources.actors=3", "resources.cpus_per_actor=1")  # three 1-CPU actors and a reader on a 2-CPU Ray
+
+
+def test_a_job_that_a_private_ray_can_never_run_is_refused_at_once_saying_why(local_ray, knn_inputs, tmp_path):
+    assert ray_started_here()  # the session's Ray was started by this process: it will not grow
+    with pytest.raises(LatentError, match=r"cannot run on this Ray: the stages need 4 CPUs .*the cluster has 2") as err:
+        knn(knn_inputs, tmp_path / "out", *TOO_BIG, "ray.stall_timeout_s=600")
+    assert "resources.cpus_per_actor=0.5" in str(err.value)  # names the keys that fix it
+    assert not list((tmp_path / "out").glob("neighbors/part-*"))
+
+
+def test_a_job_stuck_on_a_joined_cluster_fails_saying_why(local_ray, knn_inputs, tmp_path, monkeypatch, caplog):
+    # On a joined cluster an autoscaler may add nodes: the job waits, then the watchdog stops it. The session's
+    # Ray stands in for a joined cluster here (the same Ray, only the "who started it" answer differs).
+    monkeypatch.setattr(execute, "ray_started_here", lambda: False)
+    # The watchdog must not rely on the process's SIGINT handler, which a host program may have replaced (with
+    # it ignored, a watchdog that simulated Ctrl-C left this job waiting forever)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(LatentError, match=r"stuck: no progress for \d+ s and nothing can be scheduled: .*CPUs"):
+            knn(knn_inputs, tmp_path / "out", *TOO_BIG, "ray.stall_timeout_s=5")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "waiting for nodes" in caplog.text
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 

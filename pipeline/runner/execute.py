@@ -18,7 +18,7 @@ from pipeline.errors import LatentError
 from pipeline.io.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
 from pipeline.runner.plan import build_plan, with_ids
-from pipeline.runtime import RunRecord, ray_session
+from pipeline.runtime import RunRecord, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ UNIT_POLL_SECONDS = 5.0  # how often completed units get their markers while the
 # -- stalls -----------------------------------------------------------------------------------------
 
 
-def unmet_demand(job: Job) -> str | None:
+def unmet_demand(job: Job, lost_node_hint: bool = True) -> str | None:
     """Why the cluster's live nodes cannot run the job's stages now (None when they can)."""
     import ray
 
@@ -49,22 +49,62 @@ def unmet_demand(job: Job) -> str | None:
         problems.append(f"no live node has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one actor")
     if not problems:
         return None
-    return f"the stages need {'; '.join(problems)} ({len(nodes)} live nodes; was a node lost?)"
+    hint = "; was a node lost?" if lost_node_hint else ""
+    return f"the stages need {'; '.join(problems)} ({len(nodes)} live nodes{hint})"
+
+
+def check_schedulable(job: Job) -> None:
+    """Refuse at once a job that the cluster can never run: a Ray started by this process does not grow.
+    On a joined cluster an autoscaler may add nodes: say so and let the stall watchdog decide."""
+    why = unmet_demand(job, lost_node_hint=False)
+    if why is None:
+        return
+    remedy = f"give the stages fewer CPUs (e.g. resources.cpus_per_reader=0.5 {job.actor_cpus_key}=0.5)"
+    if ray_started_here():
+        raise LatentError(f"cannot run on this Ray: {why}. Start it with more CPUs (ray.num_cpus) or {remedy}")
+    log.warning(
+        "the cluster cannot run the stages yet (%s): waiting for nodes; the job fails after %.0f s without progress",
+        why,
+        job.stall_timeout_s,
+    )
+
+
+class _Stalled(BaseException):
+    """Raised in the job's thread by the watchdog. Not a KeyboardInterrupt: delivering it does not depend on
+    the process's SIGINT handler (a server or a test runner may have replaced it), nor on the job running
+    in the main thread; a BaseException, so no ``except Exception`` on the way swallows it."""
+
+
+def _raise_in_thread(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Raise ``exception`` in the thread ``thread_id`` at its next Python instruction (Python's own
+    ``PyThreadState_SetAsyncExc``); None withdraws one not yet raised."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else None
+    )
 
 
 class _Watchdog(threading.Thread):
-    """Interrupts the run when no row came for ``timeout`` seconds and the stages cannot be scheduled."""
+    """Stops the run (``_Stalled`` in the thread that started it) when no row came for ``timeout`` seconds
+    and the stages cannot be scheduled."""
 
     def __init__(self, job: Job) -> None:
         super().__init__(daemon=True, name="latent-stall-watchdog")
         self.job, self.timeout = job, job.stall_timeout_s
+        self.job_thread = threading.get_ident()
         self.last_progress = time.monotonic()
         self.reason: str | None = None
         self.stopped = threading.Event()
+        self._lock = threading.Lock()  # stop() and the raise exclude each other: nothing raised after stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped.set()
+            if self.reason:  # raised but maybe not delivered yet (the job ended meanwhile): withdraw it
+                _raise_in_thread(self.job_thread, None)
 
     def run(self) -> None:
-        import _thread
-
         warned = False
         while not self.stopped.wait(min(5.0, max(0.5, self.timeout / 4))):
             idle = time.monotonic() - self.last_progress
@@ -73,11 +113,13 @@ class _Watchdog(threading.Thread):
                 continue
             try:
                 why = unmet_demand(self.job)
-            except Exception:  # noqa: BLE001  (Ray going away under us: the main thread reports it)
-                return
+            except Exception:  # noqa: BLE001  (Ray going away under us: the job's thread reports it; look again)
+                continue
             if why:
-                self.reason = f"no progress for {idle:.0f} s and nothing can be scheduled: {why}"
-                _thread.interrupt_main()
+                with self._lock:
+                    if not self.stopped.is_set():
+                        self.reason = f"no progress for {idle:.0f} s and nothing can be scheduled: {why}"
+                        _raise_in_thread(self.job_thread, _Stalled)
                 return
             if not warned:
                 log.warning("no rows for %.0f s; the stages are scheduled and still working", idle)
@@ -140,28 +182,29 @@ def _execute(job: Job, plan, total: int | None) -> tuple[int, int, float]:
     watchdog = _Watchdog(job)
     watchdog.start()
     try:
-        with _progress(job, total) as bar:
-            # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
-            for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-                new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
-                rows, errors = rows + new_rows, errors + new_errors
-                by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
-                last = watchdog.last_progress = time.monotonic()
-                first = first or (last, rows + errors)
-                bar.update(new_rows + new_errors)
-                bar.set_postfix(errors=errors, refresh=False)
-                check_error_fraction(rows, errors, job.max_error_fraction, output.path, final=False)
-                if last - polled > UNIT_POLL_SECONDS:
-                    _mark_finished_units(output, by_attempt, marked)
-                    polled = last
-        _mark_finished_units(output, by_attempt, marked)
-    except KeyboardInterrupt:
-        if watchdog.reason:
-            raise LatentError(
-                f"latent {job.name} is stuck: {watchdog.reason}. Finished work is kept: fix the cluster or "
-                f"the resources and rerun the same command to resume."
-            ) from None
-        raise
+        try:
+            with _progress(job, total) as bar:
+                # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
+                for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                    new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
+                    rows, errors = rows + new_rows, errors + new_errors
+                    by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
+                    last = watchdog.last_progress = time.monotonic()
+                    first = first or (last, rows + errors)
+                    bar.update(new_rows + new_errors)
+                    bar.set_postfix(errors=errors, refresh=False)
+                    check_error_fraction(rows, errors, job.max_error_fraction, output.path, final=False)
+                    if last - polled > UNIT_POLL_SECONDS:
+                        _mark_finished_units(output, by_attempt, marked)
+                        polled = last
+            _mark_finished_units(output, by_attempt, marked)
+        finally:
+            watchdog.stop()
+    except _Stalled:
+        raise LatentError(
+            f"latent {job.name} is stuck: {watchdog.reason}. Finished work is kept: fix the cluster or "
+            f"the resources and rerun the same command to resume."
+        ) from None
     except LatentError:
         raise
     except Exception as err:
@@ -171,8 +214,6 @@ def _execute(job: Job, plan, total: int | None) -> tuple[int, int, float]:
         if isinstance(cause, OSError) and _about_output(cause, output):
             raise writable_error(output.path, cause) from None
         raise
-    finally:
-        watchdog.stopped.set()
     steady = (rows + errors - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
     return rows, errors, steady
 
@@ -216,6 +257,7 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
             rows = errors = 0
             steady = 0.0
             if units:  # nothing left: no plan at all (Ray Data would only say it received 0 inputs)
+                check_schedulable(job)
                 plan = build_plan(job, units, done if len(done) else None)
                 rows, errors, steady = _execute(job, plan, total)
             output.remove_duplicates()

@@ -43,7 +43,7 @@ def actor_resources(actors: int | None, cpus: float | None, gpus_per_actor: floa
     if device == "cuda":
         count = actors or max(1, int(cluster_gpus() // gpus_per_actor))
         return ActorResources(count, cpus or 1.0, gpus_per_actor, None)
-    threads = int(cpus) if cpus else None
+    threads = max(1, round(cpus)) if cpus else None  # a fractional reservation still runs one thread
     return ActorResources(actors or cluster_cpu_nodes(), cpus or 1.0, 0.0, threads, node_threads=threads is None)
 
 
@@ -92,6 +92,7 @@ class Job:
     stall_timeout_s: float = 600.0
     progress: bool = True
     row_label: str = "rows"
+    actor_cpus_key: str = "resources.cpus_per_actor"  # the config key of the actors' CPUs, for messages
 
 
 @dataclass
