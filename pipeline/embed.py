@@ -36,7 +36,15 @@ from pipeline.runner import (
     completed_summary,
     run_job,
 )
-from pipeline.runtime import cluster_cpus, cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.runtime import (
+    cluster_cpus,
+    cluster_gpus,
+    init_ray,
+    local_gpus,
+    resolve_device,
+    resolve_precision,
+    runs_inline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +160,12 @@ def embed_job(
     cfg: EmbedConfig,
     output: OutputDir | None = None,
     decode_on_encoder: bool = False,
+    inline: bool = False,
 ) -> Job:
     """The embed job for the runner: units of the corpus, read+prepare -> encoder actors -> shards.
 
-    ``decode_on_encoder``: images travel as bytes and the encoder decodes them (nvJPEG on a GPU)."""
+    ``decode_on_encoder``: images travel as bytes and the encoder decodes them (nvJPEG on a GPU);
+    ``inline``: the stages run in this process, without Ray (``Job.inline``)."""
     res = cfg.resources
     row_bytes = _row_bytes(prep, decode_on_encoder)
     return Job(
@@ -190,7 +200,7 @@ def embed_job(
                 "decode_images": decode_on_encoder,
                 "max_pixels": cfg.max_image_pixels,
             },
-            actor_resources(res.encoder_actors, res.cpus_per_encoder, res.gpus_per_encoder, spec.device),
+            actor_resources(res.encoder_actors, res.cpus_per_encoder, res.gpus_per_encoder, spec.device, inline),
             batch_size=cfg.batch_size,
         ),
         write=WriteStage(
@@ -206,6 +216,7 @@ def embed_job(
         block_bytes=max(1 << 20, cfg.batch_size * row_bytes),
         stall_timeout_s=cfg.ray.stall_timeout_s,
         progress=cfg.progress,
+        inline=inline,
     )
 
 
@@ -256,19 +267,30 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     with output.lock():  # a second writer is refused before any model or Ray starts
         # Start-up: the weights are resolved and hashed, and the model described, in a thread while Ray
         # starts (both take seconds, mostly waiting).
+        inline = runs_inline(cfg.ray, source.total_rows)
         with ThreadPoolExecutor(1, thread_name_prefix="latent-model") as pool:
             model = pool.submit(_describe, cfg.model.name, cfg.model.pretrained)
-            init_ray(cfg.ray)
+            if not inline:
+                init_ray(cfg.ray)
             weights, described = model.result()
         info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality, optional)
         output.claim(info)
-        device = resolve_device(cfg.model.device, cluster_gpus())
+        device = resolve_device(cfg.model.device, local_gpus(cfg.ray) if inline else cluster_gpus())
         spec = weights.on(device, resolve_precision(cfg.model.precision, device))
-        log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
+        if inline:
+            log.info(
+                "encoding on %s (%s) in this process, without Ray (%s rows <= ray.inline_max_rows)",
+                device,
+                spec.precision,
+                f"{source.total_rows:,}",
+            )
+        else:
+            log.info("encoding on %s (%s) with %d CPUs in the cluster", device, spec.precision, cluster_cpus())
         prep = ImagePrep.from_transform(described.image_transform, draft=cfg.decode.draft)
         on_encoder = modality != "text" and decode_in_encoder(cfg.decode.device, device, described.image_transform)
-        log.info("decoding images %s", "in the encoder (nvJPEG)" if on_encoder else "in CPU tasks (Pillow)")
-        job = embed_job(source, prep, spec, info, cfg, output, decode_on_encoder=on_encoder)
+        pillow = "before the encoder (Pillow)" if inline else "in CPU tasks (Pillow)"
+        log.info("decoding images %s", "in the encoder (nvJPEG)" if on_encoder else pillow)
+        job = embed_job(source, prep, spec, info, cfg, output, decode_on_encoder=on_encoder, inline=inline)
 
         def finish(result: JobResult) -> dict:
             counts = output.counts()

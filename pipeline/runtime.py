@@ -76,6 +76,20 @@ def ray_address(cfg: RayConfig) -> str:
     return cfg.address or os.environ.get("RAY_ADDRESS", "") or "local"
 
 
+def runs_inline(cfg: RayConfig, rows: int | None) -> bool:
+    """Whether a job of ``rows`` rows runs in this process without Ray (``ray.inline_max_rows``): only
+    instead of a private Ray, never when a cluster is named."""
+    return rows is not None and rows <= cfg.inline_max_rows and ray_address(cfg) == "local"
+
+
+def local_gpus(cfg: RayConfig) -> int:
+    """GPUs a job running in this process can use (``ray.num_gpus`` caps them, as it caps a private Ray's)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count if cfg.num_gpus is None else min(count, cfg.num_gpus)
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Connect to the cluster at ``cfg.address`` (or ``RAY_ADDRESS``), or start a private Ray."""
     import ray

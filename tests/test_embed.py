@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -225,6 +227,46 @@ def test_resume_skips_committed_ids(local_ray, tmp_path, tiny_model):
     assert sorted(read_dataset(out).column("id").to_pylist()) == sorted(
         str(p.relative_to(corpus)) for p in corpus.rglob("*.jpg")
     )
+
+
+def test_a_small_job_runs_in_the_process_without_ray_and_writes_what_ray_writes(local_ray, tmp_path, tiny_model):
+    """ray.inline_max_rows: the real CLI with Ray's temp folder empty and kept so; same rows, vectors and errors as
+    the Ray path; then a lost shard is redone inline and nothing else."""
+    corpus = write_image_folder(tmp_path / "corpus", 9)
+    (corpus / "broken.jpg").write_bytes(b"broken")
+    small = ("output.rows_per_shard=3", "batch_size=2", "max_error_fraction=0.5", "output.dtype=float32")
+    by_ray, _ = embed(tmp_path, corpus, tiny_model, *small, out="ray")
+
+    ray_tmp = tmp_path / "raytmp"
+    ray_tmp.mkdir()
+    args = embed_overrides(corpus, tmp_path / "inline", tiny_model, *small, "ray.inline_max_rows=10")
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    tiny_cli = str(Path(__file__).parent / "tiny_cli.py")
+    done = subprocess.run(
+        [sys.executable, tiny_cli, "embed", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "in this process, without Ray (10 rows <= ray.inline_max_rows)" in done.stdout
+    assert not list(ray_tmp.iterdir())  # no Ray session was started
+    out = tmp_path / "inline"
+    (run,) = (out / "_latent" / "runs").iterdir()
+    assert json.loads((run / "ray.json").read_text()) == {"inline": True}
+
+    ours, theirs = read_dataset(out).sort_by("id"), read_dataset(tmp_path / "ray").sort_by("id")
+    assert ours.column("id").to_pylist() == theirs.column("id").to_pylist() and ours.num_rows == by_ray.rows == 9
+    np.testing.assert_allclose(
+        arrow_to_vectors(ours.column("image_embedding")), arrow_to_vectors(theirs.column("image_embedding")), atol=1e-5
+    )
+    assert read_dataset(out / "_errors").column("id").to_pylist() == ["broken.jpg"]
+    assert all(pads.dataset(s, format="parquet").count_rows() <= 3 for s in list_shards(str(out)))  # rows_per_shard
+
+    shards = list_shards(str(out))
+    lost = pads.dataset(shards[0], format="parquet").to_table().column("id").to_pylist()
+    (out / shards[0].split("/")[-1]).unlink()
+    (out / "_SUCCESS").unlink()
+    again, _ = embed(tmp_path, corpus, tiny_model, *small, "ray.inline_max_rows=10", out="inline")
+    assert again.rows_this_run == len(lost) and again.rows == 9
+    assert sorted(read_dataset(out).column("id").to_pylist()) == sorted(theirs.column("id").to_pylist())
 
 
 def test_a_broken_tar_keeps_its_readable_samples(local_ray, tmp_path, tiny_model):

@@ -56,6 +56,11 @@ class RayConfig:
     stall_timeout_s: float = setting(
         600.0, "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why"
     )
+    inline_max_rows: int = setting(
+        0,
+        "a job of at most this many rows, with no ray.address or RAY_ADDRESS, runs in this process without starting "
+        "Ray (seconds of start-up instead of ~40 s; one process does all the work); 0: always Ray",
+    )
 
 
 @dataclass

@@ -5,7 +5,8 @@ the Ray Data plan (read tasks -> an actor pool -> write tasks), resources per st
 ``actor_resources``), the bounded object-store budget, the output lock, the error table and the
 max error fraction, the progress bar (rows/s) and the run record, stall detection, clear messages
 for Ctrl-C and unwritable outputs, and resume: every input row is committed exactly once, however
-often the job is killed and rerun.
+often the job is killed and rerun. A small job (``Job.inline``) runs the same stages in the calling
+process instead, without Ray (``run_inline``): same statistics, markers and resume.
 
 Resume works at two grains. Committed files are the manifest: a row is done when a committed file
 in one of the output's data folders holds its key, and a rerun passes those keys to the read stage
@@ -55,7 +56,7 @@ from pipeline.runner.job import (
     check_error_fraction,
     completed_summary,
 )
-from pipeline.runner.plan import UNIT_COLUMN, build_plan
+from pipeline.runner.plan import UNIT_COLUMN, build_plan, run_inline
 
 __all__ = [
     "UNIT_COLUMN",
@@ -70,6 +71,7 @@ __all__ = [
     "build_plan",
     "check_error_fraction",
     "completed_summary",
+    "run_inline",
     "run_job",
     "unmet_demand",
 ]

@@ -9,15 +9,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
 from pipeline.io.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
-from pipeline.runner.plan import build_plan, with_ids
+from pipeline.runner.plan import build_plan, run_inline, with_ids
 from pipeline.runtime import RunRecord, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,9 @@ def _progress(job: Job, total: int | None):
     )
 
 
-def _execute(job: Job, plan, total: int | None) -> tuple[int, int, float]:
-    """Iterate the plan: progress, error fraction, unit markers. Returns (rows, errors, steady pace)."""
+def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[int, int, float]:
+    """Consume the plan's write statistics: progress, error fraction, unit markers. Returns (rows, errors,
+    steady pace)."""
     output = job.output
     rows = errors = 0
     by_attempt: Counter[str] = Counter()
@@ -180,12 +182,12 @@ def _execute(job: Job, plan, total: int | None) -> tuple[int, int, float]:
     first: tuple[float, int] | None = None
     last = polled = time.monotonic()
     watchdog = _Watchdog(job)
-    watchdog.start()
+    if not job.inline:  # in this process nothing waits on a cluster
+        watchdog.start()
     try:
         try:
             with _progress(job, total) as bar:
-                # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
-                for stats in plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+                for stats in batches:
                     new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
                     rows, errors = rows + new_rows, errors + new_errors
                     by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
@@ -241,7 +243,8 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
         try:
             output.clean_tmp()
             output.clear_read_counts()
-            record = RunRecord.start(output.state_dir, job.config, ray=ray_session())
+            session = {"inline": True} if job.inline else ray_session()
+            record = RunRecord.start(output.state_dir, job.config, ray=session)
             done = output.done_keys()
             finished = output.done_units()
             units = [u for u in with_ids(job.units) if unit_marker_name(u["unit_id"]) not in finished]
@@ -256,10 +259,14 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
                 )
             rows = errors = 0
             steady = 0.0
-            if units:  # nothing left: no plan at all (Ray Data would only say it received 0 inputs)
+            if units and job.inline:
+                rows, errors, steady = _execute(job, run_inline(job, units, done if len(done) else None), total)
+            elif units:  # nothing left: no plan at all (Ray Data would only say it received 0 inputs)
                 check_schedulable(job)
                 plan = build_plan(job, units, done if len(done) else None)
-                rows, errors, steady = _execute(job, plan, total)
+                # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
+                batches = plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+                rows, errors, steady = _execute(job, batches, total)
             output.remove_duplicates()
             wall = time.perf_counter() - started
             result = JobResult(

@@ -34,17 +34,21 @@ class ActorResources:
     node_threads: bool = False  # CPU actors: as many threads as the node the actor lands on has CPUs
 
 
-def actor_resources(actors: int | None, cpus: float | None, gpus_per_actor: float, device: str) -> ActorResources:
+def actor_resources(
+    actors: int | None, cpus: float | None, gpus_per_actor: float, device: str, inline: bool = False
+) -> ActorResources:
     """Resources of an actor pool on ``device``; nulls derived from the cluster.
 
     CUDA: one actor per ``gpus_per_actor`` of the cluster's GPUs. CPU: one actor per node with CPUs to
     spare; it reserves one CPU (or ``cpus``) but runs on all of its node's cores unless ``cpus`` is set
-    (read tasks are short and interleave, so the cores stay busy)."""
+    (read tasks are short and interleave, so the cores stay busy). ``inline`` (no Ray: ``Job.inline``):
+    one "actor", in this process."""
     if device == "cuda":
-        count = actors or max(1, int(cluster_gpus() // gpus_per_actor))
+        count = 1 if inline else actors or max(1, int(cluster_gpus() // gpus_per_actor))
         return ActorResources(count, cpus or 1.0, gpus_per_actor, None)
     threads = max(1, round(cpus)) if cpus else None  # a fractional reservation still runs one thread
-    return ActorResources(actors or cluster_cpu_nodes(), cpus or 1.0, 0.0, threads, node_threads=threads is None)
+    count = 1 if inline else actors or cluster_cpu_nodes()
+    return ActorResources(count, cpus or 1.0, 0.0, threads, node_threads=threads is None)
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Job:
     progress: bool = True
     row_label: str = "rows"
     actor_cpus_key: str = "resources.cpus_per_actor"  # the config key of the actors' CPUs, for messages
+    inline: bool = False  # run the stages in this process, without Ray (a small job: no start-up; ``run_inline``)
 
 
 @dataclass

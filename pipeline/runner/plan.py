@@ -117,5 +117,29 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
     )
 
 
+def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Iterator[pa.Table]:
+    """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches,
+    processed by one instance of the stage, and written in shards of ``job.write.rows``. Yields the same
+    write statistics as ``build_plan``'s plan, so progress, unit markers and resume are the runner's own.
+    For small jobs, where Ray's start-up (worker processes, each importing the model's libraries) would
+    take longer than the work."""
+    stage = job.process
+    actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
+    read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
+    write = partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema)
+    pending: list[pa.Table] = []
+    for unit in with_ids(units):
+        for records in read(pa.table({"unit": [json.dumps(unit)]})):
+            for start in range(0, records.num_rows, stage.batch_size):
+                pending.append(actor(records.slice(start, stage.batch_size)))
+                while sum(t.num_rows for t in pending) >= job.write.rows:
+                    ready = pa.concat_tables(pending)
+                    pending = [ready.slice(job.write.rows)]
+                    yield write(ready.slice(0, job.write.rows))
+    rest = pa.concat_tables(pending) if pending else None
+    if rest is not None and rest.num_rows:
+        yield write(rest)
+
+
 def with_ids(units: list[dict]) -> list[dict]:
     return [u if "unit_id" in u else {**u, "unit_id": json.dumps(u, sort_keys=True)} for u in units]
