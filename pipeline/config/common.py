@@ -58,8 +58,8 @@ class RayConfig:
     )
     inline_max_rows: int = setting(
         0,
-        "a job of at most this many rows, with no ray.address or RAY_ADDRESS, runs in this process without starting "
-        "Ray (seconds of start-up instead of ~40 s; one process does all the work); 0: always Ray",
+        "embed and knn: a job of at most this many rows, with no ray.address or RAY_ADDRESS, runs in this process "
+        "without starting Ray (seconds of start-up instead of ~40 s; one process does all the work); 0: always Ray",
     )
 
 

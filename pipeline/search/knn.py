@@ -38,7 +38,7 @@ from pipeline.runner import (
     completed_summary,
     run_job,
 )
-from pipeline.runtime import cluster_gpus, init_ray, resolve_device, resolve_precision
+from pipeline.runtime import cluster_gpus, init_ray, local_gpus, resolve_device, resolve_precision, runs_inline
 from pipeline.search.limits import check_k
 from pipeline.search.neighbours import GROUPS_DIR, NEIGHBORS_DIR, KnnBatches, near_duplicate_groups, write_neighbours
 from pipeline.search.queries import QueryTable, list_queries, read_queries
@@ -56,9 +56,15 @@ def knn_output(cfg: KnnCommandConfig) -> JobOutput:
 
 
 def knn_job(
-    queries: QueryTable, spec: ModelSpec | None, device: str, cfg: KnnCommandConfig, output: JobOutput | None = None
+    queries: QueryTable,
+    spec: ModelSpec | None,
+    device: str,
+    cfg: KnnCommandConfig,
+    output: JobOutput | None = None,
+    inline: bool = False,
 ) -> Job:
-    """The knn job for the runner: read tasks -> searcher actors (each maps the index once) -> write tasks."""
+    """The knn job for the runner: read tasks -> searcher actors (each maps the index once) -> write tasks
+    (``inline``: the same stages in this process, without Ray)."""
     res = cfg.resources
     return Job(
         name="knn",
@@ -72,7 +78,7 @@ def knn_job(
         process=ActorStage(
             KnnBatches,
             {"index_path": os.path.abspath(cfg.index.path), "spec": spec, "k": cfg.k, "kind": queries.kind},
-            actor_resources(res.actors, res.cpus_per_actor, res.gpus_per_actor, device),
+            actor_resources(res.actors, res.cpus_per_actor, res.gpus_per_actor, device, inline),
             batch_size=cfg.batch_size,
         ),
         write=WriteStage(
@@ -83,6 +89,7 @@ def knn_job(
         stall_timeout_s=cfg.ray.stall_timeout_s,
         progress=cfg.progress,
         row_label="queries",
+        inline=inline,
     )
 
 
@@ -151,15 +158,19 @@ def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
     queries = list_queries(cfg)
     output.prepare()
     with output.lock():  # a second writer is refused before Ray starts
-        init_ray(cfg.ray)
+        inline = runs_inline(cfg.ray, queries.total_rows)
+        if not inline:
+            init_ray(cfg.ray)
+        gpus = local_gpus(cfg.ray) if inline else cluster_gpus()
         spec, device = None, "cpu"
         if queries.kind != "vector":  # checked once here: a mismatched model fails before any actor starts
-            device = resolve_device(cfg.model.device, cluster_gpus())
+            device = resolve_device(cfg.model.device, gpus)
             model = replace(
                 cfg.model, device=Device(device), precision=Precision(resolve_precision(cfg.model.precision, device))
             )
-            spec = resolve_query_model(directory.info, model, gpus=cluster_gpus())
-        summary = KnnSummary(**run_job(knn_job(queries, spec, device, cfg, output), partial(_finish, cfg, queries)))
+            spec = resolve_query_model(directory.info, model, gpus=gpus)
+        job = knn_job(queries, spec, device, cfg, output, inline=inline)
+        summary = KnnSummary(**run_job(job, partial(_finish, cfg, queries)))
     print(summary.render())
     return summary
 

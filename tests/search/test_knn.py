@@ -48,11 +48,15 @@ def planted_duplicates(n: int = 400, groups: int = 8, seed: int = 3) -> tuple[np
     return np.concatenate([x, np.stack(copies)]).astype(np.float32), planted
 
 
-def test_vector_knn_of_a_dataset_against_its_own_index_with_dedup(local_ray, tmp_path):
+@pytest.mark.parametrize("inline", [False, True], ids=["ray", "inline"])  # inline: ray.inline_max_rows, no Ray
+def test_vector_knn_of_a_dataset_against_its_own_index_with_dedup(local_ray, tmp_path, inline):
     x, planted = planted_duplicates()
     data = dataset(tmp_path / "emb", x, rows_per_shard=100, dtype="float32")
     build(data, tmp_path / "idx", "index.factory=Flat")
-    summary = knn(data, tmp_path / "idx", tmp_path / "out", "k=5", "threshold=0.97", "batch_size=64")
+    where = [f"ray.inline_max_rows={len(x) if inline else 0}"]
+    summary = knn(data, tmp_path / "idx", tmp_path / "out", "k=5", "threshold=0.97", "batch_size=64", *where)
+    (run,) = (tmp_path / "out" / "_latent" / "runs").iterdir()
+    assert ("inline" in json.loads((run / "ray.json").read_text())) == inline
     assert summary.queries == len(x) and summary.errors == 0 and summary.kind == "vector"
     neighbours = read(tmp_path / "out" / "neighbors")
     assert neighbours.schema.remove_metadata() == NEIGHBORS_SCHEMA
