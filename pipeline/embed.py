@@ -38,9 +38,8 @@ from pipeline.runner import (
 )
 from pipeline.runtime import (
     cluster_cpus,
-    cluster_gpus,
     init_ray,
-    local_gpus,
+    job_gpus,
     resolve_device,
     resolve_precision,
     runs_inline,
@@ -275,7 +274,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
             weights, described = model.result()
         info = EmbeddingInfo.create(described.fingerprint, cfg.output.dtype.value, modality, optional)
         output.claim(info)
-        device = resolve_device(cfg.model.device, local_gpus(cfg.ray) if inline else cluster_gpus())
+        device = resolve_device(cfg.model.device, job_gpus(cfg.ray, inline))
         spec = weights.on(device, resolve_precision(cfg.model.precision, device))
         if inline:
             log.info(

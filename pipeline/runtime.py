@@ -82,8 +82,11 @@ def runs_inline(cfg: RayConfig, rows: int | None) -> bool:
     return rows is not None and rows <= cfg.inline_max_rows and ray_address(cfg) == "local"
 
 
-def local_gpus(cfg: RayConfig) -> int:
-    """GPUs a job running in this process can use (``ray.num_gpus`` caps them, as it caps a private Ray's)."""
+def job_gpus(cfg: RayConfig, inline: bool) -> int:
+    """GPUs a job can use: its Ray cluster's, or, ``inline``, this process's (``ray.num_gpus`` caps them, as
+    it caps a private Ray's)."""
+    if not inline:
+        return cluster_gpus()
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -127,18 +127,19 @@ def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Ite
     actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
     read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
     write = partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema)
-    pending: list[pa.Table] = []
+    pending: list[pa.Table] = []  # processed rows not yet written: fewer than one shard
+    waiting = 0
     for unit in with_ids(units):
         for records in read(pa.table({"unit": [json.dumps(unit)]})):
             for start in range(0, records.num_rows, stage.batch_size):
                 pending.append(actor(records.slice(start, stage.batch_size)))
-                while sum(t.num_rows for t in pending) >= job.write.rows:
+                waiting += pending[-1].num_rows
+                while waiting >= job.write.rows:
                     ready = pa.concat_tables(pending)
-                    pending = [ready.slice(job.write.rows)]
+                    pending, waiting = [ready.slice(job.write.rows)], waiting - job.write.rows
                     yield write(ready.slice(0, job.write.rows))
-    rest = pa.concat_tables(pending) if pending else None
-    if rest is not None and rest.num_rows:
-        yield write(rest)
+    if waiting:
+        yield write(pa.concat_tables(pending))
 
 
 def with_ids(units: list[dict]) -> list[dict]:

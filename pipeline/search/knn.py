@@ -38,7 +38,7 @@ from pipeline.runner import (
     completed_summary,
     run_job,
 )
-from pipeline.runtime import cluster_gpus, init_ray, local_gpus, resolve_device, resolve_precision, runs_inline
+from pipeline.runtime import init_ray, job_gpus, resolve_device, resolve_precision, runs_inline
 from pipeline.search.limits import check_k
 from pipeline.search.neighbours import GROUPS_DIR, NEIGHBORS_DIR, KnnBatches, near_duplicate_groups, write_neighbours
 from pipeline.search.queries import QueryTable, list_queries, read_queries
@@ -161,9 +161,9 @@ def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
         inline = runs_inline(cfg.ray, queries.total_rows)
         if not inline:
             init_ray(cfg.ray)
-        gpus = local_gpus(cfg.ray) if inline else cluster_gpus()
         spec, device = None, "cpu"
         if queries.kind != "vector":  # checked once here: a mismatched model fails before any actor starts
+            gpus = job_gpus(cfg.ray, inline)
             device = resolve_device(cfg.model.device, gpus)
             model = replace(
                 cfg.model, device=Device(device), precision=Precision(resolve_precision(cfg.model.precision, device))
