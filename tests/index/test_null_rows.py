@@ -117,3 +117,18 @@ def test_append_leaves_the_new_null_rows_out_and_keeps_every_id(tmp_path):
     info = json.loads((tmp_path / "idx" / INFO_FILE).read_text())
     assert [h.get("null_rows") for h in info["history"]] == [int((~captioned[:600]).sum()), missing]
     assert_each_finds_itself(tmp_path / "idx", texts, captioned)
+
+
+def test_the_ray_add_leaves_the_same_rows_out_as_the_serial_add(local_ray, tmp_path):
+    images, texts, captioned = corpus(3000, seed=6)
+    src = captioned_dataset(tmp_path / "ds", images, texts, captioned, 700)
+    common = ["input.column=text_embedding", "index.factory='IVF16,Flat'", "index.target_recall=0.5"]
+    serial = build(src, tmp_path / "serial", *common, "parallel.min_vectors=null")
+    ray = build(src, tmp_path / "ray", *common, "parallel.min_vectors=0", "parallel.tasks=2")
+    assert ray.ray_tasks == 2 and ray.ntotal == serial.ntotal == captioned.sum()
+    assert ray.null_rows == serial.null_rows == (~captioned).sum()
+    a, b = IndexDirectory.open(tmp_path / "serial"), IndexDirectory.open(tmp_path / "ray")
+    assert a.items(np.arange(a.info.ntotal)).equals(b.items(np.arange(b.info.ntotal)))
+    ids = a.ids(np.arange(a.info.ntotal))
+    rows = np.array([int(i[1:]) for i in ids])
+    assert sorted(rows) == list(np.flatnonzero(captioned))
