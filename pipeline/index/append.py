@@ -217,7 +217,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 if len(differ) and policy == DuplicatePolicy.error:
                     row = batch.items.slice(int(differ[0]), 1).to_pylist()[0]
                     shard = Path(source.shards[batch.shard].path).name
-                    raise _duplicate_error(row, f"{shard}, row {batch.first + int(differ[0])}")
+                    raise _duplicate_error(row, f"{shard}, row {int(batch.rows[differ[0]])}")
                 fresh = np.flatnonzero(~is_old)
                 labels[fresh] = index.ntotal + np.arange(len(fresh))
                 if len(fresh):
@@ -240,7 +240,10 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 bar.update(len(batch.vectors))
         fresh_out.close()
         stored.release()
-        base = dict(path=str(target), mode="append", device=device, input_rows=n_in, clock=clock, started=started)
+        base = dict(
+            path=str(target), mode="append", device=device, input_rows=n_in + source.null_rows,
+            null_rows=source.null_rows, clock=clock, started=started,
+        )  # fmt: skip
         if added == 0 and not replacements:  # nothing new: the index stays exactly as it was (staging dropped)
             return summarize(
                 old, **base, reason=f"nothing new to add{_unchanged(unchanged)}", added=0, skipped=unchanged + kept,
@@ -266,6 +269,8 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         entry = {"mode": "append", "at": stamp, "added": added, "skipped": unchanged + kept, "seconds": seconds}
         if replacements:
             entry["replaced"] = len(replacements)
+        if source.null_rows:  # optional key: input rows whose vector is null, not indexed
+            entry["null_rows"] = source.null_rows
         info = IndexInfo(
             **{
                 **asdict(old),

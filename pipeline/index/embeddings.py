@@ -31,9 +31,10 @@ ITEM_FIELDS = [
 @dataclass(frozen=True)
 class Shard:
     path: str  # a Parquet or .npy file
-    rows: int
+    rows: int  # rows with a vector: what is read and indexed (the file's rows less ``null_rows``)
     name: str  # path relative to the input, without extension: default ids are "<name>:<row>"
     metadata: str | None = None  # .npy: the aligned metadata Parquet, if any
+    null_rows: int = 0  # rows whose vector is null (modality=auto: no caption): skipped by every reader
 
 
 @dataclass
@@ -50,11 +51,17 @@ class EmbeddingSource:
 
     @property
     def rows(self) -> int:
+        """Rows with a vector (global rows count these only: rows with a null vector are never read)."""
         return sum(s.rows for s in self.shards)
 
     @property
+    def null_rows(self) -> int:
+        """Rows of the input whose vector is null, left out."""
+        return sum(s.null_rows for s in self.shards)
+
+    @property
     def offsets(self) -> np.ndarray:
-        """Global row of each shard's first row (and the total at the end)."""
+        """Global row of each shard's first row with a vector (and the total at the end)."""
         return np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
 
 
@@ -63,14 +70,17 @@ class Batch:
     vectors: np.ndarray  # float32 (n, dim), C-contiguous
     items: pa.Table | None  # rows of item_schema, aligned with vectors (None when not asked for)
     shard: int
-    first: int  # global row of the first vector (rows count shards in order)
+    first: int  # global row of the first vector (rows with a vector, counted over the shards in order)
+    rows: np.ndarray  # each vector's row in its shard's file (rows with a null vector skipped)
 
 
-def check_vectors(vectors: np.ndarray, where: str, metric: str, first_row: int = 0) -> None:
-    """Raise LatentError naming the first bad row: NaN/inf, or not unit-length under metric ip."""
+def check_vectors(vectors: np.ndarray, where: str, metric: str, rows: np.ndarray | None = None) -> None:
+    """Raise LatentError naming the first bad row (``rows``: each vector's row in ``where``; default 0..n-1):
+    NaN/inf, or not unit-length under metric ip."""
+    rows = np.arange(len(vectors)) if rows is None else rows
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
-        row = first_row + int(np.flatnonzero(~finite)[0])
+        row = int(rows[np.flatnonzero(~finite)[0]])
         raise LatentError(f"{where}: row {row} has NaN or infinite values; fix or drop those rows")
     if metric == "ip" and len(vectors):
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
@@ -78,7 +88,7 @@ def check_vectors(vectors: np.ndarray, where: str, metric: str, first_row: int =
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise LatentError(
-                f"{where}: row {first_row + row} is not unit-length (norm {norms[row]:.4g}); metric ip is "
+                f"{where}: row {int(rows[row])} is not unit-length (norm {norms[row]:.4g}); metric ip is "
                 f"cosine only on normalised vectors: L2-normalise them, or use index.metric=l2"
             )
 

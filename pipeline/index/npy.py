@@ -134,7 +134,7 @@ def iter_npy(source: EmbeddingSource, shard: Shard, batch_size: int, items: bool
                 if len(data) != n * dim * dtype.itemsize:
                     raise LatentError(f"{posixpath.basename(shard.path)} is truncated (expected {rows} rows)")
                 vectors = np.frombuffer(data, dtype=dtype).reshape(n, dim)
-                yield start, vectors, (metadata.take(n) if metadata else None)
+                yield np.arange(start, start + n), vectors, (metadata.take(n) if metadata else None)
     finally:
         if meta_file is not None:
             meta_file.close()

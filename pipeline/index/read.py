@@ -103,7 +103,8 @@ def _scan_parquet(fs: fsspec.AbstractFileSystem, root: str, paths: list[str], co
         infos.append((name, EmbeddingInfo.from_json(meta_kv[METADATA_KEY]) if METADATA_KEY in meta_kv else None))
         drop = set(embedding_columns(schema)) | {chosen}
         passthrough.append(pa.schema([f for f in schema if f.name not in drop]))
-        shards.append(Shard(path=file_url(fs, path), rows=meta.num_rows, name=_relative_name(root, path)))
+        nulls = _null_vectors(fs, path, meta, chosen)
+        shards.append(Shard(file_url(fs, path), meta.num_rows - nulls, _relative_name(root, path), null_rows=nulls))
     embedding = _common_info(fs, root, infos)
     if embedding is not None:
         if dim is not None and dim != embedding.dim:
@@ -112,12 +113,31 @@ def _scan_parquet(fs: fsspec.AbstractFileSystem, root: str, paths: list[str], co
     source = EmbeddingSource(
         root, "parquet", chosen, dim or 0, shards, embedding, item_schema_of(unify_schemas(passthrough, root))
     )
+    if source.rows == 0 and source.null_rows:
+        raise LatentError(
+            f"input.column={chosen}: the column is null in all {source.null_rows} rows of input.path={root} "
+            f"(no row has a vector to index; a dataset embedded with modality=auto has no text_embedding "
+            f"where an image had no caption): choose another column"
+        )
     if source.rows == 0:
         raise LatentError(f"input.path={root}: empty dataset (0 rows in {len(shards)} shards)")
     if not source.dim:  # variable-length lists: the first vector tells
         first = next(s for s in shards if s.rows)
         source.dim = int(next(_iter_parquet(source, first, 1, items=False))[1].shape[1])
     return source
+
+
+def _null_vectors(fs: fsspec.AbstractFileSystem, path: str, meta: pq.FileMetaData, column: str) -> int:
+    """Rows of a shard whose ``column`` is null. From the row groups' statistics when every one has them (a
+    null vector is one null leaf value; ``_iter_parquet`` checks the count as it reads), else counted from
+    the column, batch by batch."""
+    paths = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    leaf = next(i for i, p in enumerate(paths) if p == column or p.startswith(f"{column}."))
+    stats = [meta.row_group(g).column(leaf).statistics for g in range(meta.num_row_groups)]
+    if all(s is not None and s.has_null_count for s in stats):
+        return sum(s.null_count for s in stats)
+    with fs.open(path, "rb") as f:
+        return sum(b.column(0).null_count for b in pq.ParquetFile(f).iter_batches(columns=[column]))
 
 
 def _common_info(fs: fsspec.AbstractFileSystem, root: str, infos: list[tuple[str, EmbeddingInfo | None]]):
@@ -154,8 +174,9 @@ def _first_present(table: pa.Table, names: Sequence[str]) -> pa.ChunkedArray | N
     return None
 
 
-def make_items(source: EmbeddingSource, shard: Shard, start: int, n: int, table: pa.Table | None) -> pa.Table:
-    """Item rows (id, source, text, passed-through columns) for rows ``start..start+n`` of ``shard``."""
+def make_items(source: EmbeddingSource, shard: Shard, rows: np.ndarray, table: pa.Table | None) -> pa.Table:
+    """Item rows (id, source, text, passed-through columns) for the rows ``rows`` of ``shard``'s file."""
+    n = len(rows)
     table = table if table is not None else pa.table({})
     columns: dict[str, Any] = {}
     if "id" in table.column_names:
@@ -164,7 +185,7 @@ def make_items(source: EmbeddingSource, shard: Shard, start: int, n: int, table:
             raise LatentError(f"{posixpath.basename(shard.path)}: {ids.null_count} rows have a null id")
         columns["id"] = ids
     else:
-        columns["id"] = pa.array([f"{shard.name}:{row}" for row in range(start, start + n)], pa.string())
+        columns["id"] = pa.array([f"{shard.name}:{row}" for row in rows.tolist()], pa.string())
     for name, guesses in (("source", SOURCE_GUESSES), ("text", TEXT_GUESSES)):
         found = _first_present(table, guesses)
         columns[name] = found.cast(pa.string()) if found is not None else pa.nulls(n, pa.string())
@@ -184,11 +205,23 @@ def _iter_parquet(source: EmbeddingSource, shard: Shard, batch_size: int, items:
         wanted = [source.column]
         if items:
             wanted += [c for c in present if c != source.column and c not in embedding_columns(parquet.schema_arrow)]
-        start = 0
+        start = nulls = 0
         for batch in parquet.iter_batches(batch_size=batch_size, columns=wanted):
-            vectors = arrow_to_vectors(batch.column(source.column))
-            yield start, vectors, (pa.Table.from_batches([batch]).drop_columns([source.column]) if items else None)
+            rows = np.arange(start, start + batch.num_rows)
             start += batch.num_rows
+            column = batch.column(source.column)
+            if column.null_count:  # rows without a vector are left out (counted by scan)
+                nulls += column.null_count
+                present = column.is_valid()
+                batch, rows = batch.filter(present), rows[present.to_numpy(zero_copy_only=False)]
+            if batch.num_rows:
+                vectors = arrow_to_vectors(batch.column(source.column))
+                yield rows, vectors, (pa.Table.from_batches([batch]).drop_columns([source.column]) if items else None)
+    if nulls != shard.null_rows:  # the global rows were numbered from scan's count: it must be exact
+        raise LatentError(
+            f"{posixpath.basename(shard.path)}: {nulls} rows have a null {source.column}, but the file's Parquet "
+            f"statistics count {shard.null_rows} null values in it (null values inside vectors, or empty lists?)"
+        )
 
 
 def iter_batches(
@@ -204,7 +237,8 @@ def iter_batches(
     reader = _iter_parquet if source.kind == "parquet" else iter_npy
     for s in range(len(source.shards)) if shards is None else shards:
         shard = source.shards[s]
-        for start, raw, table in reader(source, shard, batch_size, items):
+        done = 0  # vectors of this shard read so far: the global rows skip rows with a null vector
+        for rows, raw, table in reader(source, shard, batch_size, items):
             if raw.ndim != 2 or raw.shape[1] != source.dim:
                 raise LatentError(
                     f"mixed dimensions: {posixpath.basename(shard.path)} has {raw.shape[-1]}-d vectors, "
@@ -212,9 +246,10 @@ def iter_batches(
                 )
             vectors = np.ascontiguousarray(raw, dtype=np.float32)
             if metric != "none":
-                check_vectors(vectors, posixpath.basename(shard.path), metric, first_row=start)
-            item_rows = make_items(source, shard, start, len(vectors), table) if items else None
-            yield Batch(vectors, item_rows, s, int(offsets[s]) + start)
+                check_vectors(vectors, posixpath.basename(shard.path), metric, rows)
+            item_rows = make_items(source, shard, rows, table) if items else None
+            yield Batch(vectors, item_rows, s, int(offsets[s]) + done, rows)
+            done += len(vectors)
 
 
 def read_rows(source: EmbeddingSource, rows: Sequence[np.ndarray], batch_size: int, metric: str) -> list[np.ndarray]:

@@ -125,6 +125,9 @@ def new_info(
     """The index.json of a newly built index (one file or shards)."""
     stamp = now()
     n = int(index.ntotal)
+    entry = {"mode": "create", "at": stamp, "added": n, "skipped": 0, "seconds": seconds}
+    if source.null_rows:  # optional key: rows whose vector is null, not indexed
+        entry["null_rows"] = source.null_rows
     return IndexInfo(
         dim=dim,
         metric=metric_name,
@@ -141,7 +144,7 @@ def new_info(
         updated_at=stamp,
         created_by=created_by(),
         normalized=metric_name == "ip",
-        history=[{"mode": "create", "at": stamp, "added": n, "skipped": 0, "seconds": seconds}],
+        history=[entry],
         exact_qps=round(exact_qps, 1) if exact_qps else None,
     )
 
@@ -257,17 +260,19 @@ def created_summary(
     memory_bytes: int,
     **extra: Any,
 ) -> IndexSummary:
-    """The summary of a newly built index (one file or shards): every input row added, none skipped; the
-    candidate's warning when its target was missed, and the recall warning."""
+    """The summary of a newly built index (one file or shards): every input row with a vector added, none
+    skipped; the candidate's warning when its target was missed, and the recall warning."""
+    null_rows = int(info.history[-1].get("null_rows", 0))
     return summarize(
         info,
         path=str(Path(cfg.index.path)),
         mode=cfg.index.mode.value,
         reason=reason,
         device=device,
-        input_rows=info.ntotal,
+        input_rows=info.ntotal + null_rows,
         added=info.ntotal,
         skipped=0,
+        null_rows=null_rows,
         clock=clock,
         started=started,
         memory_bytes=memory_bytes,

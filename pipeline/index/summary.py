@@ -44,6 +44,8 @@ class IndexSummary:
     exact_qps: float | None = None  # exact search's batch throughput on the same queries (measured while adding)
     tried: list[dict[str, Any]] = field(default_factory=list)  # auto: each candidate built, its recall and speed
     replaced: int = 0  # append: rows whose id was indexed with another vector, replaced (on_duplicate_id)
+    null_rows: int = 0  # input rows whose vector is null (modality=auto: no caption): not indexed
+    column: str = ""  # the embedding column indexed
 
     def text(self) -> str:
         recall = (
@@ -61,7 +63,8 @@ class IndexSummary:
             f"latent index: {self.mode} {self.path}",
             f"  index     {self.factory}  ({self.reason})",
             f"  vectors   {self.ntotal} x {self.dim} ({self.metric}); added {self.added}, skipped {self.skipped}"
-            + (f", replaced {self.replaced}" if self.replaced else ""),
+            + (f", replaced {self.replaced}" if self.replaced else "")
+            + (f"; {self.null_rows} rows with a null {self.column} left out" if self.null_rows else ""),
             f"  search    {self.search_params or '{}'}: {recall}",
             f"  speed     {speed}",
             f"  memory    index {human(self.memory_bytes)}, peak RSS {human(self.peak_rss_bytes)}",
@@ -85,13 +88,15 @@ def summarize(
     input_rows: int,
     added: int,
     skipped: int,
+    null_rows: int = 0,
     clock: Clock,
     started: float,
     memory_bytes: int,
     warnings: list[str] | None = None,
     **extra: Any,
 ) -> IndexSummary:
-    """The one place a run's summary is made: from what index.json records and what the run counted."""
+    """The one place a run's summary is made: from what index.json records and what the run counted
+    (``input_rows``: every row of the input, ``null_rows`` of them without a vector)."""
     return IndexSummary(
         path=path,
         mode=mode,
@@ -101,6 +106,8 @@ def summarize(
         input_rows=input_rows,
         added=added,
         skipped=skipped,
+        null_rows=null_rows,
+        column=info.column,
         ntotal=info.ntotal,
         dim=info.dim,
         metric=info.metric,

@@ -110,9 +110,9 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dtype: np.dtype = np.fl
     if len(array) == 0:
         return np.zeros((0, getattr(array.type, "list_size", 0)), dtype=dtype)
     if array.null_count:
-        raise LatentError(
-            f"{array.null_count} rows have a null embedding (in a dataset embedded with modality=auto, rows without "
-            f"a caption have no text_embedding: read the rows that have one, or use image_embedding)"
+        raise LatentError(  # the index and map readers leave such rows out before they get here
+            f"{array.null_count} rows have a null embedding where every row needs a vector (in a dataset embedded "
+            f"with modality=auto, rows without a caption have no text_embedding)"
         )
     lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
     if lengths.min() != lengths.max():

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from pipeline.cli import compose
 from pipeline.config import IndexCommandConfig
 from pipeline.index.build import IndexSummary, run_index
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset
+from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_embedding_dataset
+from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +26,31 @@ def vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
 
 def dataset(path: Path, x: np.ndarray, rows_per_shard: int = 1000, first_row: int = 0, **kw) -> Path:
     write_embedding_dataset(path, x, rows_per_shard=rows_per_shard, first_row=first_row, **kw)
+    return path
+
+
+def captioned_dataset(
+    path: Path, images: np.ndarray, texts: np.ndarray, captioned: np.ndarray, rows_per_shard: int, first_row: int = 0
+) -> Path:
+    """A dataset as `latent embed modality=auto` writes it when only some images have a caption (format 2,
+    ``optional: ["text"]``): row ``r`` (from ``first_row``) is ``v<r>``; its text_embedding is null where
+    ``captioned`` is False. Shards of ``rows_per_shard`` rows, float32."""
+    info = EmbeddingInfo.create(fake_model(images.shape[1]), "float32", "both", optional=["text"])
+    schema = info.shard_schema()
+    for start in range(0, len(images), rows_per_shard):
+        stop = min(start + rows_per_shard, len(images))
+        rows = np.arange(first_row + start, first_row + stop)
+        has = captioned[start:stop]
+        table = pa.table(
+            {
+                "id": [f"v{r}" for r in rows],
+                "source": [f"synthetic/{r}" for r in rows],
+                "text": [f"caption {r}" if h else None for r, h in zip(rows, has)],
+                "image_embedding": vectors_to_arrow(images[start:stop], "float32"),
+                "text_embedding": vectors_to_arrow(texts[start:stop], "float32", valid=has),
+            }
+        )
+        commit_table(table.cast(schema), str(path))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from index.helpers import captioned_dataset
 
 from map.conftest import clustered, map_config
 from pipeline.index.synthetic import write_embedding_dataset
@@ -40,6 +41,23 @@ def test_read_unit_numbers_rows_flags_nan_vectors_and_skips_done_rows(tmp_path):
     assert rest.column("row").to_pylist() == list(range(1000, 1300))  # numbered from first_row; none skipped
     rest = pa.concat_tables(read_unit(unit_dict(unit), done, source))
     assert rest.column("row").to_pylist() == list(range(100, 300))
+
+
+def test_rows_with_a_null_vector_are_left_out_of_the_map_source(tmp_path):
+    """modality=auto: text_embedding is null where an image had no caption; the map holds the other rows."""
+    vectors, _ = clustered(500)
+    captioned = np.arange(500) % 3 != 0
+    captioned_dataset(tmp_path / "emb", vectors, vectors[::-1].copy(), captioned, 200)
+    source = open_dataset(str(tmp_path / "emb"), "text_embedding", metric="ip")
+    assert source.rows == captioned.sum() and sum(u.rows for u in source.units) == source.rows
+    records = pa.concat_tables([t for u in source.units for t in read_unit(unit_dict(u), None, source)])
+    assert records.column("row").to_pylist() == list(range(source.rows))
+    rows = np.array([int(i[1:]) for i in records.column("id").to_pylist()])
+    assert sorted(rows) == list(np.flatnonzero(captioned))
+    got = np.stack(records.column("vector").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(got, vectors[::-1][rows])
+    taken, _ = source.take(np.array([0, source.rows - 1]))
+    np.testing.assert_array_equal(taken, got[[0, -1]])
 
 
 def test_placer_actor_places_good_rows_and_passes_errors_on(tmp_path):

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from index.helpers import build, dataset, vectors
+from index.helpers import build, captioned_dataset, dataset, vectors
 
 from pipeline.cli import compose
 from pipeline.errors import LatentError
@@ -179,3 +180,35 @@ def test_the_stages_on_float16_embeddings_without_ray(tmp_path, flat_index, vect
     stored = np.stack([x[int(i[1:])] for i in ids]).astype(np.float16).astype(np.float32)
     expected = Searcher.open(flat_index).search(vectors=stored, k=4, with_items=False)
     assert [got[i][0] for i in ids] == expected.ids.tolist()
+
+
+def test_null_query_vectors_are_recorded_as_error_rows_without_ray(tmp_path, flat_index):
+    """modality=auto: a query table whose text_embedding is null where an image had no caption; those rows
+    are error rows ("null vector"), the others are answered."""
+    from pipeline.search.neighbours import KnnBatches
+    from pipeline.search.queries import list_queries, read_queries
+
+    texts, captioned = vectors(200, seed=5), np.arange(200) % 4 != 0
+    data = captioned_dataset(tmp_path / "cap", vectors(200, seed=4), texts, captioned, 80)
+    cfg = compose(
+        "knn",
+        [
+            f"input.path={data}",
+            f"index.path={flat_index}",
+            f"output.path={tmp_path / 'out'}",
+            "input.column=text_embedding",
+        ],
+    )
+    queries = list_queries(cfg)
+    searcher = KnnBatches(str(flat_index), None, k=3, kind="vector", threads=None)
+    answered = pa.concat_tables(
+        [searcher(records) for unit in queries.units for records in read_queries(unit, None, rows=64)]
+    )
+    errors = dict(zip(answered.column("query_id").to_pylist(), answered.column("error").to_pylist()))
+    assert len(errors) == 200
+    assert {i for i, e in errors.items() if e} == {f"v{r}" for r in np.flatnonzero(~captioned)}
+    assert {e for e in errors.values() if e} == {"null vector"}
+    hits = answered.filter(pc.is_null(answered.column("error")))
+    expected = Searcher.open(flat_index).search(vectors=texts[captioned], k=3, with_items=False)
+    order = np.argsort([int(i[1:]) for i in hits.column("query_id").to_pylist()])
+    assert [hits.column("neighbor_ids")[int(o)].as_py() for o in order] == expected.ids.tolist()
