@@ -5,6 +5,11 @@ umap-learn's full fit of every row measured on the same sample.
     python bench/bench_map_place.py                       # 50k x 512, 5k landmarks, 5k-row quality sample
     python bench/bench_map_place.py --more-landmarks 10000 --anchors 15000 --full-corpus
     python bench/bench_map_place.py --n 40000 --landmarks 4000 --sample 4000 --clusters 200
+    python bench/bench_map_place.py --words --landmarks 2000 --sample 2000   # 20k real word vectors
+
+Each placement is measured at two scales: the sample's own neighbours (each sample row's 10 nearest among the
+sample, as map.json measures), and every row's (a seeded 10,000 rows' 10 nearest among all rows, the finest
+scale a map is read at), the latter against umap-learn's full fit of all rows with ``--full-corpus``.
 
 The corpus is the map benchmark's (ClusteredSpec, 512-d, --clusters in 20 groups); landmarks and the quality
 sample are drawn as `latent map` draws them (seeds 0 and 1), laid out by the same umap_layout, and rows of
@@ -95,32 +100,45 @@ def main() -> None:
     parser.add_argument("--more-landmarks", type=int, default=0, help="also: the default placement from N landmarks")
     parser.add_argument("--anchors", type=int, default=0, help="also: N anchors refined jointly, rows placed from them")
     parser.add_argument("--full-corpus", action="store_true", help="also: umap-learn's full fit of all n rows")
+    parser.add_argument("--words", action="store_true", help="20k real word vectors (bench_promise.py) instead")
     args = parser.parse_args()
     import faiss
 
     faiss.omp_set_num_threads(1)
-    vectors = clustered_unit_vectors(args.n, ClusteredSpec(clusters=args.clusters))
+    if args.words:
+        from bench_promise import words
+
+        vectors = np.ascontiguousarray(words()[:20000], dtype=np.float32)
+        args.n = len(vectors)
+    else:
+        vectors = clustered_unit_vectors(args.n, ClusteredSpec(clusters=args.clusters))
     sample = sample_rows(args.n, args.sample, 1)
     reference, _ = reference_preservation(vectors[sample], queries=len(sample))
     print(
-        f"{args.n} x 512, {args.landmarks} landmarks, sample {args.sample}: "
+        f"{args.n} x {vectors.shape[1]}, {args.landmarks} landmarks, sample {args.sample}: "
         f"umap-learn full fit of the sample {reference:.4f}"
     )
 
-    def report(name: str, xy_of_sample: np.ndarray, extra: str = "") -> None:
+    def report(name: str, xy_of_sample: np.ndarray, extra: str = "", every: np.ndarray | None = None) -> None:
         ours = neighbourhood_preservation(vectors[sample], xy_of_sample, queries=len(sample))
-        print(f"{name}: {ours:.4f} = {ours / reference:.1%} of umap-learn's{extra}", flush=True)
+        line = f"{name}: {ours:.4f} = {ours / reference:.1%} of umap-learn's{extra}"
+        if every is not None:  # every row's nearest among all rows
+            line += f"; all rows: {neighbourhood_preservation(vectors, every, queries=min(args.n, 10000)):.4f}"
+        print(line, flush=True)
 
-    def place(rows: np.ndarray, xy: np.ndarray, k: int = 15, epochs: int = PLACE_EPOCHS) -> tuple[np.ndarray, float]:
-        """The sample's positions (rows of ``rows`` keep theirs) and rows per CPU-second of 40k placed rows."""
-        index = LandmarkIndex(vectors[rows], xy, k=k, epochs=epochs)
-        placed, _, _ = index.place(vectors[sample])
-        own = np.isin(sample, rows)
-        placed[own] = xy[np.searchsorted(rows, sample[own])]
+    def place(
+        rows: np.ndarray, xy: np.ndarray, k: int = 15, epochs: int = PLACE_EPOCHS, placement: str = "attract"
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """The sample's positions (rows of ``rows`` keep theirs), rows per CPU-second of 40k placed rows, and
+        every row's position."""
+        index = LandmarkIndex(vectors[rows], xy, k=k, epochs=epochs, placement=placement)
+        every = np.concatenate([index.place(vectors[i : i + 16384])[0] for i in range(0, args.n, 16384)])
+        every[rows] = xy
+        placed = every[sample]
         started = time.process_time()
         for first in range(0, min(args.n, 40000), 8192):
             index.place(vectors[first : first + 8192])
-        return placed, min(args.n, 40000) / (time.process_time() - started)
+        return placed, min(args.n, 40000) / (time.process_time() - started), every
 
     def layout(size: int) -> tuple[np.ndarray, np.ndarray, float]:
         rows = sample_rows(args.n, size, 0)
@@ -130,12 +148,12 @@ def main() -> None:
 
     rows, xy, seconds = layout(args.landmarks)
     print(f"landmark layout: {seconds:.0f} CPU-s")
-    for k, epochs in [(8, 0), (15, 0), (15, PLACE_EPOCHS)]:
-        placed, speed = place(rows, xy, k, epochs)
-        report(f"place_k={k:2d} epochs={epochs:2d}", placed, f"; {speed:.0f} rows/CPU-s")
+    for placement, k, epochs in [("attract", 8, 0), ("attract", 15, 0), ("attract", 15, PLACE_EPOCHS), ("cell", 15, 0)]:
+        placed, speed, every = place(rows, xy, k, epochs, placement)
+        report(f"{placement} place_k={k:2d} epochs={epochs:2d}", placed, f"; {speed:.0f} rows/CPU-s", every)
     if args.more_landmarks:
         more, more_xy, seconds = layout(args.more_landmarks)
-        placed, speed = place(more, more_xy)
+        placed, speed, _ = place(more, more_xy)
         report(
             f"{args.more_landmarks} landmarks (layout {seconds:.0f} CPU-s), default placement",
             placed,
@@ -152,7 +170,7 @@ def main() -> None:
             started = time.process_time()
             refined = refine(vectors[both], np.concatenate([xy, first]), fixed)
             seconds = time.process_time() - started
-            placed, speed = place(both[order], refined[order])
+            placed, speed, _ = place(both[order], refined[order])
             report(
                 f"{args.anchors} anchors, {name} ({seconds:.0f} CPU-s), rows from both",
                 placed,
@@ -161,7 +179,8 @@ def main() -> None:
     if args.full_corpus:
         started = time.process_time()
         full = umap_layout(vectors, knn=knn_graph(vectors, 16), seed=0)
-        report(f"umap-learn full fit of all {args.n} rows ({time.process_time() - started:.0f} CPU-s)", full[sample])
+        seconds = time.process_time() - started
+        report(f"umap-learn full fit of all {args.n} rows ({seconds:.0f} CPU-s)", full[sample], every=full)
 
 
 if __name__ == "__main__":

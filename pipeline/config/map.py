@@ -21,6 +21,11 @@ class MapMethod(str, Enum):
     pca = "pca"  # the landmarks' two principal axes
 
 
+class PlaceMethod(str, Enum):
+    cell = "cell"  # in its nearest landmark's cell, a step toward its nearest landmarks: keeps nearest neighbours
+    attract = "attract"  # their weighted average, then UMAP's attraction to them: a 10 % sample's neighbours
+
+
 class CoarseRegions(str, Enum):
     hdbscan = "hdbscan"  # density islands of the layout
     kmeans = "kmeans"  # k-means in latent space (coarse_k regions)
@@ -68,6 +73,11 @@ class MapParams:
     min_dist: float = setting(0.1, "UMAP's min_dist")
     place_k: int = setting(
         15, "nearest landmarks a row is placed from (weighted average, then UMAP attraction) and votes its region with"
+    )
+    place: PlaceMethod = setting(
+        PlaceMethod.cell,
+        "cell (each row near its nearest landmark: keeps each row's nearest neighbours) | attract (weighted "
+        "average + UMAP attraction: keeps a sample's neighbours a little better, loses the nearest; docs/map.md)",
     )
     metric: str = setting("auto", "auto (ip for unit vectors, else l2) | ip | l2")
     seed: int = setting(0, "landmark sample, UMAP, k-means: the same seed gives the same map")

@@ -200,10 +200,15 @@ def _append_units(old: MapDirectory, source: MapSource) -> tuple[list[Unit], lis
 
 
 def _place(
-    cfg: MapCommandConfig, source: MapSource, units: list[Unit], output: JobOutput, levels: int, keep: bool
+    cfg: MapCommandConfig,
+    source: MapSource,
+    units: list[Unit],
+    output: JobOutput,
+    levels: int,
+    old: MapDirectory | None,
 ) -> dict:
     """Place ``units`` (their ``start``: their first row on the map) on the runner: a killed run's placed
-    rows are kept, each row placed once."""
+    rows are kept, each row placed once. An append places as the map was placed (``old``'s ``place``)."""
     from pipeline.runner import run_job
     from pipeline.runtime import init_ray
 
@@ -213,7 +218,9 @@ def _place(
         init_ray(cfg.ray)
     source_units = {u.name: u for u in source.units}
     in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
-    job = place_job(cfg, source, in_source, Path(output.path), levels, keep, output, [u.start for u in units])
+    placement = old.info.placement if old is not None else cfg.map.place.value
+    rows = [u.start for u in units]
+    job = place_job(cfg, source, in_source, Path(output.path), levels, old is None, output, rows, placement)
     errors = Path(output.errors_dir)
     return run_job(job, finish=lambda result: {"rows": result.rows, "errors": _count_rows(errors)})
 
@@ -284,7 +291,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
             landmarks, names, method, n_landmarks = stage_layout(cfg, source, staging, timings)
         levels = len(landmarks.parents)
         started = time.perf_counter()
-        _place(cfg, source, units, output, levels, keep=old is None)
+        _place(cfg, source, units, output, levels, old)
         timings["place_s"] = time.perf_counter() - started
         if old is not None:
             _copy_old(old, staging)

@@ -56,13 +56,16 @@ class Placer:
         *,
         epochs: int = PLACE_EPOCHS,
         min_dist: float = 0.1,
+        placement: str = "cell",
     ) -> Placer:
-        """A placer from stored landmarks: ``k`` nearest landmarks per row, ``epochs`` of UMAP attraction to
-        them after their weighted average (``min_dist``: the landmark layout's, for UMAP's curve)."""
+        """A placer from stored landmarks: ``k`` nearest landmarks per row; ``placement`` cell, or attract:
+        ``epochs`` of UMAP attraction to them after their weighted average (``min_dist``: the landmark layout's,
+        for UMAP's curve)."""
         projection = PcaProjection(*landmarks.projection) if landmarks.projection is not None else None
         index = LandmarkIndex(
-            landmarks.vectors, landmarks.xy, metric=metric, k=k, seed=seed, epochs=epochs, min_dist=min_dist
-        )
+            landmarks.vectors, landmarks.xy, metric=metric, k=k, seed=seed, epochs=epochs, min_dist=min_dist,
+            placement=placement,
+        )  # fmt: skip
         return cls(index, landmarks.rows, landmarks.labels, landmarks.parents, projection, keep)
 
     def place(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -112,13 +115,22 @@ def read_unit(unit: dict, done: pa.Array | None, source: MapSource) -> Iterator[
 class PlaceBatches:
     """Stage 2 (actor): records in, points out (x, y, region per level). Builds its Placer once."""
 
-    def __init__(self, landmarks_path: str, metric: str, k: int, seed: int, keep: bool, threads: int | None) -> None:
+    def __init__(
+        self,
+        landmarks_path: str,
+        metric: str,
+        k: int,
+        seed: int,
+        keep: bool,
+        threads: int | None,
+        placement: str = "cell",
+    ) -> None:
         if threads:
             import faiss
 
             faiss.omp_set_num_threads(threads)
         landmarks = Landmarks.load(Path(landmarks_path))
-        self.placer = Placer.from_landmarks(landmarks, metric, k, seed, keep=keep)
+        self.placer = Placer.from_landmarks(landmarks, metric, k, seed, keep=keep, placement=placement)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -160,12 +172,13 @@ def place_job(
     keep: bool,
     output: JobOutput | None = None,
     rows: list[int] | None = None,
+    placement: str | None = None,
 ) -> Job:
     """The placement job of ``units`` of ``source`` into ``staging``, from the landmarks staged there.
 
     ``rows``: each unit's first row number on the map (default: its row in the source; an append
     numbers new units after the mapped rows); ``output``: the staging directory's ``points_output``,
-    when the caller holds its lock."""
+    when the caller holds its lock; ``placement``: default ``map.place`` (an append: the map's own)."""
     from pipeline.runner import ActorStage, Job, ReadStage, WriteStage, actor_resources
 
     res = cfg.resources
@@ -175,6 +188,7 @@ def place_job(
         "landmarks_path": str(staging / LANDMARKS_FILE),
         "metric": source.metric,
         "k": cfg.map.place_k,
+        "placement": placement or cfg.map.place.value,
         "seed": cfg.map.seed,
         "keep": keep,
     }

@@ -87,6 +87,11 @@ class MapInfo:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    @property
+    def placement(self) -> str:
+        """How rows were placed (``map.place``; maps made before the key: attract), as appends must."""
+        return str(self.params.get("place", "attract"))
+
     @classmethod
     def from_json(cls, text: str | bytes) -> MapInfo:
         data = json.loads(text)

@@ -123,7 +123,8 @@ class MapState:
             for row in clusters.to_pylist()
         ]
         landmarks = found.landmarks()
-        self.placer = Placer.from_landmarks(landmarks, info.metric, int(info.params.get("place_k", 8)), 0, keep=False)
+        k = int(info.params.get("place_k", 8))
+        self.placer = Placer.from_landmarks(landmarks, info.metric, k, 0, keep=False, placement=info.placement)
 
     def index_of(self, ids: list[str]) -> list[int | None]:
         """Point indices of ``ids`` (None for ids not on the map)."""

@@ -9,6 +9,8 @@ import numpy as np
 from map.conftest import clustered
 from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors
 from pipeline.map.layout import (
+    CELL_NEIGHBOURS,
+    CELL_SPREAD,
     PLACE_EPOCHS,
     LandmarkIndex,
     PcaProjection,
@@ -43,8 +45,8 @@ def test_a_landmark_is_placed_on_itself_and_rows_between_landmarks_between_them(
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    xy = rng.uniform(-10, 10, (50, 2)).astype(np.float32)
-    index = LandmarkIndex(vectors, xy, k=4)
+    xy = rng.uniform(-10, 10, (50, 2)).astype(np.float32)  # unrelated to the vectors: attract's average only
+    index = LandmarkIndex(vectors, xy, k=4, placement="attract")
     placed, neighbours, weights = index.place(vectors[:10])
     on_map = ((placed[:, None, :] - xy[None]) ** 2).sum(-1).argmin(axis=1)
     assert np.array_equal(on_map, np.arange(10))  # a landmark's own vector lands nearest its own position
@@ -128,7 +130,8 @@ def test_refinement_keeps_preserving_more_neighbours_than_the_weighted_average()
     own = np.isin(sample, rows)
     scores = {}
     for epochs in (0, PLACE_EPOCHS):
-        placed, _, _ = LandmarkIndex(vectors[rows], xy, k=15, epochs=epochs).place(vectors[sample])
+        index = LandmarkIndex(vectors[rows], xy, k=15, epochs=epochs, placement="attract")
+        placed, _, _ = index.place(vectors[sample])
         placed[own] = xy[np.searchsorted(rows, sample[own])]
         scores[epochs] = neighbourhood_preservation(vectors[sample], placed, queries=2000)
     assert scores[PLACE_EPOCHS] > 1.05 * scores[0], scores  # measured: 0.304 vs 0.268
@@ -137,10 +140,39 @@ def test_refinement_keeps_preserving_more_neighbours_than_the_weighted_average()
 def test_refined_placement_is_per_row_and_reproducible():
     vectors, _ = clustered(1200)
     xy = PcaProjection.fit(vectors[:300])(vectors[:300])
-    index = LandmarkIndex(vectors[:300], xy, k=15)
+    index = LandmarkIndex(vectors[:300], xy, k=15, placement="attract")
     whole, _, _ = index.place(vectors[300:])
     halves = np.concatenate([index.place(vectors[300:700])[0], index.place(vectors[700:])[0]])
     np.testing.assert_allclose(whole, halves, rtol=1e-5, atol=1e-5)  # a row's place depends on it alone
-    plain, _, _ = LandmarkIndex(vectors[:300], xy, k=15, epochs=0).place(vectors[300:])
+    plain, _, _ = LandmarkIndex(vectors[:300], xy, k=15, epochs=0, placement="attract").place(vectors[300:])
     assert not np.allclose(whole, plain)  # the refinement moved rows
     np.testing.assert_array_equal(whole, index.place(vectors[300:])[0])
+
+
+def test_cell_placement_keeps_a_row_beside_its_nearest_landmark_and_is_per_row():
+    vectors, _ = clustered(1200)
+    xy = PcaProjection.fit(vectors[:300])(vectors[:300])
+    index = LandmarkIndex(vectors[:300], xy, k=15)  # cell: the default
+    placed, neighbours, _ = index.place(vectors[300:])
+    nearest = xy[neighbours[:, 0]]
+    reach = np.linalg.norm(xy[neighbours[:, :CELL_NEIGHBOURS]] - nearest[:, None], axis=2).max(axis=1)
+    step = np.linalg.norm(placed - nearest, axis=1)
+    assert np.all(step <= CELL_SPREAD * reach + 1e-5)  # a step toward its neighbours, never past them
+    assert np.mean(step > 0) > 0.9  # rows sharing a landmark are not stacked on it
+    halves = np.concatenate([index.place(vectors[300:700])[0], index.place(vectors[700:])[0]])
+    np.testing.assert_allclose(placed, halves, rtol=1e-5, atol=1e-5)
+
+
+def test_cell_placement_keeps_more_nearest_neighbours_than_attraction():
+    """Every row's 10 nearest among all rows (the finest scale the map is read at): cell placement keeps more
+    of them than the weighted average with UMAP's attraction, which draws rows together onto their landmarks."""
+    spec = ClusteredSpec(dim=64, clusters=400, groups=20, seed=3)
+    vectors = clustered_unit_vectors(20000, spec)
+    rows = sample_rows(20000, 2000, 0)
+    xy = umap_layout(vectors[rows], knn=knn_graph(vectors[rows], 16), seed=0)
+    scores = {}
+    for placement in ("cell", "attract"):
+        placed, _, _ = LandmarkIndex(vectors[rows], xy, k=15, placement=placement).place(vectors)
+        placed[rows] = xy
+        scores[placement] = neighbourhood_preservation(vectors, placed, queries=2000)
+    assert scores["cell"] > 1.5 * scores["attract"], scores
