@@ -71,9 +71,7 @@ class MapParams:
     landmarks: int = setting(20000, "rows in the seeded landmark sample laid out by UMAP")
     neighbors: int = setting(15, "UMAP's n_neighbors (the landmarks' kNN graph, by FAISS)")
     min_dist: float = setting(0.1, "UMAP's min_dist")
-    place_k: int = setting(
-        15, "nearest landmarks a row is placed from (weighted average, then UMAP attraction) and votes its region with"
-    )
+    place_k: int = setting(15, "nearest landmarks a row is placed from (map.place) and votes its region with")
     place: PlaceMethod = setting(
         PlaceMethod.cell,
         "cell (each row near its nearest landmark: keeps each row's nearest neighbours) | attract (weighted "

@@ -130,3 +130,17 @@ def test_rows_with_nan_vectors_are_recorded_not_placed(tmp_path, local_ray):
     errors = pq.read_table(out / "_errors")
     assert errors.column("error").to_pylist() == ["NaN or infinite vector"]
     assert errors.column("id").to_pylist()[0] not in set(found.points(["id"]).column("id").to_pylist())
+
+
+def test_a_map_made_before_map_place_keeps_its_placement_for_appends():
+    from pipeline.map.store import MapInfo
+
+    def info(params: dict) -> MapInfo:
+        return MapInfo(
+            source={}, method="landmarks", params=params, rows=0, levels=1, clusters=[1], landmarks=0, seeds={},
+            metric="ip", labels="none", quality={}, timings={}, units=[], bounds=[0, 0, 1, 1],
+        )  # fmt: skip
+
+    assert info({"place_k": 15}).placement == "attract"  # written before the key: placed by attraction
+    assert info({"place": "cell"}).placement == "cell"
+    assert MapInfo.from_json(info({"place": "attract"}).to_json()).placement == "attract"
