@@ -100,6 +100,7 @@ class MapQualityConfig:
     queries: int = setting(2000, "of them, rows whose nearest neighbours are compared")
     k: int = setting(10, "neighbours compared")
     reference: bool = setting(True, "also fit umap-learn on the sample: the figure to compare with")
+    all_rows: bool = setting(True, "also each query's k nearest among all rows, not the sample's (one more read)")
 
 
 @dataclass

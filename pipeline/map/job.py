@@ -29,7 +29,12 @@ from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shard
 from pipeline.map.landmarks import stage_layout
 from pipeline.map.layout import sample_rows
 from pipeline.map.place import place_job, points_output
-from pipeline.map.quality import neighbourhood_preservation, reference_preservation
+from pipeline.map.quality import (
+    neighbourhood_preservation,
+    pick_queries,
+    preservation_among_all,
+    reference_preservation,
+)
 from pipeline.map.source import MapSource, Unit, open_dataset, open_index
 from pipeline.map.store import (
     CLUSTERS_FILE,
@@ -136,6 +141,17 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     xy = np.stack([points.column("x").to_numpy()[at], points.column("y").to_numpy()[at]], axis=1)
     ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
     out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
+    if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
+        picked = pick_queries(len(rows), q.queries, cfg.map.seed)
+        batches = (
+            (np.arange(first, first + len(batch)), batch)
+            for unit in source.units
+            for first, batch, _ in source.read(unit, items=False)
+        )
+        every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
+        out["preservation_all_rows"] = preservation_among_all(
+            rows[picked], vectors[picked], batches, points.column("row").to_numpy(), every, k=q.k, metric=source.metric
+        )
     if q.reference and len(rows) > q.k + 1:
         ref, seconds = reference_preservation(
             vectors, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed, n_neighbors=cfg.map.neighbors

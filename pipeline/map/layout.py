@@ -143,8 +143,8 @@ PLACE_LEARNING_RATE = 0.25  # umap-learn's transform uses its initial rate / 4
 
 CELL_NEIGHBOURS = 8  # landmarks whose weighted average gives a cell-placed row its direction
 CELL_SPREAD = 0.1  # how far toward that average a row moves from its nearest landmark
-# (measured, bench/bench_map_place.py: on real word vectors, a row's 10 nearest among all rows kept on the map
-# 0.167 at 0.1 against 0.112 at 0.25 and 0.070 for attract; a 10 % sample's neighbours 0.202 against 0.212)
+# (measured on 20k real word vectors, 10 % landmarks: a row's 10 nearest among all rows kept on the map 0.168,
+# umap-learn's full fit 0.165, attract 0.071; 0.112 at a spread of 0.25; docs/benchmarks.md, "Cell placement")
 
 
 def cell_positions(distances: np.ndarray, around: np.ndarray, spread: float = CELL_SPREAD) -> np.ndarray:

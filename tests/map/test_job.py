@@ -65,6 +65,7 @@ def test_map_json_records_source_method_quality_and_timings(built):
     assert info["seeds"]["landmarks"] == 0
     quality = info["quality"]
     assert 0 < quality["preservation"] <= 1 and 0 < quality["reference_preservation"] <= 1
+    assert 0 < quality["preservation_all_rows"] <= 1  # the same queries' nearest among all rows
     assert quality["sample"] == 1500
     assert {"layout_s", "place_s", "knn_graph_s", "total_s"} <= set(info["timings"])
     assert (found.path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -22,7 +22,7 @@ from pipeline.map.layout import (
     umap_layout,
 )
 from pipeline.map.place import Placer
-from pipeline.map.quality import neighbourhood_preservation
+from pipeline.map.quality import neighbourhood_preservation, pick_queries, preservation_among_all
 from pipeline.map.regions import find_regions, vote
 
 
@@ -176,3 +176,15 @@ def test_cell_placement_keeps_more_nearest_neighbours_than_attraction():
         placed[rows] = xy
         scores[placement] = neighbourhood_preservation(vectors, placed, queries=2000)
     assert scores["cell"] > 1.5 * scores["attract"], scores
+
+
+def test_preservation_among_all_rows_streamed_equals_the_in_memory_figure():
+    vectors, _ = clustered(1500)
+    xy = PcaProjection.fit(vectors)(vectors)
+    expected = neighbourhood_preservation(vectors, xy, queries=200, seed=4)
+    picked = pick_queries(1500, 200, 4)
+    broken = np.full((1, vectors.shape[1]), np.nan, np.float32)  # a NaN row: never anyone's neighbour
+    batches = [(np.arange(s, min(s + 400, 1500)), vectors[s : s + 400]) for s in range(0, 1500, 400)]
+    batches.append((np.array([1500]), broken))
+    got = preservation_among_all(picked, vectors[picked], iter(batches), np.arange(1500), xy)
+    assert 0 < got < 1 and abs(got - expected) < 1e-9
