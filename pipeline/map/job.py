@@ -137,8 +137,9 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     started = time.perf_counter()
     rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
     vectors, _ = source.take(rows)
-    at = np.searchsorted(points.column("row").to_numpy(), rows)
-    xy = np.stack([points.column("x").to_numpy()[at], points.column("y").to_numpy()[at]], axis=1)
+    point_rows = points.column("row").to_numpy()
+    every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
+    xy = every[np.searchsorted(point_rows, rows)]
     ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
     out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
     if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
@@ -148,9 +149,8 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
             for unit in source.units
             for first, batch, _ in source.read(unit, items=False)
         )
-        every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
         out["preservation_all_rows"] = preservation_among_all(
-            rows[picked], vectors[picked], batches, points.column("row").to_numpy(), every, k=q.k, metric=source.metric
+            rows[picked], vectors[picked], batches, point_rows, every, k=q.k, metric=source.metric
         )
     if q.reference and len(rows) > q.k + 1:
         ref, seconds = reference_preservation(
