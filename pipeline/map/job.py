@@ -70,6 +70,8 @@ def _check(cfg: MapCommandConfig) -> None:
     for key, value in (("batch_size", cfg.batch_size), ("output.rows_per_shard", cfg.output.rows_per_shard)):
         if value < 1:
             raise LatentError(f"{key}={value}: must be at least 1")
+    if m.top_regions is not None and m.top_regions < 1:
+        raise LatentError(f"map.top_regions={m.top_regions}: must be at least 1 (or null: chosen from the data)")
     if m.metric not in ("auto", "ip", "l2"):
         raise LatentError(f"map.metric={m.metric}: auto, ip or l2")
     if not 0 <= m.min_dist <= 1:

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.config import LabelMethod, MapCommandConfig, MapMethod
 from pipeline.errors import LatentError
 from pipeline.map import labels as labelling
+from pipeline.map.arrange import arrange_pieces
 from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
 from pipeline.map.regions import find_regions
 from pipeline.map.source import MapSource
@@ -110,7 +111,9 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
             device=device,
             knn=(graph, distances),
         )
+        xy, pieces = arrange_pieces(xy, vectors, graph[:, : m.neighbors], source.metric, m.seed)
         timings["layout_device"] = device  # type: ignore[assignment]
+        timings["graph_pieces"] = pieces
     timings["layout_s"] = time.perf_counter() - started
     started = time.perf_counter()
     regions = find_regions(
@@ -122,6 +125,7 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
         min_cluster_size=m.min_cluster_size,
         coarse=m.coarse.value,
         coarse_k=m.coarse_k,
+        top_regions=m.top_regions,
         seed=m.seed,
     )
     timings["regions_s"] = time.perf_counter() - started
