@@ -18,7 +18,8 @@ import numpy as np
 MIN_PIECE = 5  # pieces smaller than this (outliers) are moved beside the piece nearest them in latent space
 GAP = 1.15  # discs of two pieces end at least this factor of their radii apart
 CENTROID_NEIGHBOURS = 5  # the centroids' own UMAP: their few nearest (measured: 5 keeps a sub-group's 3 nearest
-# sub-groups better than 10: 0.79 against 0.61 on tests/map/corpora.subspace_groups, 1.00 against 0.98 on nested_gaussians)
+# sub-groups better than 10: 0.79 against 0.61 on tests/map/corpora.subspace_groups, 1.00 against 0.98 on
+# nested_gaussians)
 
 
 def graph_pieces(graph: np.ndarray) -> tuple[int, np.ndarray]:

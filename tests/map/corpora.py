@@ -11,8 +11,13 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def nested_gaussians(
-    groups: int = 12, subgroups: int = 4, n: int = 30000, dim: int = 128, seed: int = 0,
-    spread: float = 0.6, noise: float = 0.25,
+    groups: int = 12,
+    subgroups: int = 4,
+    n: int = 30000,
+    dim: int = 128,
+    seed: int = 0,
+    spread: float = 0.6,
+    noise: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit vectors, group, sub-group) of ``n`` rows: isotropic groups (random unit centres), each made of
     ``subgroups`` sub-groups at ``spread`` around its centre, rows at ``noise`` around theirs, equal sizes."""
@@ -26,7 +31,12 @@ def nested_gaussians(
 
 
 def subspace_groups(
-    groups: int = 8, subgroups: int = 5, n: int = 20000, dim: int = 96, seed: int = 0, rank: int = 6,
+    groups: int = 8,
+    subgroups: int = 5,
+    n: int = 20000,
+    dim: int = 96,
+    seed: int = 0,
+    rank: int = 6,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit vectors, group, sub-group) of ``n`` rows: each group a random ``rank``-dimensional subspace around
     its own centre, its sub-groups elongated (anisotropic) blobs inside it, sizes Zipf-like (1/rank)."""

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.cli import compose
-from pipeline.map.job import run_map
+from pipeline.map.build import run_map
 from pipeline.map.store import MapDirectory, default_map_path
 
 

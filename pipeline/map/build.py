@@ -1,6 +1,7 @@
-"""`latent map`: the map job. The landmarks' layout on the driver (pipeline/map/landmarks.py), placement of
-every row as a job of the shared runner (pipeline/map/place.py: a killed run resumes, each row placed
-once), then the regions' table, quality, map.png and map.json, published atomically.
+"""`latent map` from start to end (``run_map``): the landmark stage on the driver (pipeline/map/landmarks.py),
+placement of every row as a job of the shared runner (pipeline/map/place.py: a killed run resumes, each row
+placed once), then the regions' table (store.py), quality (quality.py), map.png (render.py) and map.json,
+published atomically; append and the staging directory's resume live here too.
 """
 
 from __future__ import annotations
@@ -27,18 +28,11 @@ from pipeline.index.store import publish_directory
 from pipeline.io.output import JobOutput, pid_alive
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
-from pipeline.map.layout import sample_rows
 from pipeline.map.place import place_job, points_output
-from pipeline.map.quality import (
-    neighbourhood_preservation,
-    pick_queries,
-    preservation_among_all,
-    reference_preservation,
-)
+from pipeline.map.quality import measure_quality
 from pipeline.map.source import MapSource, Unit, open_dataset, open_index
 from pipeline.map.store import (
     CLUSTERS_FILE,
-    CLUSTERS_SCHEMA,
     IMAGE_FILE,
     INFO_FILE,
     LABELS_FILE,
@@ -52,6 +46,7 @@ from pipeline.map.store import (
     is_map_directory,
     level_column,
     read_points,
+    region_table,
 )
 
 log = logging.getLogger(__name__)
@@ -104,64 +99,6 @@ def _staging(target: Path, key: str) -> Path:
     staging = target.parent / f".{target.name}{STAGING_MARK}{key}"
     (staging / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     return staging
-
-
-# --- after placement ---------------------------------------------------------------------------------
-
-
-def region_table(points: pa.Table, names: list[list[str]], parents: list[np.ndarray]) -> pa.Table:
-    """The regions' table (docs/map.md) from every committed point: sizes and centroids per level."""
-    x = points.column("x").to_numpy().astype(np.float64)
-    y = points.column("y").to_numpy().astype(np.float64)
-    levels, cluster, parent, label, size, xs, ys = [], [], [], [], [], [], []
-    for level, above in enumerate(parents):
-        n = len(above)
-        region = points.column(level_column(level)).to_numpy()
-        counts = np.bincount(region, minlength=n)
-        with np.errstate(invalid="ignore", divide="ignore"):  # an empty region's centroid is NaN
-            cx, cy = np.bincount(region, x, n) / counts, np.bincount(region, y, n) / counts
-        levels += [level] * n
-        cluster += list(range(n))
-        parent += [int(p) for p in above]
-        label += names[level]
-        size += counts.tolist()
-        xs += cx.tolist()
-        ys += cy.tolist()
-    columns = [levels, cluster, parent, label, size, xs, ys]
-    return pa.table(dict(zip(CLUSTERS_SCHEMA.names, columns)), schema=CLUSTERS_SCHEMA)
-
-
-def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, timings: dict) -> dict[str, Any]:
-    """Neighbourhood preservation of a seeded sample (``points``: sorted by row)."""
-    q = cfg.quality
-    if q.sample <= 0:
-        return {}
-    started = time.perf_counter()
-    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
-    vectors, _ = source.take(rows)
-    point_rows = points.column("row").to_numpy()
-    every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
-    xy = every[np.searchsorted(point_rows, rows)]
-    ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
-    out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
-    if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
-        picked = pick_queries(len(rows), q.queries, cfg.map.seed)
-        batches = (
-            (np.arange(first, first + len(batch)), batch)
-            for unit in source.units
-            for first, batch, _ in source.read(unit, items=False)
-        )
-        out["preservation_all_rows"] = preservation_among_all(
-            rows[picked], vectors[picked], batches, point_rows, every, k=q.k, metric=source.metric
-        )
-    if q.reference and len(rows) > q.k + 1:
-        ref, seconds = reference_preservation(
-            vectors, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed, n_neighbors=cfg.map.neighbors
-        )
-        out.update(reference_preservation=ref, reference_seconds=round(seconds, 2))
-        out["relative"] = ours / ref if ref else None
-    timings["quality_s"] = time.perf_counter() - started
-    return out
 
 
 def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
