@@ -97,7 +97,7 @@ def kmeans_regions(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 FINE_REGIONS = 128  # the finest level aims at about this many regions (density regions split by k-means)
-TOP_RANGE = (8, 30)  # the top level's size when map.top_regions is null: the clearest cut in this range
+TOP_RANGE = (5, 30)  # the top level's size when map.top_regions is null: the clearest cut in this range
 LEVEL_RATIO = 4  # a level between two others only where they differ at least this much in size ...
 TIE = 0.9  # cuts whose clearness is within this share of the clearest count as tied
 MIN_GAP = 1.3  # ... and the tree has a clear cut there (next merge's cost / last merge's cost)
@@ -118,10 +118,16 @@ def split_regions(vectors: np.ndarray, dense: np.ndarray, split: int, min_size: 
     return fine
 
 
-def merge_tree(centroids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def merge_tree(
+    centroids: np.ndarray, sizes: np.ndarray, adjacent: np.ndarray | None = None, within: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ward's agglomerative merging of regions by their latent centroids, weighted by their sizes:
     (merges: (m-1, 2) ids, new clusters numbered m, m+1, ... as scipy's linkage; costs: the rise of the
-    within-region sum of squares of each merge, non-decreasing)."""
+    within-region sum of squares of each merge, non-decreasing). ``adjacent`` (m x m, bool): regions that
+    touch in the kNN graph; while any two touching regions are left, only touching regions merge (Ward with
+    a connectivity constraint, as scikit-learn's: merges follow the data's manifold, not only its centroids).
+    ``within``: each region's density region: parts of one density region merge back first, so that the
+    density regions are a cut of the tree."""
     m = len(centroids)
     c = np.zeros((2 * m - 1, centroids.shape[1]))
     c[:m] = centroids
@@ -136,8 +142,13 @@ def merge_tree(centroids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np
     ids = np.asarray(alive)
     d = n[ids, None] * n[None, ids] / (n[ids, None] + n[None, ids]) * ((c[ids, None] - c[None, ids]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
+    touch = np.ones_like(d, dtype=bool) if adjacent is None else adjacent.copy()
+    np.fill_diagonal(touch, False)
+    group = np.arange(m) if within is None else np.asarray(within).copy()
     for t in range(m - 1):
-        i, j = np.unravel_index(np.argmin(d), d.shape)
+        same = np.where(group[:, None] == group[None], d, np.inf)
+        allowed = same if np.isfinite(same).any() else np.where(touch, d, np.inf)
+        i, j = np.unravel_index(np.argmin(allowed if np.isfinite(allowed).any() else d), d.shape)
         a, b, new = alive[i], alive[j], m + t
         merges[t], costs[t] = (a, b), d[i, j]
         n[new] = n[a] + n[b]
@@ -147,6 +158,9 @@ def merge_tree(centroids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np
         d = d[np.ix_(keep, keep)]
         row = cost(np.asarray(alive[:-1], dtype=np.int64), new)
         d = np.block([[d, row[:, None]], [row[None, :], np.full((1, 1), np.inf)]])
+        group = np.append(group[keep], group[i] if group[i] == group[j] else -1 - t)
+        joined = (touch[i] | touch[j])[keep]
+        touch = np.block([[touch[np.ix_(keep, keep)], joined[:, None]], [joined[None, :], np.zeros((1, 1), bool)]])
     return merges, np.maximum.accumulate(costs) if len(costs) else costs
 
 
@@ -160,9 +174,10 @@ def cut(merges: np.ndarray, m: int, clusters: int) -> np.ndarray:
     return _renumber(root[:m])
 
 
-def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int) -> list[int]:
+def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: int | None = None) -> list[int]:
     """Region counts per level, coarse -> fine, ending with ``m``: the top at ``top`` (null: the clearest cut
-    in ``TOP_RANGE``), levels between where the tree has a clear cut, at most ``cap`` levels."""
+    in ``TOP_RANGE``), ``keep`` (the density regions' count) next, then levels between where the tree has
+    a clear cut, at most ``cap`` levels."""
 
     def gap(k: int) -> float:  # how clear a cut at k clusters is: the next merge's cost over the last one's
         return float(costs[m - k] / max(costs[m - k - 1], 1e-12)) if 1 <= k < m else 0.0
@@ -178,6 +193,8 @@ def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int) -> list[
         if m <= hi and gap(first) < MIN_GAP:
             first = m
     counts = [first, m] if first < m else [m]
+    if keep is not None and first < keep < m and cap >= 3:
+        counts = [first, keep, m]
     while len(counts) < cap:
         best, at = 0.0, -1
         for a, b in zip(counts, counts[1:]):
@@ -216,8 +233,12 @@ def find_regions(
     centroids = np.zeros((m, vectors.shape[1]))
     np.add.at(centroids, fine, vectors)
     centroids /= sizes[:, None]
-    merges, costs = merge_tree(centroids, sizes)
-    counts = choose_levels(costs, m, top_regions, max(1, levels))
+    links = np.zeros((m, m), dtype=bool)
+    links[fine[:, None], fine[graph]] = True  # regions touching in the kNN graph
+    within = np.zeros(m, dtype=np.int64)
+    within[fine] = dense
+    merges, costs = merge_tree(centroids, sizes, links | links.T, within)
+    counts = choose_levels(costs, m, top_regions, max(1, levels), keep=int(dense.max()) + 1)
     of_fine = [_ordered(cut(merges, m, k) if k < m else np.arange(m, dtype=np.int32), sizes) for k in counts]
     nested = _nest(of_fine, sizes)
     labels = [level[fine] for level in nested]
