@@ -81,7 +81,7 @@ class MapParams:
     seed: int = setting(0, "landmark sample, UMAP, k-means: the same seed gives the same map")
     device: Device = setting(Device.auto, "auto (cuML's UMAP when it imports and a GPU is visible) | cpu | cuda")
     levels: int = setting(4, "at most this many region levels, coarse -> fine (the data decides how many)")
-    top_regions: int | None = setting(None, "regions of the top level (null: the clearest cut between 8 and 30)")
+    top_regions: int | None = setting(None, "regions of the top level (null: the clearest cut between 5 and 30)")
     split: int = setting(16, "the finest level: at most this many k-means parts per density region")
     min_cluster_size: int | None = setting(None, "HDBSCAN's min_cluster_size (null: landmarks / 200, at least 10)")
     coarse: CoarseRegions = setting(

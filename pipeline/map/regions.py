@@ -5,9 +5,10 @@ The finest level: density regions (HDBSCAN on the landmarks' 2-D layout: the isl
 landmarks it calls noise join the region most of their latent-space neighbours are in), each split by
 k-means in latent space into parts of about 1/128 of the landmarks (``split_regions``). Coarser levels
 merge regions near in latent space: Ward's agglomerative merging of the fine regions' centroids, weighted
-by their sizes (``merge_tree``), cut at the top level's size (``map.top_regions``; null: the clearest cut
-between 8 and 30 regions) and wherever else the tree has a clear cut (``choose_levels``: the number of
-levels follows the data, ``map.levels`` caps it). Cuts of one tree nest exactly: a region has one parent.
+by their sizes, a density region's parts first, then regions touching in the kNN graph (``merge_tree``),
+cut at the top level's size (``map.top_regions``; null: the clearest cut between 5 and 30 regions), at
+the density regions, and wherever else the tree has a clear cut (``choose_levels``: the number of levels
+follows the data, ``map.levels`` caps it). Cuts of one tree nest exactly: a region has one parent.
 Every other row takes the finest region its nearest landmarks vote for (their membership weights), and
 that region's ancestors.
 """

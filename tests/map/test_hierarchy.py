@@ -54,7 +54,8 @@ def test_levels_find_the_groups_and_a_finer_level_the_sub_groups(generator, nest
         _, xy, graph = _layout(vectors)
     regions = find_regions(vectors, xy, graph, levels=4)
     for level in range(1, regions.levels):  # levels nest exactly
-        assert np.array_equal(regions.parents[level][regions.landmark_labels[level]], regions.landmark_labels[level - 1])
+        above = regions.landmark_labels[level - 1]
+        assert np.array_equal(regions.parents[level][regions.landmark_labels[level]], above)
     assert 5 <= regions.counts()[0] <= 60
     at_groups, by_groups = _best(regions.landmark_labels, groups)
     at_subs, by_subs = _best(regions.landmark_labels, subs)
