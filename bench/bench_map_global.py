@@ -5,7 +5,7 @@ stage: two groups-of-sub-groups corpora (tests/map/corpora.py) and scikit-learn'
 
 For each corpus: a seeded landmark sample, its FAISS kNN graph, umap-learn's layout (the map's), then the
 pieces arranged (pipeline/map/arrange.py) and the regions' levels (pipeline/map/regions.py). Reported:
-regions_kept (each finest region's 3 nearest regions in latent space kept on the map) for the map,
+regions_kept per level (each region's 3 nearest regions in latent space kept on the map) for the map,
 umap-learn alone and PCA; neighbourhood preservation (10 nearest, 2,000 queries) of both; region counts
 per level and each level's ARI against the groups and sub-groups (digits: the classes), beside umap-learn
 + HDBSCAN (defaults, and min_cluster_size 20). JSON to bench/results/map-global.json.
@@ -55,15 +55,14 @@ def measure(vectors: np.ndarray, metric: str, truth: dict) -> dict:
     xy, pieces = arrange_pieces(plain, vectors, graph[:, :15], metric, 0)
     regions = find_regions(vectors, xy, graph)
     seconds = time.perf_counter() - started
-    fine = regions.landmark_labels[-1]
+    levels = regions.landmark_labels
     out = {
         "seconds": round(seconds, 1),
         "graph_pieces": pieces,
         "regions_per_level": regions.counts(),
-        "regions_kept": {
-            "map": regions_kept(vectors, xy, fine),
-            "umap-learn": regions_kept(vectors, plain, fine),
-            "pca": regions_kept(vectors, pca_layout(vectors), fine),
+        "regions_kept_per_level": {
+            name: [round(regions_kept(vectors, layout, level), 3) for level in levels]
+            for name, layout in (("map", xy), ("umap-learn", plain), ("pca", pca_layout(vectors)))
         },
         "preservation": {
             "map": neighbourhood_preservation(vectors, xy, metric=metric),

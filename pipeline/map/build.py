@@ -205,18 +205,23 @@ def _old_layout(old: MapDirectory, staging: Path) -> tuple[Landmarks, list[list[
 
 
 def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.Table, clusters: pa.Table) -> None:
-    from pipeline.map.render import render_map
+    from pipeline.map.render import LabelLevel, render_map
 
-    top = clusters.filter(pc.equal(clusters["level"], 0))
-    centres = np.stack([top["x"].to_numpy(zero_copy_only=False), top["y"].to_numpy(zero_copy_only=False)], 1)
+    levels = []
+    for level, fontsize in ((0, 15), (1, 8.5)):  # the top level's labels large, the next level's smaller
+        table = clusters.filter(pc.equal(clusters["level"], level))
+        if table.num_rows:
+            x, y = (table[c].to_numpy(zero_copy_only=False) for c in ("x", "y"))
+            weight = "bold" if level == 0 else "normal"
+            levels.append(
+                LabelLevel(np.stack([x, y], 1), table["label"].to_pylist(), table["size"].to_pylist(), fontsize, weight)
+            )
     render_map(
         staging / IMAGE_FILE,
         np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
         points.column(level_column(0)).to_numpy().astype(np.int32),
-        centres,
-        top["label"].to_pylist(),
-        top["size"].to_pylist(),
-        title=f"{Path(source.path).name}: {source.rows:,} rows",
+        levels,
+        title=f"{Path(source.path).name}",
         seed=cfg.map.seed,
     )
 

@@ -122,13 +122,17 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
     at = np.searchsorted(point_rows, rows)
     xy = every[at]
-    finest = [name for name in points.column_names if name.startswith("cluster_")][-1:]
-    regions = points.column(finest[0]).to_numpy()[at] if finest else np.zeros(len(rows), np.int32)
+    levels = [points.column(name).to_numpy()[at] for name in points.column_names if name.startswith("cluster_")]
+
+    def kept(layout: np.ndarray) -> list[float | None]:  # per level, coarse -> fine (None: too few regions)
+        shares = (regions_kept(vectors, layout, level) for level in levels)
+        return [None if np.isnan(share) else share for share in shares]
+
     ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
     out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
     out["regions_k"] = REGION_K
-    out["regions_kept"] = regions_kept(vectors, xy, regions)
-    out["pca_regions_kept"] = regions_kept(vectors, pca_layout(vectors), regions)
+    out["regions_kept"] = kept(xy)
+    out["pca_regions_kept"] = kept(pca_layout(vectors))
     if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
         picked = pick_queries(len(rows), q.queries, cfg.map.seed)
         batches = (
@@ -148,6 +152,6 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
         )
         out.update(reference_preservation=ref, reference_seconds=round(seconds, 2))
         out["relative"] = ours / ref if ref else None
-        out["reference_regions_kept"] = regions_kept(vectors, ref_xy, regions)
+        out["reference_regions_kept"] = kept(ref_xy)
     timings["quality_s"] = time.perf_counter() - started
     return out

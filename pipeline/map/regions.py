@@ -177,8 +177,8 @@ def cut(merges: np.ndarray, m: int, clusters: int) -> np.ndarray:
 
 def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: int | None = None) -> list[int]:
     """Region counts per level, coarse -> fine, ending with ``m``: the top at ``top`` (null: the clearest cut
-    in ``TOP_RANGE``), ``keep`` (the density regions' count) next, then levels between where the tree has
-    a clear cut, at most ``cap`` levels."""
+    in ``TOP_RANGE``), ``keep`` (the density regions' count) next, then levels between, or above a top of
+    15 or more, where the tree has a clear cut, at most ``cap`` levels."""
 
     def gap(k: int) -> float:  # how clear a cut at k clusters is: the next merge's cost over the last one's
         return float(costs[m - k] / max(costs[m - k - 1], 1e-12)) if 1 <= k < m else 0.0
@@ -193,15 +193,19 @@ def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: in
         first = min((k for k in choices if gap(k) >= TIE * clearest), default=m)
         if m <= hi and gap(first) < MIN_GAP:
             first = m
+    if top is None and keep is not None and max(first, keep) <= 1.5 * min(first, keep):
+        first = keep  # a top about as fine as the density regions: they are the top
     counts = [first, m] if first < m else [m]
     if keep is not None and first < keep < m and cap >= 3:
         counts = [first, keep, m]
     while len(counts) < cap:
         best, at = 0.0, -1
-        for a, b in zip(counts, counts[1:]):
-            for k in range(2 * a, b // 2 + 1) if b >= LEVEL_RATIO * a else ():
-                if gap(k) > best:
-                    best, at = gap(k), k
+        spans = [range(2 * a, b // 2 + 1) for a, b in zip(counts, counts[1:]) if b >= LEVEL_RATIO * a]
+        if top is None:  # a clear cut well above a fine top (a tiny region's merge can look clearest)
+            spans.append(range(TOP_RANGE[0], counts[0] // 3 + 1))
+        for k in (k for span in spans for k in span):
+            if gap(k) > best:
+                best, at = gap(k), k
         if best < MIN_GAP:
             break
         counts = sorted([*counts, at])
