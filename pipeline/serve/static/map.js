@@ -94,10 +94,13 @@
     for (const name of ['selection', 'neighbors', 'hits', 'route', 'query']) {
       const l = layers[name]; if (!l || !l.count) continue;
       gl.uniform3f(U.u_color, ...l.color); gl.bindVertexArray(l.vao);
-      if (l.line) { gl.drawArrays(gl.LINE_STRIP, 0, l.count); }
+      // lines have no gl_PointCoord: the round-point discard would drop every line fragment
+      if (l.line) { gl.uniform1i(U.u_round, 0); gl.drawArrays(gl.LINE_STRIP, 0, l.count); gl.uniform1i(U.u_round, 1); }
       gl.uniform1f(U.u_point, l.size * dpr); gl.drawArrays(gl.POINTS, 0, l.count);
     }
     gl.bindVertexArray(null);
+    const seen = `${view.cx},${view.cy},${view.scale}`;  // the view moved: a tooltip would point at nothing
+    if (seen !== S.lastView) { document.querySelector('#tooltip').hidden = true; S.hover = null; S.lastView = seen; }
     S.frames += 1;
     if (S.firstFrameMs === null) { gl.finish(); S.firstFrameMs = performance.now(); }
     placeLabels();
@@ -186,7 +189,9 @@
   }
   // With a token, thumbnails are fetched with it and shown from blob: URLs (an <img> cannot send headers).
   async function setThumbnail(img, url) {
-    if (!url || !sessionStorage.getItem('latent-token')) { img.src = url; return; }
+    if (!url) { img.removeAttribute('src'); img.hidden = true; return; }  // a text-only corpus has no thumbnails
+    img.hidden = false;
+    if (!sessionStorage.getItem('latent-token')) { img.src = url; return; }
     const res = await authFetch(url);
     if (!res.ok) { if (img.onerror) img.onerror(); return; }
     img.src = URL.createObjectURL(await res.blob());
@@ -296,15 +301,27 @@
     view.cx = data.x; view.cy = data.y; redraw();
     showList('The query lands here (black); its hits in red', data.hits);
   }
+  function failed(err) {  // an error replaces the previous answer: its list would read as this query's
+    $('#list').replaceChildren(); $('#panel-actions').hidden = true; status(err.message);
+  }
+  function fitTo(idx) {  // the view around these points (a route), with a margin
+    if (!idx.length) return;
+    const xs = idx.map((i) => X[i]), ys = idx.map((i) => Y[i]), r = canvas.getBoundingClientRect();
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    view.cx = (x0 + x1) / 2; view.cy = (y0 + y1) / 2;
+    view.scale = Math.min(0.8 * Math.min(r.width / Math.max(x1 - x0, 1e-9), r.height / Math.max(y1 - y0, 1e-9)), 8 * view.base);
+    redraw();
+  }
   $('#locate-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const q = $('#locate').value.trim(); if (!q) return;
-    const expr = /(^|\s)(id|image):|'|"|\s[+-]\s/.test(q);
-    locate(expr ? { expression: q } : { text: q }).catch((err) => status(err.message));
+    // an expression: id:/image: terms, quoted terms, or + / - between terms ("a cat's face" is plain text)
+    const expr = /(^|\s)(id|image):|(^|\s)["'][^"']*["'](\s|$)|\s[+-]\s/.test(q);
+    locate(expr ? { expression: q } : { text: q }).catch(failed);
   });
   $('#locate-file').addEventListener('change', (e) => {
     const f = e.target.files[0]; if (!f) return;
-    const reader = new FileReader(); reader.onload = () => locate({ image: reader.result }).catch((err) => status(err.message)); reader.readAsDataURL(f);
+    const reader = new FileReader(); reader.onload = () => locate({ image: reader.result }).catch(failed); reader.readAsDataURL(f);
   });
   $('#route-form').addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -312,8 +329,9 @@
       const data = await api('map/path', { from: $('#route-from').value.trim(), to: $('#route-to').value.trim(), steps: Number($('#route-steps').value) });
       const idx = data.route.map((h) => h.index).filter((v) => v !== null);
       S.route = idx; setLayer('route', idx, [0.1, 0.6, 0.3], 8, true);
+      fitTo(idx);
       showList(`Route from ${data.from} to ${data.to}`, data.route);
-    } catch (err) { status(err.message); }
+    } catch (err) { failed(err); }
   });
   window.addEventListener('resize', resize);
 
