@@ -82,7 +82,7 @@ class MapParams:
     device: Device = setting(Device.auto, "auto (cuML's UMAP when it imports and a GPU is visible) | cpu | cuda")
     levels: int = setting(4, "at most this many region levels, coarse -> fine (the data decides how many)")
     top_regions: int | None = setting(None, "regions of the top level (null: the clearest cut between 5 and 30)")
-    split: int = setting(16, "the finest level: at most this many k-means parts per density region")
+    split: int = setting(64, "the finest level: at most this many k-means parts per density region")
     min_cluster_size: int | None = setting(None, "HDBSCAN's min_cluster_size (null: landmarks / 200, at least 10)")
     coarse: CoarseRegions = setting(
         CoarseRegions.hdbscan,

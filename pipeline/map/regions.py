@@ -209,7 +209,13 @@ def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: in
         if best < MIN_GAP:
             break
         counts = sorted([*counts, at])
-    return counts[:1] if cap == 1 else counts
+    if cap == 1:
+        return counts[:1]
+    distinct = [counts[-1]]  # a level about as fine as the one below it tells a reader nothing more
+    for k in reversed(counts[:-1]):
+        if 1.5 * k <= distinct[0]:
+            distinct.insert(0, k)
+    return distinct
 
 
 def find_regions(
@@ -218,7 +224,7 @@ def find_regions(
     graph: np.ndarray,
     *,
     levels: int = 4,
-    split: int = 16,
+    split: int = 64,
     min_cluster_size: int | None = None,
     coarse: str = "hdbscan",
     coarse_k: int = 20,
