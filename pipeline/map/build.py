@@ -37,6 +37,7 @@ from pipeline.map.store import (
     INFO_FILE,
     LABELS_FILE,
     LANDMARKS_FILE,
+    PAGE_FILE,
     POINTS_DIR,
     STAGING_MARK,
     Landmarks,
@@ -216,6 +217,21 @@ def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.
             levels.append(
                 LabelLevel(np.stack([x, y], 1), table["label"].to_pylist(), table["size"].to_pylist(), fontsize, weight)
             )
+    from pipeline.map.map_html import write_map_html
+
+    count = len(clusters.filter(pc.equal(clusters["level"], 0)))
+    levels_here = [
+        points.column(level_column(level)).to_numpy() for level in range(len(set(clusters["level"].to_pylist())))
+    ]
+    write_map_html(
+        staging / PAGE_FILE,
+        np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
+        levels_here,
+        points.column("id"),
+        clusters.to_pylist(),
+        title=f"{Path(source.path).name}: {count} regions",
+        seed=cfg.map.seed,
+    )
     render_map(
         staging / IMAGE_FILE,
         np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
@@ -255,7 +271,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
         timings["place_s"] = time.perf_counter() - started
         if old is not None:
             _copy_old(old, staging)
-        points = read_points(staging / POINTS_DIR, levels, ["row", "x", "y", *map(level_column, range(levels))])
+        points = read_points(staging / POINTS_DIR, levels, ["row", "id", "x", "y", *map(level_column, range(levels))])
         if not points.num_rows:
             raise LatentError(f"no row of {source.path} could be placed: see {staging / ERRORS_DIR}")
         errors = _count_rows(staging / ERRORS_DIR)

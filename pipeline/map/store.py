@@ -26,6 +26,7 @@ INFO_FILE = "map.json"
 POINTS_DIR = "points"
 CLUSTERS_FILE = "clusters.parquet"
 IMAGE_FILE = "map.png"
+PAGE_FILE = "map.html"  # the map as one offline page (pipeline/map/map_html.py)
 LANDMARKS_FILE = "landmarks.npz"  # landmark vectors (float16), positions, regions: what append places from
 LABELS_FILE = "labels.json"  # staging only: the layout stage's labels
 STAGING_MARK = ".tmp-map-"

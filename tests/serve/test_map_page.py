@@ -138,12 +138,14 @@ CANVAS_BOX = """() => {
   const r = document.querySelector('canvas').getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"""
 GREEN_BETWEEN = """([a, b]) => {
   const c = document.querySelector('canvas'), gl = c.getContext('webgl2'), r = c.getBoundingClientRect();
-  const dpr = window.devicePixelRatio || 1, px = new Uint8Array(4);
+  const dpr = window.devicePixelRatio || 1, px = new Uint8Array(36);
   let green = 0;
-  for (const t of [0.3, 0.4, 0.5, 0.6, 0.7]) {
+  for (const t of [0.3, 0.4, 0.5, 0.6, 0.7]) {  // a 3x3 patch around each spot: the line is 1 px wide
     const x = (a[0] + t * (b[0] - a[0]) - r.left) * dpr, y = c.height - (a[1] + t * (b[1] - a[1]) - r.top) * dpr;
-    gl.readPixels(Math.round(x), Math.round(y), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
-    if (px[1] > 120 && px[0] < 90 && px[2] < 120) green += 1;
+    gl.readPixels(Math.round(x) - 1, Math.round(y) - 1, 3, 3, gl.RGBA, gl.UNSIGNED_BYTE, px);
+    let hit = false;
+    for (let p = 0; p < 36; p += 4) if (px[p + 1] > 120 && px[p] < 90 && px[p + 2] < 120) hit = true;
+    if (hit) green += 1;
   }
   return green; }"""
 
@@ -162,7 +164,7 @@ def test_a_route_is_drawn_as_a_line_the_view_fits(map_page):
         assert left <= x <= right and top <= y <= bottom
     # the line's pixels: green between two consecutive steps (points are drawn only at the steps)
     a, b = map_page.evaluate("(r) => [latentMap.screenOf(r[0]), latentMap.screenOf(r[1])]", route)
-    assert map_page.evaluate(GREEN_BETWEEN, [a, b]) >= 3
+    assert map_page.evaluate(GREEN_BETWEEN, [a, b]) >= 4
 
 
 def test_hovering_a_text_only_item_requests_no_thumbnail(map_page):
