@@ -177,3 +177,21 @@ def test_hovering_a_text_only_item_requests_no_thumbnail(map_page):
     assert not missing, missing
     map_page.mouse.wheel(0, -300)  # the view moves: the tooltip goes
     map_page.wait_for_function("() => document.querySelector('#tooltip').hidden")
+
+
+def test_the_legend_lists_top_regions_and_a_clicked_label_selects_its_region(map_page):
+    regions = map_page.evaluate("() => fetch('map/clusters').then((r) => r.json())")
+    top = sorted((r for r in regions if r["level"] == 0 and r["size"]), key=lambda r: -r["size"])
+    legend = map_page.eval_on_selector_all("#legend li", "(els) => els.map((e) => e.textContent)")
+    assert legend == [f"{r['label']} · {r['size']:,}" for r in top]
+    label = map_page.locator("#labels .label").first
+    name = label.text_content()
+    label.click()
+    map_page.wait_for_function("() => latentMap.region && latentMap.selectionIds")
+    level, cluster = map_page.evaluate("() => [latentMap.region.level, latentMap.region.cluster]")
+    chosen = next(r for r in regions if r["level"] == level and r["cluster"] == cluster)
+    assert chosen["label"] == name and len(map_page.evaluate("() => latentMap.selectionIds")) == chosen["size"]
+    assert name in map_page.text_content("#map-status")
+    with map_page.expect_download() as download:
+        map_page.click("#export")
+    assert len(Path(download.value.path()).read_text().split()) == chosen["size"]

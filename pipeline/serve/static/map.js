@@ -140,6 +140,7 @@
     }
     labelBox.replaceChildren(...shown.map(({ c, sx, sy }) => {
       const d = document.createElement('div'); d.className = `label l${level}`; d.textContent = c.label;
+      d.title = 'Select this region'; d.onclick = () => selectRegion(c);
       d.style.left = `${sx}px`; d.style.top = `${sy}px`; return d;
     }));
     S.labelsShown = shown.map(({ c }) => ({ level: c.level, cluster: c.cluster, label: c.label }));
@@ -260,6 +261,34 @@
     if (e.target !== canvas) return;
     clearTimeout(hoverTimer); hoverTimer = setTimeout(() => hover(px, py).catch((err) => status(err.message)), 30);
   });
+  async function selectPoints(picked, title) {  // highlighted, listed, their ids ready for export
+    S.selection = picked; setLayer('selection', picked, [0.17, 0.35, 0.76], 5);
+    const data = await api('map/selection', { indices: picked, items: 50 });
+    S.selectionIds = data.ids; $('#panel-actions').hidden = false;
+    showList(title(data.count), data.items);
+  }
+  function ancestors(level) {  // each finest region's region at `level`
+    const up = new Map(); for (const r of clusters) if (r.level > 0) up.set(`${r.level}:${r.cluster}`, r.parent);
+    const out = new Int32Array(info.clusters[info.levels - 1]);
+    for (let f = 0; f < out.length; f++) { let c2 = f; for (let l = info.levels - 1; l > level; l--) c2 = up.get(`${l}:${c2}`); out[f] = c2; }
+    return out;
+  }
+  async function selectRegion(region) {  // a region's items (a label or a legend entry clicked)
+    const at = ancestors(region.level), picked = [];
+    for (let k = 0; k < n; k++) if (at[fine[k]] === region.cluster) picked.push(k);
+    S.region = { level: region.level, cluster: region.cluster };
+    await selectPoints(picked, (count) => `${region.label}: ${count.toLocaleString()} items`).catch(failed);
+  }
+  S.selectRegion = (level, cluster) => selectRegion(clusters.find((r) => r.level === level && r.cluster === cluster));
+  function legend() {  // the top-level regions with their sizes, biggest first
+    const top = clusters.filter((r) => r.level === 0 && r.size > 0).sort((a, b) => b.size - a.size);
+    $('#legend').replaceChildren(...top.map((r) => {
+      const li = document.createElement('li'), sw = document.createElement('span');
+      sw.className = 'swatch'; sw.style.background = `hsl(${((r.cluster * 0.618033988749895) % 1) * 360}, 65%, 50%)`;
+      li.append(sw, `${r.label} · ${r.size.toLocaleString()}`); li.title = 'Select this region';
+      li.onclick = () => selectRegion(r); return li;
+    }));
+  }
   window.addEventListener('mouseup', async (e) => {
     if (!drag) return;
     const d = drag; drag = null;
@@ -270,10 +299,7 @@
         const [ax, ay] = toData(Math.min(px, d.px), Math.max(py, d.py)), [bx, by] = toData(Math.max(px, d.px), Math.min(py, d.py));
         const picked = [];
         for (let i = 0; i < n; i++) if (X[i] >= ax && X[i] <= bx && Y[i] >= ay && Y[i] <= by) picked.push(i);
-        S.selection = picked; setLayer('selection', picked, [0.17, 0.35, 0.76], 5);
-        const data = await api('map/selection', { indices: picked, items: 50 });
-        S.selectionIds = data.ids; $('#panel-actions').hidden = false;
-        showList(`${data.count.toLocaleString()} selected`, data.items);
+        await selectPoints(picked, (count) => `${count.toLocaleString()} selected`);
       } else if (!d.moved && e.target === canvas) {
         const i = nearest(px, py); if (i >= 0) await neighbors(i);
       }
@@ -354,7 +380,7 @@
     main.vao = vao(X, Y, coarse, wide ? gl.UNSIGNED_INT : gl.UNSIGNED_SHORT);
     S.points = n;
     $('#map-info').textContent = `${n.toLocaleString()} points · ${info.clusters.join(' / ')} regions`;
-    resize(); fit(); redraw();
+    resize(); fit(); redraw(); legend();
     status(`${n.toLocaleString()} points. Hover for an item, click for its neighbours.`);
     setTimeout(() => { buildGrid(); S.ready = true; }, 0);
   }
