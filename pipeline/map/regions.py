@@ -193,7 +193,7 @@ def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: in
         first = min((k for k in choices if gap(k) >= TIE * clearest), default=m)
         if m <= hi and gap(first) < MIN_GAP:
             first = m
-    if top is None and keep is not None and max(first, keep) <= 1.5 * min(first, keep):
+    if top is None and keep is not None and keep >= TOP_RANGE[0] and max(first, keep) <= 1.5 * min(first, keep):
         first = keep  # a top about as fine as the density regions: they are the top
     counts = [first, m] if first < m else [m]
     if keep is not None and first < keep < m and cap >= 3:
