@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.index.store import publish_directory
+from pipeline.index.store.directory import publish_directory
 from pipeline.io.output import JobOutput, pid_alive
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout

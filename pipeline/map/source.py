@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import LatentError
-from pipeline.index.read import iter_batches, scan
+from pipeline.index.input.read import iter_batches, scan
 from pipeline.io.shards import EmbeddingInfo
 
 INDEX_UNIT_ROWS = 65536  # rows per placement unit of an index
@@ -62,7 +62,7 @@ class MapSource:
                 table = batch.items.select(["id", "text"]) if items else None
                 yield batch.first, batch.vectors, table
             return
-        from pipeline.index.store import IndexDirectory
+        from pipeline.index.store.directory import IndexDirectory
 
         directory = IndexDirectory.open(self.path)
         index = _reconstructable(directory)
@@ -142,7 +142,7 @@ def open_dataset(path: str, column: str | None = None, metric: str = "auto") -> 
 
 
 def open_index(path: str, metric: str = "auto", start: int = 0) -> MapSource:
-    from pipeline.index.store import IndexDirectory, is_index_directory
+    from pipeline.index.store.directory import IndexDirectory, is_index_directory
 
     if not is_index_directory(path):
         raise LatentError(f"index.path={path}: not an index directory (no index.json)")

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import Device, KnnCommandConfig, Precision
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
-from pipeline.index.store import IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
 from pipeline.io.output import JobOutput
 from pipeline.io.shards import ERRORS_DIR, commit_table, filesystem, list_shards
 from pipeline.runner import (

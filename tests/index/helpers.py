@@ -10,11 +10,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
+from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_embedding_dataset
 
 from pipeline.cli import compose
 from pipeline.config import IndexCommandConfig
-from pipeline.index.build import IndexSummary, run_index
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_embedding_dataset
+from pipeline.index.build.build import IndexSummary, run_index
 from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,12 +12,12 @@ import pyarrow.dataset as pads
 import pytest
 from index.helpers import build, dataset, vectors
 from PIL import Image
+from synthetic import write_npy_folder
 
 from pipeline.config import Device, Precision, SearchModelConfig
 from pipeline.encode.encoder import ClipEncoder
 from pipeline.encode.model import resolve_model
 from pipeline.errors import LatentError
-from pipeline.index.synthetic import write_npy_folder
 from pipeline.search import QueryError, Searcher
 
 
