@@ -22,7 +22,7 @@ from pipeline.encode.gpu_decode import decode_in_encoder
 from pipeline.encode.model import describe_model, resolve_model
 from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
-from pipeline.io.output import OutputDir
+from pipeline.io.embed_output import OutputDir
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
 from pipeline.io.sources import Source, filter_done_units, open_source, read_unit
 from pipeline.runner import (

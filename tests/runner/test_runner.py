@@ -23,7 +23,7 @@ from pipeline.search.knn import run_knn
 
 HOLD_LOCK = """
 import sys, time
-from pipeline.io.output import JobOutput
+from pipeline.runner.output import JobOutput
 output = JobOutput(sys.argv[1])
 with output.lock():
     print("held", flush=True)
@@ -55,7 +55,7 @@ EXPECTED = sorted(f"v{i}" for i in range(600))
 
 
 def hold_lock(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -148,8 +148,8 @@ def test_a_full_disk_stops_the_job_clearly_and_a_rerun_finishes_it_losing_nothin
 def test_a_unit_whose_rows_are_all_committed_is_marked_so_that_a_rerun_skips_it(tmp_path):
     from collections import Counter
 
-    from pipeline.io.output import READ_DIR, JobOutput, unit_marker_name
     from pipeline.runner.execute import _mark_finished_units
+    from pipeline.runner.output import READ_DIR, JobOutput, unit_marker_name
 
     output = JobOutput(str(tmp_path / "out"))
     output.prepare()

@@ -14,7 +14,7 @@ import pytest
 from pipeline.cli import COMMANDS, ConfigKeyError, compose, config_name, render_help
 from pipeline.config import SCHEMAS, EmbedConfig, InputConfig, InputFormat, Modality, OutputConfig, describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {
     "embed": ["input.path=/data", "output.path=/out"],
     "index": ["input.path=/emb", "index.path=/idx"],

@@ -6,7 +6,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from pipeline.errors import LatentError
-from pipeline.io.output import OutputDir
+from pipeline.io.embed_output import OutputDir
 from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 MODEL = {"name": "m", "pretrained": None, "checkpoint_sha256": None, "dim": 4, "preprocess": {}}
