@@ -33,7 +33,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.index.build.tune import measure_qps, recall_at_k, tune, without_self  # noqa: E402
+from pipeline.index.build.tune import measure_qps, tune  # noqa: E402
+from pipeline.index.recall import recall_at_k, without_self  # noqa: E402
 from pipeline.index.store.directory import IndexDirectory  # noqa: E402
 from tests.synthetic import ClusteredSpec, iter_clustered, write_npy_folder  # noqa: E402
 
@@ -79,7 +80,7 @@ import atexit, sys
 from pathlib import Path
 report, sys.argv = Path(sys.argv[1]), ["latent", *sys.argv[2:]]
 atexit.register(lambda: report.write_text(open("/proc/self/status").read()))
-from pipeline.cli import main
+from pipeline.cli import main  # noqa: E402
 main()
 """
 

@@ -35,9 +35,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_index import QUERIES, K, dataset, run_latent  # noqa: E402
 from bench_serve import Server, _load  # noqa: E402
 
-from pipeline.index.build.tune import GroundTruth, measure_qps, recall_at_k, without_self  # noqa: E402
+from pipeline.index.build.tune import measure_qps  # noqa: E402
+from pipeline.index.nodes import apply_search_params  # noqa: E402
+from pipeline.index.recall import GroundTruth, recall_at_k, without_self  # noqa: E402
 from pipeline.index.store import ondisk  # noqa: E402
-from pipeline.index.store.directory import IndexDirectory, apply_search_params  # noqa: E402
+from pipeline.index.store.directory import IndexDirectory  # noqa: E402
 from tests.synthetic import ClusteredSpec  # noqa: E402
 
 

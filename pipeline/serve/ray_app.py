@@ -27,8 +27,10 @@ from ray import serve
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError, ServiceUnavailable
+from pipeline.index.nodes import apply_search_params
 from pipeline.index.store import shards
-from pipeline.index.store.directory import IndexDirectory, IndexInfo, apply_search_params
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
 from pipeline.search.searcher import Searcher, resolve_query_model
 

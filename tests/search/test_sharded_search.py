@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from index.helpers import build
 
-from pipeline.index.store.directory import apply_search_params
+from pipeline.index.nodes import apply_search_params
 from pipeline.search import Searcher
 
 from .test_searcher import model_config

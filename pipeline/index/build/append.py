@@ -21,12 +21,7 @@ import pyarrow as pa
 
 from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.store import shards
-from pipeline.index.plan.choose import build_bytes, estimate_index_bytes, human
-from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.build.gpu import coarse_quantizer_on
-from pipeline.index.store.integrity import lossy_scores
-from pipeline.index.input.read import iter_batches
 from pipeline.index.build.steps import (
     Rows,
     finish,
@@ -37,16 +32,15 @@ from pipeline.index.build.steps import (
     recall_warning,
     tune_phase,
 )
-from pipeline.index.store.directory import (
-    ITEMS_FILE,
-    IndexDirectory,
-    IndexInfo,
-    ItemsWriter,
-    StagedIndexDirectory,
-    is_index_directory,
-)
 from pipeline.index.build.summary import Clock, IndexSummary, progress_bar, summarize
-from pipeline.index.build.tune import GroundTruth
+from pipeline.index.input.embeddings import EmbeddingSource
+from pipeline.index.input.read import iter_batches
+from pipeline.index.plan.choose import build_bytes, estimate_index_bytes, human
+from pipeline.index.recall import GroundTruth
+from pipeline.index.store import shards
+from pipeline.index.store.directory import IndexDirectory, ItemsWriter, StagedIndexDirectory, is_index_directory
+from pipeline.index.store.format import ITEMS_FILE, IndexInfo
+from pipeline.index.store.integrity import lossy_scores
 
 SAME_COSINE = 0.999  # an input vector this close to the stored one is the same row (float16 storage rounds)
 SAME_COSINE_LOSSY = 0.8  # … when the index stores lossy codes (PQ) that only approximate it

@@ -26,15 +26,8 @@ import pyarrow as pa
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
 from pipeline.index.build import parallel
-from pipeline.index.plan.choose import (
-    Choice,
-    make_index,
-    parse_memory,
-)
-from pipeline.index.input.embeddings import EmbeddingSource
+from pipeline.index.build.add import fill
 from pipeline.index.build.gpu import coarse_quantizer_on
-from pipeline.index.input.read import iter_batches, scan
-from pipeline.index.plan.shard_layout import plan_layout
 from pipeline.index.build.steps import (
     Rows,
     created_summary,
@@ -49,15 +42,18 @@ from pipeline.index.build.steps import (
     train_on_sample,
     tune_phase,
 )
-from pipeline.index.store.directory import (
-    ITEMS_FILE,
-    METRICS,
-    ItemsWriter,
-    StagedIndexDirectory,
-    is_index_directory,
-)
 from pipeline.index.build.summary import Clock, IndexSummary, progress_bar
-from pipeline.index.build.tune import GroundTruth
+from pipeline.index.input.embeddings import EmbeddingSource
+from pipeline.index.input.read import scan
+from pipeline.index.plan.choose import (
+    Choice,
+    make_index,
+    parse_memory,
+)
+from pipeline.index.plan.shard_layout import plan_layout
+from pipeline.index.recall import GroundTruth
+from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory, is_index_directory
+from pipeline.index.store.format import ITEMS_FILE, METRICS
 from pipeline.runtime import RunRecord, resolve_device
 
 # --- the edge ------------------------------------------------------------------------------------
@@ -128,18 +124,14 @@ def _add(cfg, source, index, device, held_out, first: _Pass, metric_name: str, b
             index, source, cfg.ray, cfg.parallel.tasks, ic.batch_size, metric_name, truth, on_group, held_out
         )
         return filled
-    label = 0
+    truth = first.truth if first.writing else None
     with coarse_quantizer_on(index, device):
-        for batch in iter_batches(source, ic.batch_size, metric=metric_name, items=first.writing):
-            keep = parallel.held_out_mask(held_out, batch.first, len(batch.vectors))
-            vectors = batch.vectors if keep.all() else np.ascontiguousarray(batch.vectors[keep])
-            index.add(vectors)
+        batches = fill(index, source, ic.batch_size, metric_name, truth, held_out=held_out, items=first.writing)
+        for kept, held, n in batches:
             if first.writing:
-                first.truth.add(vectors, np.arange(label, label + len(vectors)))
-                first.rows.write(batch.items.filter(pa.array(keep)))
-                first.held.append(batch.items.filter(pa.array(~keep)))
-            label += len(vectors)
-            bar.update(len(batch.vectors))
+                first.rows.write(kept)
+                first.held.append(held)
+            bar.update(n)
     return index
 
 

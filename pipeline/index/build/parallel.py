@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import RayConfig
+from pipeline.index.build.add import fill
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.nodes import chain
-from pipeline.index.input.read import iter_batches
-from pipeline.index.build.tune import GroundTruth
+from pipeline.index.recall import GroundTruth
 
 GROUPS_PER_TASK = 4  # more, smaller groups than tasks: balanced load, smaller results on the driver
 
@@ -136,32 +136,19 @@ def add_group(
     import ray
 
     faiss.omp_set_num_threads(threads)
-    held_out = np.zeros(0, np.int64) if held_out is None else held_out
     index = faiss.deserialize_index(trained)
     truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
-    tables, held, label = [], [], first_label
-    for batch in iter_batches(source, batch_size, metric=metric, shards=shards):
-        keep = held_out_mask(held_out, batch.first, len(batch.vectors))
-        vectors = np.ascontiguousarray(batch.vectors[keep]) if not keep.all() else batch.vectors
-        n = len(vectors)
-        index.add(vectors)
-        truth.add(vectors, np.arange(label, label + n))
-        tables.append(batch.items.filter(pa.array(keep)))
-        held.append(batch.items.filter(pa.array(~keep)))
-        label += n
+    tables, held = [], []
+    for kept, held_items, _ in fill(
+        index, source, batch_size, metric, truth, files=shards, held_out=held_out, first_label=first_label
+    ):
+        tables.append(kept)
+        held.append(held_items)
     items = pa.concat_tables(tables) if tables else source.item_schema.empty_table()
     held_items = pa.concat_tables(held) if held else source.item_schema.empty_table()
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     serialized = faiss.serialize_index(index)
-    return GroupResult(serialized, items, held_items, truth.heap.D, truth.heap.I, label - first_label, node)
-
-
-def held_out_mask(held_out: np.ndarray, first: int, n: int) -> np.ndarray:
-    """Which of the global rows ``first..first+n`` are NOT in the sorted ``held_out`` rows."""
-    keep = np.ones(n, dtype=bool)
-    lo, hi = np.searchsorted(held_out, [first, first + n])
-    keep[held_out[lo:hi] - first] = False
-    return keep
+    return GroupResult(serialized, items, held_items, truth.heap.D, truth.heap.I, index.ntotal, node)
 
 
 def add_on_ray(

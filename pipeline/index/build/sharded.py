@@ -1,7 +1,7 @@
 """`latent index` for a sharded or on-disk index (``index.shards`` > 1 or ``index.storage=ondisk``).
 
 The create path of ``build.build_index`` when the directory holds shard files (index.json format 2):
-one trained index, copied into every shard and filled by ``shards.add_shards`` (a Ray task per shard),
+one trained index, copied into every shard and filled by ``add_shards`` (a Ray task per shard),
 tuned on the joined shards, published by ``steps.finish``. Unlike the one-file build, the tune queries
 stay in the index (labels follow the input's row order, which the shard ranges need) and are left out
 of their own answers (leave-one-out), as append measures; auto tries the candidates of
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import faiss
 import numpy as np
+import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig
-from pipeline.index.store import shards
-from pipeline.index.plan.choose import Choice, make_index
-from pipeline.index.input.embeddings import EmbeddingSource
-from pipeline.index.plan.shard_layout import Layout, check_layout
+from pipeline.index.build.add import fill
 from pipeline.index.build.steps import (
     Rows,
     created_summary,
@@ -36,9 +37,14 @@ from pipeline.index.build.steps import (
     train_on_sample,
     tune_phase,
 )
-from pipeline.index.store.directory import ITEMS_FILE, METRICS, ItemsWriter, StagedIndexDirectory
 from pipeline.index.build.summary import Clock, IndexSummary, progress_bar
-from pipeline.index.build.tune import GroundTruth
+from pipeline.index.input.embeddings import EmbeddingSource
+from pipeline.index.plan.choose import Choice, make_index
+from pipeline.index.plan.shard_layout import Layout, check_layout, split_rows
+from pipeline.index.recall import GroundTruth
+from pipeline.index.store import shards
+from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory
+from pipeline.index.store.format import ITEMS_FILE, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ def _build_candidate(
                 rows.write(items)
                 bar.update(items.num_rows)
 
-            entries, _, ray_nodes = shards.add_shards(
+            entries, _, ray_nodes = add_shards(
                 index, source, layout.count, stage.dir, layout.storage, cfg.ray, ic.batch_size, metric_name,
                 truth, on_shard, use_ray=use_ray,
             )  # fmt: skip
@@ -139,3 +145,97 @@ def _build_candidate(
         ray_tasks=layout.count if use_ray else 0,
         ray_nodes=ray_nodes,
     ), trial
+
+
+# --- the shards, each filled by a Ray task (or in turn, in this process) ------------------------------
+
+
+@dataclass
+class ShardResult:
+    entry: shards.ShardEntry
+    items: pa.Table
+    distances: np.ndarray  # the shard's exact neighbours of the tune queries (global labels)
+    labels: np.ndarray
+    node: str
+    bytes: int  # size of the shard's files
+
+
+def build_shard(
+    trained: bytes | np.ndarray,
+    source: EmbeddingSource,
+    number: int,
+    rows: tuple[int, int],
+    directory: str,
+    storage: str,
+    batch_size: int,
+    metric: str,
+    queries: np.ndarray,
+    k: int,
+    threads: int,
+) -> ShardResult:
+    """One Ray task: the rows [a, b) added to a copy of the ``trained`` (serialized) empty index, written as
+    shard ``number`` into ``directory``."""
+    import ray
+
+    faiss.omp_set_num_threads(threads)
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8) if isinstance(trained, bytes) else trained)
+    truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    tables = [items for items, _, _ in fill(index, source, batch_size, metric, truth, rows=rows, first_label=rows[0])]
+    if index.ntotal != rows[1] - rows[0]:
+        raise RuntimeError(f"shard {number}: added {index.ntotal} vectors, expected {rows[1] - rows[0]}")
+    name = shards.SHARD_FILE.format(number)
+    size = shards.write_shard(index, Path(directory), name, storage)
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    items = pa.concat_tables(tables) if tables else source.item_schema.empty_table()
+    entry = shards.ShardEntry(name, rows[0], int(index.ntotal))
+    return ShardResult(entry, items, truth.heap.D, truth.heap.I, node, size)
+
+
+def add_shards(
+    index: faiss.Index,
+    source: EmbeddingSource,
+    count: int,
+    directory: Path,
+    storage: str,
+    ray_cfg: Any,
+    batch_size: int,
+    metric: str,
+    truth: GroundTruth,
+    on_shard: Callable[[pa.Table], Any],
+    use_ray: bool = True,
+) -> tuple[list[shards.ShardEntry], int, list[str]]:
+    """Every row added to ``count`` shards of the trained ``index`` by Ray tasks (one per shard, spread over
+    the nodes), written into ``directory``. ``on_shard(items)`` sees the shards' item rows in label order.
+    Returns the shards, their total bytes and the ids of the nodes that built them. ``use_ray=False``
+    (``parallel.min_vectors=null``): the same tasks one after another in this process."""
+    ranges = split_rows(source.rows, count)
+    trained = faiss.serialize_index(index)
+    args = (str(directory), storage, batch_size, metric)
+    if use_ray:
+        import ray
+
+        from pipeline.runtime import init_ray
+
+        init_ray(ray_cfg)
+        trained, queries = ray.put(trained), ray.put(truth.queries)
+        # SPREAD: the shards go to every node of the cluster, not first to the driver's
+        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(build_shard)
+        refs = [
+            remote.remote(trained, source, s, rows, *args, queries, truth.k - 1, 1) for s, rows in enumerate(ranges)
+        ]
+        results = (ray.get(ref) for ref in refs)
+    else:
+        threads = faiss.omp_get_max_threads()
+        results = (
+            build_shard(trained, source, s, rows, *args, truth.queries, truth.k - 1, threads)
+            for s, rows in enumerate(ranges)
+        )
+    entries, total, nodes = [], 0, {}
+    for result in results:  # in shard order: the items follow the labels
+        entries.append(result.entry)
+        total += result.bytes
+        nodes[result.node] = None
+        truth.merge(result.distances, result.labels)
+        on_shard(result.items)
+        del result
+    return entries, total, list(nodes)

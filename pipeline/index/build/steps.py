@@ -15,8 +15,12 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.build import parallel
-from pipeline.index.store import shards
+from pipeline.index.build.add import held_out_mask
+from pipeline.index.build.gpu import train
+from pipeline.index.build.summary import Clock, IndexSummary, progress_bar, summarize
+from pipeline.index.build.tune import TuneResult, tune
+from pipeline.index.input.embeddings import EmbeddingSource
+from pipeline.index.input.read import read_rows
 from pipeline.index.plan.choose import (
     Choice,
     build_bytes,
@@ -27,20 +31,10 @@ from pipeline.index.plan.choose import (
     plan_candidates,
     train_rows,
 )
-from pipeline.index.input.embeddings import EmbeddingSource
-from pipeline.index.build.gpu import train
-from pipeline.index.input.read import read_rows
-from pipeline.index.store.directory import (
-    IDS_FILE,
-    INDEX_FILE,
-    IndexInfo,
-    ItemsWriter,
-    Recall,
-    StagedIndexDirectory,
-    write_id_map,
-)
-from pipeline.index.build.summary import Clock, IndexSummary, progress_bar, summarize
-from pipeline.index.build.tune import TuneResult, tune, without_self
+from pipeline.index.recall import without_self
+from pipeline.index.store import shards
+from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory, write_id_map
+from pipeline.index.store.format import IDS_FILE, INDEX_FILE, IndexInfo, Recall
 from pipeline.runtime import RUNS_DIR
 
 
@@ -200,7 +194,7 @@ def train_on_sample(
     want = train_rows(factory, n, source.dim, index.metric_type, ic.train_sample)
     rng = np.random.default_rng([ic.seed, attempt + 1])
     picked = rng.choice(n, size=min(n, want + len(held_out)), replace=False)
-    picked = np.sort(picked[parallel.held_out_mask(held_out, 0, n)[picked]][:want])
+    picked = np.sort(picked[held_out_mask(held_out, 0, n)[picked]][:want])
     with clock.phase("read"), progress_bar(cfg.progress, "read", total=len(picked)) as bar:
         (sample,) = read_rows(source, [picked], ic.batch_size, metric_name)
         bar.update(len(picked))

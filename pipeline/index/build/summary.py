@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.index.plan.choose import human
-from pipeline.index.store.directory import IndexInfo, Recall
+from pipeline.index.store.format import IndexInfo, Recall
 
 
 @dataclass

@@ -8,13 +8,11 @@ Readers memory-map the big files: opening an index does not load the corpus' met
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import LatentError, check_format_version
+from pipeline.errors import LatentError
+from pipeline.index.nodes import apply_search_params
+from pipeline.index.store.format import (
+    IDS_BATCH_ROWS,
+    IDS_FILE,
+    INDEX_FILE,
+    INFO_FILE,
+    ITEMS_BATCH_ROWS,
+    ITEMS_FILE,
+    IndexInfo,
+)
 from pipeline.index.store.integrity import (
     LOSSY_SCORE_TOLERANCE,
     SCORE_TOLERANCE,
@@ -34,112 +42,10 @@ from pipeline.index.store.integrity import (
     open_arrow,
     read_faiss_index,
 )
+from pipeline.index.store.shards import ShardEntry, open_shards
 from pipeline.io.publish import pid_alive, publish_directory
-from pipeline.io.shards import EmbeddingInfo
 
-# the name pipeline/map/job.py imports today; it should import pid_alive from pipeline.io.publish
-_pid_alive = pid_alive
-
-FORMAT_VERSION = 2  # the newest format this latent reads and writes (2: sharded and on-disk indexes)
-SINGLE_FILE_FORMAT = 1  # what a one-file, in-memory index directory is still written as (older latents read it)
-INDEX_FILE = "index.faiss"
-ITEMS_FILE = "items.arrow"
-IDS_FILE = "ids.arrow"
-INFO_FILE = "index.json"
-ITEMS_BATCH_ROWS = 4096  # rows per record batch of items.arrow: label -> (label // rows, label % rows)
-IDS_BATCH_ROWS = 4096
-METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-CHECKED_FILES = (INDEX_FILE, ITEMS_FILE, IDS_FILE)  # the files index.json records a checksum of
 _STAGING_MARK = ".tmp-"
-
-
-@dataclass
-class Recall:
-    """recall@k of the index against exact search, measured on ``queries`` held-out corpus vectors."""
-
-    k: int
-    value: float
-    queries: int
-    target: float | None = None
-    lower: float | None = None  # the 95% Wilson interval of ``value`` over the queries (None: older indexes)
-    upper: float | None = None
-    method: str | None = None  # "held-out": queries not in the index while measured; "leave-one-out"
-
-
-@dataclass
-class IndexInfo:
-    """index.json: what the index holds and how to search it."""
-
-    dim: int
-    metric: str  # "ip" | "l2"
-    factory: str  # the FAISS index_factory string the index was built from
-    ntotal: int  # rows (FAISS labels 0..ntotal-1)
-    column: str  # the embedding column the vectors came from
-    embedding: EmbeddingInfo | None  # the source dataset's EmbeddingInfo (model fingerprint); None for foreign inputs
-    search_params: dict[str, Any]  # FAISS ParameterSpace settings, e.g. {"nprobe": 16, "k_factor_rf": 8}
-    recall: Recall | None
-    qps: float | None  # batch queries per second at search_params, measured at build time
-    memory_bytes: int  # size of the FAISS index in memory (the size of index.faiss)
-    build_seconds: float
-    created_at: str
-    updated_at: str
-    created_by: dict[str, Any]  # latent version and git commit
-    normalized: bool = True  # vectors were unit-length (metric ip is then cosine)
-    items_batch_rows: int = ITEMS_BATCH_ROWS
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per build/append
-    files: dict[str, dict[str, Any]] | None = None  # name -> {"bytes", "sha256"}; None: written before checksums
-    exact_qps: float | None = None  # exact search's batch throughput on the tune queries, for comparison
-    format_version: int = SINGLE_FILE_FORMAT
-    # format 2: the shards (pipeline.index.store.shards.ShardEntry as dicts: file, first, ntotal) in label order;
-    # None: one index.faiss. storage: "memory" | "ondisk" (IVF lists in <shard>.ivfdata files)
-    shards: list[dict[str, Any]] | None = None
-    storage: str = "memory"
-    shard_capacity: int | None = None  # rows a shard takes before append opens a new one
-
-    def data_files(self) -> list[str]:
-        """The files of the directory index.json records a checksum of: the FAISS index (or every shard file
-        and its on-disk lists), items and ids."""
-        if not self.shards:
-            return list(CHECKED_FILES)
-        from pipeline.index.store.ondisk import ONDISK, lists_file
-
-        names = [entry["file"] for entry in self.shards]
-        if self.storage == ONDISK:  # every shard's inverted lists, in its .ivfdata file
-            names += [lists_file(Path(name)).name for name in names]
-        return [*names, ITEMS_FILE, IDS_FILE]
-
-    @property
-    def faiss_metric(self) -> int:
-        return METRICS[self.metric]
-
-    def search_params_string(self) -> str:
-        """``search_params`` as faiss.ParameterSpace takes them: ``"nprobe=16,k_factor_rf=8"``."""
-        return ",".join(f"{key}={value}" for key, value in self.search_params.items())
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> IndexInfo:
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as err:
-            raise IndexCorrupted(f"{INFO_FILE} is not valid JSON ({err}); the index directory is damaged") from err
-        check_format_version(data, FORMAT_VERSION, "index")
-        if data.get("embedding") is not None:
-            data["embedding"] = EmbeddingInfo(**data["embedding"])
-        if data.get("recall") is not None:
-            data["recall"] = Recall(**data["recall"])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in data.items() if key in known})
-
-
-def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
-    """Set search-time parameters (nprobe, efSearch, k_factor_rf, …) on ``index`` and its sub-indexes."""
-    if params:
-        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -159,8 +65,6 @@ class IndexDirectory:
             self._index = index
         else:
             if info.shards:
-                from pipeline.index.store.shards import ShardEntry, open_shards
-
                 entries = [ShardEntry(**entry) for entry in info.shards]
                 self._index = open_shards(self.path, entries, info.dim, mmap)
             else:

@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
 
-from pipeline.index.build.tune import GroundTruth
-from pipeline.index.input.embeddings import EmbeddingSource
-from pipeline.index.input.read import iter_batches
-from pipeline.index.plan.shard_layout import split_rows
 from pipeline.index.store import ondisk
+from pipeline.index.store.format import FORMAT_VERSION
 from pipeline.index.store.integrity import read_faiss_index
 
 SHARD_FILE = "shard-{:05d}.faiss"
@@ -47,32 +43,6 @@ class ShardEntry:
     ntotal: int  # its rows: labels first .. first + ntotal - 1
 
 
-# --- building ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class ShardResult:
-    entry: ShardEntry
-    items: pa.Table
-    distances: np.ndarray  # the shard's exact neighbours of the tune queries (global labels)
-    labels: np.ndarray
-    node: str
-    bytes: int  # size of the shard's files
-
-
-def _range_batches(source: EmbeddingSource, rows: tuple[int, int], batch_size: int, metric: str):
-    """The input's batches cut to the global rows [a, b)."""
-    a, b = rows
-    offsets = source.offsets
-    files = [s for s in range(len(source.shards)) if offsets[s] < b and offsets[s + 1] > a]
-    for batch in iter_batches(source, batch_size, metric=metric, shards=files):
-        lo, hi = max(a, batch.first), min(b, batch.first + len(batch.vectors))
-        if hi <= lo:
-            continue
-        start, stop = lo - batch.first, hi - batch.first
-        yield lo, np.ascontiguousarray(batch.vectors[start:stop]), batch.items.slice(start, stop - start)
-
-
 def write_shard(index: faiss.Index, directory: Path, name: str, storage: str) -> int:
     """Write a filled shard (on-disk storage: its lists go to ``<name>.ivfdata`` beside it); its bytes."""
     path = directory / name
@@ -81,90 +51,6 @@ def write_shard(index: faiss.Index, directory: Path, name: str, storage: str) ->
     faiss.write_index(index, str(path))
     return os.path.getsize(path)
 
-
-def build_shard(
-    trained: bytes | np.ndarray,
-    source: EmbeddingSource,
-    number: int,
-    rows: tuple[int, int],
-    directory: str,
-    storage: str,
-    batch_size: int,
-    metric: str,
-    queries: np.ndarray,
-    k: int,
-    threads: int,
-) -> ShardResult:
-    """One Ray task: the rows [a, b) added to a copy of the ``trained`` (serialized) empty index, written as
-    shard ``number`` into ``directory``."""
-    import ray
-
-    faiss.omp_set_num_threads(threads)
-    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8) if isinstance(trained, bytes) else trained)
-    truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
-    tables = []
-    for first, vectors, items in _range_batches(source, rows, batch_size, metric):
-        index.add(vectors)
-        truth.add(vectors, np.arange(first, first + len(vectors)))
-        tables.append(items)
-    if index.ntotal != rows[1] - rows[0]:
-        raise RuntimeError(f"shard {number}: added {index.ntotal} vectors, expected {rows[1] - rows[0]}")
-    name = SHARD_FILE.format(number)
-    size = write_shard(index, Path(directory), name, storage)
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    items = pa.concat_tables(tables) if tables else source.item_schema.empty_table()
-    entry = ShardEntry(name, rows[0], int(index.ntotal))
-    return ShardResult(entry, items, truth.heap.D, truth.heap.I, node, size)
-
-
-def add_shards(
-    index: faiss.Index,
-    source: EmbeddingSource,
-    count: int,
-    directory: Path,
-    storage: str,
-    ray_cfg: Any,
-    batch_size: int,
-    metric: str,
-    truth: GroundTruth,
-    on_shard: Callable[[pa.Table], Any],
-    use_ray: bool = True,
-) -> tuple[list[ShardEntry], int, list[str]]:
-    """Every row added to ``count`` shards of the trained ``index`` by Ray tasks (one per shard, spread over
-    the nodes), written into ``directory``. ``on_shard(items)`` sees the shards' item rows in label order.
-    Returns the shards, their total bytes and the ids of the nodes that built them. ``use_ray=False``
-    (``parallel.min_vectors=null``): the same tasks one after another in this process."""
-    ranges = split_rows(source.rows, count)
-    trained = faiss.serialize_index(index)
-    args = (str(directory), storage, batch_size, metric)
-    if use_ray:
-        import ray
-
-        from pipeline.runtime import init_ray
-
-        init_ray(ray_cfg)
-        trained, queries = ray.put(trained), ray.put(truth.queries)
-        # SPREAD: the shards go to every node of the cluster, not first to the driver's
-        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(build_shard)
-        refs = [
-            remote.remote(trained, source, s, rows, *args, queries, truth.k - 1, 1) for s, rows in enumerate(ranges)
-        ]
-        results = (ray.get(ref) for ref in refs)
-    else:
-        threads = faiss.omp_get_max_threads()
-        results = (
-            build_shard(trained, source, s, rows, *args, truth.queries, truth.k - 1, threads)
-            for s, rows in enumerate(ranges)
-        )
-    entries, total, nodes = [], 0, {}
-    for result in results:  # in shard order: the items follow the labels
-        entries.append(result.entry)
-        total += result.bytes
-        nodes[result.node] = None
-        truth.merge(result.distances, result.labels)
-        on_shard(result.items)
-        del result
-    return entries, total, list(nodes)
 
 
 # --- reading and searching ------------------------------------------------------------------------------
@@ -318,8 +204,6 @@ def appender_for(directory: Any) -> ShardAppender | None:
 
 def describe(info: Any, entries: Sequence[ShardEntry], storage: str, capacity: int) -> None:
     """Record the shards in ``info`` (index.json, format 2)."""
-    from pipeline.index.store.directory import FORMAT_VERSION
-
     info.shards = [asdict(e) for e in entries]
     info.storage = storage
     info.shard_capacity = int(capacity)

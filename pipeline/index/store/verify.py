@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.config import VerifyCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.store.directory import IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo
+from pipeline.index.store.format import IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo
 from pipeline.index.store.integrity import IndexCorrupted, check_files, lossy_scores, open_arrow, read_faiss_index
 
 NORM_CHUNK = 65536  # stored vectors reconstructed at a time for the norm check

@@ -14,9 +14,10 @@ import pytest
 
 from pipeline.errors import LatentError
 from pipeline.index.plan import choose
-from pipeline.index.store.directory import INFO_FILE, IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import INFO_FILE
 from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_npy_folder
-from pipeline.index.build.tune import recall_at_k, without_self
+from pipeline.index.recall import recall_at_k, without_self
 
 from index.helpers import build, dataset, exact_neighbours, run_cli, vectors
 

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.index.build.parallel import split_groups
 from pipeline.index.input.read import scan
-from pipeline.index.store.directory import IndexDirectory, apply_search_params
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.nodes import apply_search_params
 
 from index.helpers import build, dataset, vectors
 

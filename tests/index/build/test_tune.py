@@ -5,7 +5,8 @@ import numpy as np
 
 from pipeline.index.plan.choose import make_index
 from pipeline.index.build.gpu import train
-from pipeline.index.build.tune import CONFIDENCE_Z, GroundTruth, recall_at_k, tune, wilson_interval, without_self
+from pipeline.index.build.tune import CONFIDENCE_Z, tune, wilson_interval
+from pipeline.index.recall import GroundTruth, recall_at_k, without_self
 
 from index.helpers import exact_neighbours, vectors
 

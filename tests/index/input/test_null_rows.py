@@ -13,7 +13,8 @@ import pytest
 from index.helpers import build, captioned_dataset, run_cli, vectors
 from pipeline.errors import LatentError
 from pipeline.index.input.read import iter_batches, read_rows, scan
-from pipeline.index.store.directory import INFO_FILE, IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import INFO_FILE
 from pipeline.search import Searcher
 
 

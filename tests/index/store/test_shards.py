@@ -10,9 +10,10 @@ import pytest
 
 from index.helpers import build, dataset, vectors
 from pipeline.errors import LatentError
+from pipeline.index.nodes import apply_search_params
 from pipeline.index.plan import shard_layout
 from pipeline.index.store import shards
-from pipeline.index.store.directory import IndexDirectory, apply_search_params
+from pipeline.index.store.directory import IndexDirectory
 
 
 def ids_of(directory: IndexDirectory, labels: np.ndarray) -> np.ndarray:

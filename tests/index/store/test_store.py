@@ -11,19 +11,8 @@ import pytest
 from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model
 
 from pipeline.errors import LatentError
-from pipeline.index.store.directory import (
-    IDS_BATCH_ROWS,
-    IDS_FILE,
-    INDEX_FILE,
-    INFO_FILE,
-    ITEMS_FILE,
-    IndexDirectory,
-    IndexInfo,
-    ItemsWriter,
-    Recall,
-    StagedIndexDirectory,
-    write_id_map,
-)
+from pipeline.index.store.directory import IndexDirectory, ItemsWriter, StagedIndexDirectory, write_id_map
+from pipeline.index.store.format import IDS_BATCH_ROWS, IDS_FILE, INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexInfo, Recall
 from pipeline.io.shards import EmbeddingInfo
 
 SCHEMA = pa.schema([("id", pa.string(), False), ("source", pa.string()), ("text", pa.string()), ("n", pa.int64())])

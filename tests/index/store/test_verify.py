@@ -12,7 +12,8 @@ import pytest
 
 from index.helpers import build, dataset, run_cli, vectors
 from pipeline.index.store import integrity
-from pipeline.index.store.directory import INDEX_FILE, INFO_FILE, ITEMS_FILE, IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import INDEX_FILE, INFO_FILE, ITEMS_FILE
 from pipeline.index.store.integrity import IndexCorrupted
 from pipeline.index.store.verify import verify_index
 from pipeline.search import Searcher
