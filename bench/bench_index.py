@@ -33,7 +33,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.index.build.tune import measure_qps, tune  # noqa: E402
+from pipeline.index.builder.tune import measure_qps, tune  # noqa: E402
 from pipeline.index.recall import recall_at_k, without_self  # noqa: E402
 from pipeline.index.store.directory import IndexDirectory  # noqa: E402
 from tests.synthetic import ClusteredSpec, iter_clustered, write_npy_folder  # noqa: E402

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_index import run_latent  # noqa: E402
 
-from pipeline.index.build.tune import measure_qps  # noqa: E402
+from pipeline.index.builder.tune import measure_qps  # noqa: E402
 from pipeline.index.recall import recall_at_k  # noqa: E402
 from tests.synthetic import ClusteredSpec, clustered_unit_vectors, write_npy_folder  # noqa: E402
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.cli import compose  # noqa: E402
-from pipeline.index.build.build import run_index  # noqa: E402
+from pipeline.index.builder.build import run_index  # noqa: E402
 from tests.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset  # noqa: E402
 
 K = 10

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_index import QUERIES, K, dataset, run_latent  # noqa: E402
 from bench_serve import Server, _load  # noqa: E402
 
-from pipeline.index.build.tune import measure_qps  # noqa: E402
+from pipeline.index.builder.tune import measure_qps  # noqa: E402
 from pipeline.index.nodes import apply_search_params  # noqa: E402
 from pipeline.index.recall import GroundTruth, recall_at_k, without_self  # noqa: E402
 from pipeline.index.store import ondisk  # noqa: E402

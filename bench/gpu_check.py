@@ -224,7 +224,7 @@ def run_index_once(vectors_dir: Path, out: Path, device: str, factory: str, trai
     import shutil
 
     from pipeline.cli import compose
-    from pipeline.index.build.build import run_index
+    from pipeline.index.builder.build import run_index
 
     shutil.rmtree(out, ignore_errors=True)
     overrides = [

@@ -26,7 +26,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("pipeline.embed:run_embed", "embed an image/text corpus into Parquet shards"),
     "index": (
-        "pipeline.index.build.build:run_index",
+        "pipeline.index.builder.build:run_index",
         "build a FAISS index of an embedding dataset, tuned to a target recall",
     ),
     "verify": (

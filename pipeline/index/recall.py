@@ -2,7 +2,7 @@
 
 ``GroundTruth`` accumulates exact top-k neighbours while the vectors stream past (FAISS's
 ``ResultHeap``), ``without_self`` drops a query's own row, ``recall_at_k`` compares found with true.
-Used by the index build and tuner (pipeline/index/build/) and by the map's quality figures.
+Used by the index build and tuner (pipeline/index/builder/) and by the map's quality figures.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_importing_the_library_imports_no_hydra_and_changes_no_global_state():
 import json, os, sys
 from PIL import Image
 default = Image.MAX_IMAGE_PIXELS
-import pipeline.search, pipeline.index, pipeline.embed, pipeline.search.knn, pipeline.index.build.build
+import pipeline.search, pipeline.index, pipeline.embed, pipeline.search.knn, pipeline.index.builder.build
 import pipeline.io.sources, pipeline.serve.app
 print(json.dumps({
     "hydra": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")),

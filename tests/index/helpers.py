@@ -14,7 +14,7 @@ from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_e
 
 from pipeline.cli import compose
 from pipeline.config import IndexCommandConfig
-from pipeline.index.build.build import IndexSummary, run_index
+from pipeline.index.builder.build import IndexSummary, run_index
 from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 REPO = Path(__file__).resolve().parents[2]

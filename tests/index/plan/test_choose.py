@@ -5,7 +5,7 @@ import pytest
 
 from index.helpers import vectors
 from pipeline.errors import LatentError
-from pipeline.index.build.gpu import train
+from pipeline.index.builder.gpu import train
 from pipeline.index.plan.choose import (
     choose_factory,
     estimate_index_bytes,

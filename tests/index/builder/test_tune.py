@@ -3,12 +3,11 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from pipeline.index.plan.choose import make_index
-from pipeline.index.build.gpu import train
-from pipeline.index.build.tune import CONFIDENCE_Z, tune, wilson_interval
-from pipeline.index.recall import GroundTruth, recall_at_k, without_self
-
 from index.helpers import exact_neighbours, vectors
+from pipeline.index.builder.gpu import train
+from pipeline.index.builder.tune import CONFIDENCE_Z, tune, wilson_interval
+from pipeline.index.plan.choose import make_index
+from pipeline.index.recall import GroundTruth, recall_at_k, without_self
 
 IP = faiss.METRIC_INNER_PRODUCT
 

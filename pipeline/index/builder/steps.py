@@ -15,10 +15,10 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.build.add import held_out_mask
-from pipeline.index.build.gpu import train
-from pipeline.index.build.summary import Clock, IndexSummary, progress_bar, summarize
-from pipeline.index.build.tune import TuneResult, tune
+from pipeline.index.builder.add import held_out_mask
+from pipeline.index.builder.gpu import train
+from pipeline.index.builder.summary import Clock, IndexSummary, progress_bar, summarize
+from pipeline.index.builder.tune import TuneResult, tune
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.input.read import read_rows
 from pipeline.index.plan.choose import (

@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from pipeline.config import DuplicatePolicy, IndexCommandConfig
 from pipeline.errors import LatentError
-from pipeline.index.build.gpu import coarse_quantizer_on
-from pipeline.index.build.steps import (
+from pipeline.index.builder.gpu import coarse_quantizer_on
+from pipeline.index.builder.steps import (
     Rows,
     finish,
     now,
@@ -32,7 +32,7 @@ from pipeline.index.build.steps import (
     recall_warning,
     tune_phase,
 )
-from pipeline.index.build.summary import Clock, IndexSummary, progress_bar, summarize
+from pipeline.index.builder.summary import Clock, IndexSummary, progress_bar, summarize
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.input.read import iter_batches
 from pipeline.index.plan.choose import build_bytes, estimate_index_bytes, human

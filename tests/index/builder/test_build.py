@@ -11,15 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline.errors import LatentError
-from pipeline.index.plan import choose
-from pipeline.index.store.directory import IndexDirectory
-from pipeline.index.store.format import INFO_FILE
 from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_npy_folder
-from pipeline.index.recall import recall_at_k, without_self
 
 from index.helpers import build, dataset, exact_neighbours, run_cli, vectors
+from pipeline.errors import LatentError
+from pipeline.index.plan import choose
+from pipeline.index.recall import recall_at_k, without_self
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import INFO_FILE
 
 
 def independent_recall(d: IndexDirectory, x: np.ndarray, ids: list[str], k: int = 10, n: int = 200) -> float:

@@ -25,10 +25,10 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
-from pipeline.index.build import parallel
-from pipeline.index.build.add import fill
-from pipeline.index.build.gpu import coarse_quantizer_on
-from pipeline.index.build.steps import (
+from pipeline.index.builder import parallel
+from pipeline.index.builder.add import fill
+from pipeline.index.builder.gpu import coarse_quantizer_on
+from pipeline.index.builder.steps import (
     Rows,
     created_summary,
     describe_trial,
@@ -42,7 +42,7 @@ from pipeline.index.build.steps import (
     train_on_sample,
     tune_phase,
 )
-from pipeline.index.build.summary import Clock, IndexSummary, progress_bar
+from pipeline.index.builder.summary import Clock, IndexSummary, progress_bar
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.input.read import scan
 from pipeline.index.plan.choose import (
@@ -70,7 +70,7 @@ def _check_config(cfg: IndexCommandConfig) -> None:
 
 def run_index(cfg: IndexCommandConfig) -> IndexSummary:
     """The `latent index` command: build (or append to) the index directory at ``cfg.index.path``."""
-    from pipeline.index.build.append import append_index
+    from pipeline.index.builder.append import append_index
 
     _check_config(cfg)
     device = resolve_device(cfg.index.device, faiss.get_num_gpus(), key="index.device")
@@ -153,8 +153,8 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
     n, dim = source.rows, source.dim
     n_queries = query_count(cfg, n)
     layout = plan_layout(ic.shards, ic.storage.value, ic.factory, n, dim, metric, budget)
-    if layout.split:  # shard files (format 2): pipeline.index.build.sharded
-        from pipeline.index.build.sharded import build_sharded
+    if layout.split:  # shard files (format 2): pipeline.index.builder.sharded
+        from pipeline.index.builder.sharded import build_sharded
 
         return build_sharded(cfg, source, device, layout, clock, started)
     plan = [layout.choice] if layout.choice else plan_choices(cfg, source, layout.budget, metric, n_queries)

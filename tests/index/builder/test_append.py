@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from index.helpers import build, dataset, vectors
 from pipeline.errors import LatentError
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.search import Searcher
-
-from index.helpers import build, dataset, vectors
 
 
 def snapshot(path) -> dict[str, bytes]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import faiss
 import pytest
 
+from index.helpers import build, dataset, vectors
 from pipeline.config import Device
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.runtime import resolve_device
-
-from index.helpers import build, dataset, vectors
 
 pytestmark = pytest.mark.gpu
 

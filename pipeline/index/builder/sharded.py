@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig
-from pipeline.index.build.add import fill
-from pipeline.index.build.steps import (
+from pipeline.index.builder.add import fill
+from pipeline.index.builder.steps import (
     Rows,
     created_summary,
     describe_trial,
@@ -37,7 +37,7 @@ from pipeline.index.build.steps import (
     train_on_sample,
     tune_phase,
 )
-from pipeline.index.build.summary import Clock, IndexSummary, progress_bar
+from pipeline.index.builder.summary import Clock, IndexSummary, progress_bar
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.plan.choose import Choice, make_index
 from pipeline.index.plan.shard_layout import Layout, check_layout, split_rows

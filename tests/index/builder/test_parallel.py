@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.index.build.parallel import split_groups
-from pipeline.index.input.read import scan
-from pipeline.index.store.directory import IndexDirectory
-from pipeline.index.nodes import apply_search_params
-
 from index.helpers import build, dataset, vectors
+from pipeline.index.builder.parallel import split_groups
+from pipeline.index.input.read import scan
+from pipeline.index.nodes import apply_search_params
+from pipeline.index.store.directory import IndexDirectory
 
 
 @pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,PQ8x4fs,RFlat", "OPQ8_32,IVF32,PQ8x4fs,Refine(SQfp16)"])

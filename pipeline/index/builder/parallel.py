@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import RayConfig
-from pipeline.index.build.add import fill
+from pipeline.index.builder.add import fill
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.nodes import chain
 from pipeline.index.recall import GroundTruth
