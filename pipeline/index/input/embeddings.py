@@ -106,7 +106,7 @@ def embedding_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
-def pick_column(found: list[str], requested: str | None, where: str, all_columns: Sequence[str]) -> str:
+def pick_embedding_column(found: list[str], requested: str | None, where: str, all_columns: Sequence[str]) -> str:
     if requested is not None:
         if requested not in all_columns:
             raise LatentError(

@@ -20,7 +20,7 @@ from pipeline.index.input.embeddings import (
     Shard,
     file_url,
     item_schema_of,
-    pick_column,
+    pick_embedding_column,
     unify_schemas,
 )
 from pipeline.io.shards import filesystem
@@ -57,7 +57,7 @@ def _metadata_for(fs: fsspec.AbstractFileSystem, npy: str, metadata_dir: str | N
 
 
 def scan_clip_retrieval(fs: fsspec.AbstractFileSystem, root: str, found: list[str], column: str | None):
-    chosen = pick_column(found, column, root, found)
+    chosen = pick_embedding_column(found, column, root, found)
     folder = posixpath.join(root, chosen)
     npys = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".npy"))
     return scan_npy(fs, folder, npys, chosen, None, posixpath.join(root, "metadata"))

@@ -34,7 +34,7 @@ from pipeline.index.input.embeddings import (
     file_url,
     is_vector_type,
     item_schema_of,
-    pick_column,
+    pick_embedding_column,
     unify_schemas,
 )
 from pipeline.index.input.npy import iter_npy, scan_clip_retrieval, scan_npy
@@ -87,7 +87,7 @@ def _scan_parquet(fs: fsspec.AbstractFileSystem, root: str, paths: list[str], co
             schema = meta.schema.to_arrow_schema()
         name = posixpath.basename(path)
         if chosen is None:
-            chosen = pick_column(embedding_columns(schema), column, name, schema.names)
+            chosen = pick_embedding_column(embedding_columns(schema), column, name, schema.names)
         if chosen not in schema.names:
             raise LatentError(f"shard {name} has no column '{chosen}' (the other shards have it)")
         vector_type = schema.field(chosen).type

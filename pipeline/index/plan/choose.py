@@ -106,10 +106,6 @@ def estimate_index_bytes(factory: str, n: int, dim: int, metric: int = faiss.MET
     return int(_bytes(make_index(factory, dim, metric), n))
 
 
-def needs_training(factory: str, dim: int, metric: int) -> bool:
-    return not make_index(factory, dim, metric).is_trained
-
-
 def train_rows(factory: str, n: int, dim: int, metric: int, train_sample: int) -> int:
     """Training vectors to sample: enough for the coarse quantizer's k-means, at most ``train_sample``."""
     index = make_index(factory, dim, metric)
