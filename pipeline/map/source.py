@@ -58,7 +58,7 @@ class MapSource:
         """(first global row, float32 vectors, items with id and text or None) batch by batch over ``unit``."""
         if self.kind == "dataset":
             source = self.scanned or scan(self.path, self.column)
-            for batch in iter_batches(source, READ_BATCH, metric="none", shards=[unit.shard], items=items):
+            for batch in iter_batches(source, READ_BATCH, metric="none", files=[unit.shard], items=items):
                 table = batch.items.select(["id", "text"]) if items else None
                 yield batch.first, batch.vectors, table
             return
@@ -129,13 +129,13 @@ def open_dataset(path: str, column: str | None = None, metric: str = "auto") -> 
     source = scan(path, column)  # empty datasets, mixed dims, mixed models: LatentError here
     units = []
     offsets = source.offsets
-    for s, shard in enumerate(source.shards):
+    for s, shard in enumerate(source.files):
         if shard.rows:
             units.append(Unit(name=shard.name.replace("/", "__"), start=int(offsets[s]), rows=shard.rows, shard=s))
     if metric == "auto":
-        first = next(iter_batches(source, 256, metric="none", shards=[units[0].shard], items=False)).vectors
+        first = next(iter_batches(source, 256, metric="none", files=[units[0].shard], items=False)).vectors
         metric = _metric_of(source.embedding, first)
-    identity = {"shards": [[s.name, s.rows] for s in source.shards], "column": source.column}
+    identity = {"shards": [[s.name, s.rows] for s in source.files], "column": source.column}
     return MapSource(
         "dataset", path, source.dim, source.rows, metric, source.embedding, units, column, identity, source
     )

@@ -50,9 +50,9 @@ def fill(
     held_out = _NONE_HELD if held_out is None else held_out
     if rows is not None:
         offsets = source.offsets
-        files = [s for s in range(len(source.shards)) if offsets[s] < rows[1] and offsets[s + 1] > rows[0]]
+        files = [s for s in range(len(source.files)) if offsets[s] < rows[1] and offsets[s + 1] > rows[0]]
     label = first_label
-    for batch in iter_batches(source, batch_size, metric=metric, shards=files, items=items):
+    for batch in iter_batches(source, batch_size, metric=metric, files=files, items=items):
         first, vectors, table = batch.first, batch.vectors, batch.items
         if rows is not None:  # cut to [a, b)
             lo, hi = max(rows[0], first), min(rows[1], first + len(vectors))

@@ -210,7 +210,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
                 differ = old_at[stored.differ(labels[old_at], batch.vectors[old_at])]
                 if len(differ) and policy == DuplicatePolicy.error:
                     row = batch.items.slice(int(differ[0]), 1).to_pylist()[0]
-                    shard = Path(source.shards[batch.shard].path).name
+                    shard = Path(source.files[batch.file].path).name
                     raise _duplicate_error(row, f"{shard}, row {int(batch.rows[differ[0]])}")
                 fresh = np.flatnonzero(~is_old)
                 labels[fresh] = index.ntotal + np.arange(len(fresh))

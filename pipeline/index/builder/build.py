@@ -109,7 +109,7 @@ def _add(cfg, source, index, device, held_out, first: _Pass, metric_name: str, b
         cfg.parallel.min_vectors is not None
         and source.rows >= cfg.parallel.min_vectors
         and parallel.can_merge(index)
-        and len(source.shards) > 1
+        and len(source.files) > 1
     )
     if use_ray:
         truth = first.truth if first.writing else GroundTruth(first.truth.queries[:0], ic.k, index.metric_type)

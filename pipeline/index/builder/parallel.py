@@ -99,12 +99,12 @@ class ListMerger:
 
 def split_groups(source: EmbeddingSource, groups: int) -> list[list[int]]:
     """Contiguous groups of shard indices with about equal rows each."""
-    if groups >= len(source.shards):
-        return [[s] for s in range(len(source.shards))]
+    if groups >= len(source.files):
+        return [[s] for s in range(len(source.files))]
     groups = max(1, groups)
     offsets = source.offsets
     bounds = np.searchsorted(offsets[1:], np.linspace(0, offsets[-1], groups + 1)[1:-1], side="left") + 1
-    edges = [0, *sorted(set(int(b) for b in bounds)), len(source.shards)]
+    edges = [0, *sorted(set(int(b) for b in bounds)), len(source.files)]
     return [list(range(a, b)) for a, b in zip(edges, edges[1:]) if b > a]
 
 
@@ -122,7 +122,7 @@ class GroupResult:
 def add_group(
     trained: np.ndarray,
     source: EmbeddingSource,
-    shards: list[int],
+    files: list[int],
     first_label: int,
     batch_size: int,
     metric: str,
@@ -131,7 +131,7 @@ def add_group(
     threads: int,
     held_out: np.ndarray | None = None,
 ) -> GroupResult:
-    """One Ray task: the shards ``shards`` added to a copy of the ``trained`` (serialized) empty index, less
+    """One Ray task: the input ``files`` added to a copy of the ``trained`` (serialized) empty index, less
     the ``held_out`` global rows (sorted), whose items come back in ``held_items``."""
     import ray
 
@@ -140,7 +140,7 @@ def add_group(
     truth = GroundTruth(queries, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     tables, held = [], []
     for kept, held_items, _ in fill(
-        index, source, batch_size, metric, truth, files=shards, held_out=held_out, first_label=first_label
+        index, source, batch_size, metric, truth, files=files, held_out=held_out, first_label=first_label
     ):
         tables.append(kept)
         held.append(held_items)
@@ -171,7 +171,7 @@ def add_on_ray(
     from pipeline.runtime import cluster_cpus, init_ray
 
     init_ray(ray_cfg)
-    width = max(1, min(tasks or cluster_cpus(), len(source.shards)))
+    width = max(1, min(tasks or cluster_cpus(), len(source.files)))
     groups = split_groups(source, width * GROUPS_PER_TASK)
     offsets = source.offsets
     serialized = faiss.serialize_index(index)

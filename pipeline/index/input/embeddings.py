@@ -1,6 +1,7 @@
-"""An embedding input of the index, described: its shards, the rows' item schema, and the checks every reader
-applies (which columns hold vectors, which one is chosen, finite and unit-length vectors). Scanned by
-``read.scan`` (Parquet) and ``npy`` (.npy folders, clip-retrieval's output), read by ``read.iter_batches``.
+"""An embedding input of the index, described: its files (the dataset's Parquet shards or .npy files),
+the rows' item schema, and the checks every reader applies (which columns hold vectors, which one is
+chosen, finite and unit-length vectors). Scanned by ``read.scan`` (Parquet) and ``npy`` (.npy folders,
+clip-retrieval's output), read by ``read.iter_batches``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ITEM_FIELDS = [
 
 
 @dataclass(frozen=True)
-class Shard:
+class InputFile:
     path: str  # a Parquet or .npy file
     rows: int  # rows with a vector: what is read and indexed (the file's rows less ``null_rows``)
     name: str  # path relative to the input, without extension: default ids are "<name>:<row>"
@@ -39,37 +40,37 @@ class Shard:
 
 @dataclass
 class EmbeddingSource:
-    """A scanned input: its shards and what their vectors are. Cheap to pickle (paths only)."""
+    """A scanned input: its files and what their vectors are. Cheap to pickle (paths only)."""
 
     root: str
     kind: str  # "parquet" | "npy"
     column: str
     dim: int
-    shards: list[Shard]
+    files: list[InputFile]
     embedding: EmbeddingInfo | None  # the dataset's EmbeddingInfo (None for foreign inputs)
     item_schema: pa.Schema  # id, source, text, passed-through columns
 
     @property
     def rows(self) -> int:
         """Rows with a vector (global rows count these only: rows with a null vector are never read)."""
-        return sum(s.rows for s in self.shards)
+        return sum(s.rows for s in self.files)
 
     @property
     def null_rows(self) -> int:
         """Rows of the input whose vector is null, left out."""
-        return sum(s.null_rows for s in self.shards)
+        return sum(s.null_rows for s in self.files)
 
     @property
     def offsets(self) -> np.ndarray:
         """Global row of each shard's first row with a vector (and the total at the end)."""
-        return np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
+        return np.concatenate([[0], np.cumsum([s.rows for s in self.files])]).astype(np.int64)
 
 
 @dataclass
 class Batch:
     vectors: np.ndarray  # float32 (n, dim), C-contiguous
     items: pa.Table | None  # rows of item_schema, aligned with vectors (None when not asked for)
-    shard: int
+    file: int  # the file's position in EmbeddingSource.files
     first: int  # global row of the first vector (rows with a vector, counted over the shards in order)
     rows: np.ndarray  # each vector's row in its shard's file (rows with a null vector skipped)
 

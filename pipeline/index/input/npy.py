@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import LatentError
 from pipeline.index.input.embeddings import (
     EmbeddingSource,
-    Shard,
+    InputFile,
     file_url,
     item_schema_of,
     pick_embedding_column,
@@ -94,7 +94,7 @@ def scan_npy(
             schemas.append(meta.schema.to_arrow_schema().remove_metadata())
         stem = posixpath.splitext(posixpath.basename(path))[0]
         metadata = metadata and file_url(fs, metadata)
-        shards.append(Shard(path=file_url(fs, path), rows=rows, name=stem, metadata=metadata))
+        shards.append(InputFile(path=file_url(fs, path), rows=rows, name=stem, metadata=metadata))
     source = EmbeddingSource(root, "npy", name, dim, shards, None, item_schema_of(unify_schemas(schemas, root)))
     if source.rows == 0:
         raise LatentError(f"input.path={root}: empty dataset (0 vectors in {len(shards)} .npy files)")
@@ -120,7 +120,7 @@ class Rechunker:
         return head
 
 
-def iter_npy(source: EmbeddingSource, shard: Shard, batch_size: int, items: bool):
+def iter_npy(source: EmbeddingSource, shard: InputFile, batch_size: int, items: bool):
     fs, _ = filesystem(shard.path)
     (rows, dim), dtype, offset = npy_header(fs, shard.path)
     meta_file = fs.open(shard.metadata, "rb") if items and shard.metadata else None

@@ -28,7 +28,7 @@ from pipeline.index.input.embeddings import (
     TEXT_GUESSES,
     Batch,
     EmbeddingSource,
-    Shard,
+    InputFile,
     check_vectors,
     embedding_columns,
     file_url,
@@ -104,7 +104,7 @@ def _scan_parquet(fs: fsspec.AbstractFileSystem, root: str, paths: list[str], co
         drop = set(embedding_columns(schema)) | {chosen}
         passthrough.append(pa.schema([f for f in schema if f.name not in drop]))
         nulls = _null_vectors(fs, path, meta, chosen)
-        shards.append(Shard(file_url(fs, path), meta.num_rows - nulls, _relative_name(root, path), null_rows=nulls))
+        shards.append(InputFile(file_url(fs, path), meta.num_rows - nulls, _relative_name(root, path), null_rows=nulls))
     embedding = _common_info(fs, root, infos)
     if embedding is not None:
         if dim is not None and dim != embedding.dim:
@@ -174,7 +174,7 @@ def _first_present(table: pa.Table, names: Sequence[str]) -> pa.ChunkedArray | N
     return None
 
 
-def make_items(source: EmbeddingSource, shard: Shard, rows: np.ndarray, table: pa.Table | None) -> pa.Table:
+def make_items(source: EmbeddingSource, shard: InputFile, rows: np.ndarray, table: pa.Table | None) -> pa.Table:
     """Item rows (id, source, text, passed-through columns) for the rows ``rows`` of ``shard``'s file."""
     n = len(rows)
     table = table if table is not None else pa.table({})
@@ -197,7 +197,7 @@ def make_items(source: EmbeddingSource, shard: Shard, rows: np.ndarray, table: p
     return pa.table(columns).cast(source.item_schema)
 
 
-def _iter_parquet(source: EmbeddingSource, shard: Shard, batch_size: int, items: bool):
+def _iter_parquet(source: EmbeddingSource, shard: InputFile, batch_size: int, items: bool):
     fs, _ = filesystem(shard.path)
     with fs.open(shard.path, "rb") as f:
         parquet = pq.ParquetFile(f)
@@ -229,14 +229,14 @@ def iter_batches(
     batch_size: int,
     *,
     metric: str,
-    shards: Sequence[int] | None = None,
+    files: Sequence[int] | None = None,
     items: bool = True,
 ) -> Iterator[Batch]:
-    """Stream the input (or the ``shards`` given by index) in batches, checking each batch's vectors."""
+    """Stream the input (or the input ``files`` given by position) in batches, checking each batch's vectors."""
     offsets = source.offsets
     reader = _iter_parquet if source.kind == "parquet" else iter_npy
-    for s in range(len(source.shards)) if shards is None else shards:
-        shard = source.shards[s]
+    for s in range(len(source.files)) if files is None else files:
+        shard = source.files[s]
         done = 0  # vectors of this shard read so far: the global rows skip rows with a null vector
         for rows, raw, table in reader(source, shard, batch_size, items):
             if raw.ndim != 2 or raw.shape[1] != source.dim:
@@ -259,9 +259,9 @@ def read_rows(source: EmbeddingSource, rows: Sequence[np.ndarray], batch_size: i
     out = [np.empty((len(r), source.dim), dtype=np.float32) for r in rows]
     offsets = source.offsets
     wanted = [
-        s for s in range(len(source.shards)) if any(np.any((r >= offsets[s]) & (r < offsets[s + 1])) for r in rows)
+        s for s in range(len(source.files)) if any(np.any((r >= offsets[s]) & (r < offsets[s + 1])) for r in rows)
     ]
-    for batch in iter_batches(source, batch_size, metric=metric, shards=wanted, items=False):
+    for batch in iter_batches(source, batch_size, metric=metric, files=wanted, items=False):
         for r, o in zip(rows, out):
             lo, hi = np.searchsorted(r, [batch.first, batch.first + len(batch.vectors)])
             o[lo:hi] = batch.vectors[r[lo:hi] - batch.first]

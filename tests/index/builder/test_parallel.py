@@ -33,6 +33,6 @@ def test_groups_are_contiguous_and_balanced(tmp_path):
     src = scan(str(dataset(tmp_path / "ds", vectors(1000), rows_per_shard=90)))  # 12 shards
     groups = split_groups(src, 4)
     assert [s for g in groups for s in g] == list(range(12)) and len(groups) == 4
-    rows = [sum(src.shards[s].rows for s in g) for g in groups]
+    rows = [sum(src.files[s].rows for s in g) for g in groups]
     assert max(rows) - min(rows) <= 2 * 90  # balanced by rows, to within a shard either side
     assert split_groups(src, 50) == [[s] for s in range(12)]

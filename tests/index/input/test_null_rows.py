@@ -37,7 +37,7 @@ def test_scan_counts_the_null_rows_and_the_reader_skips_them(tmp_path):
     images, texts, captioned = corpus(1000, seed=1)
     source = scan(str(captioned_dataset(tmp_path / "ds", images, texts, captioned, 300)), "text_embedding")
     assert (source.rows, source.null_rows) == (captioned.sum(), (~captioned).sum())
-    assert sorted(s.rows + s.null_rows for s in source.shards) == [100, 300, 300, 300]  # shard names are random
+    assert sorted(s.rows + s.null_rows for s in source.files) == [100, 300, 300, 300]  # shard names are random
     batches = list(iter_batches(source, 64, metric="ip"))
     ids = [i for b in batches for i in b.items.column("id").to_pylist()]
     rows = np.array([int(i[1:]) for i in ids])

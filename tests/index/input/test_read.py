@@ -206,7 +206,7 @@ def test_any_fsspec_filesystem(tmp_path):
     for path in sorted(local.glob("*.parquet")):
         memory.pipe(f"/remote-ds/{path.name}", path.read_bytes())
     source = scan("memory://remote-ds")
-    assert source.rows == 300 and all(s.path.startswith("memory://") for s in source.shards)
+    assert source.rows == 300 and all(s.path.startswith("memory://") for s in source.files)
     got, items = all_rows(source)
     expected, _ = all_rows(scan(str(local)))
     np.testing.assert_array_equal(got, expected)
