@@ -23,8 +23,9 @@ from pipeline.encode.model import describe_model, resolve_model
 from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
 from pipeline.io.embed_output import OutputDir
+from pipeline.io.records import Source
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
-from pipeline.io.sources import Source, filter_done_units, open_corpus, read_corpus_unit
+from pipeline.io.sources import filter_done_units, open_corpus, read_corpus_unit
 from pipeline.runner import (
     ActorStage,
     Job,

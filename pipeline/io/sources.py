@@ -24,7 +24,7 @@ from pipeline.io.shards import filesystem
 from pipeline.io.tables import find_tables, plan_table, read_table, table_format
 from pipeline.io.webdataset import expand_braces, open_webdataset, read_tar
 
-__all__ = ["Source", "filter_done_units", "open_corpus", "read_corpus_unit", "units_to_json"]
+__all__ = ["filter_done_units", "open_corpus", "read_corpus_unit", "units_to_json"]
 
 
 def detect_format(root: str, files: list[str]) -> InputFormat:

@@ -7,8 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from index.helpers import build, dataset, vectors
-from index.store.test_shards import same_answers
+from index.helpers import build, dataset, same_answers, vectors
 
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.search import Searcher

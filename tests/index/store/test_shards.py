@@ -8,38 +8,11 @@ import faiss
 import numpy as np
 import pytest
 
-from index.helpers import build, dataset, vectors
+from index.helpers import build, dataset, same_answers, vectors
 from pipeline.errors import LatentError
-from pipeline.index.nodes import apply_search_params
 from pipeline.index.plan import shard_layout
 from pipeline.index.store import shards
 from pipeline.index.store.directory import IndexDirectory
-
-
-def ids_of(directory: IndexDirectory, labels: np.ndarray) -> np.ndarray:
-    """The item ids of ``labels`` (a one-file build adds its tune queries last, a sharded one in input order:
-    the same row may have different labels, never a different id)."""
-    return np.array(directory.items(labels.ravel()).column("id").to_pylist()).reshape(labels.shape)
-
-
-def same_answers(a: IndexDirectory, b: IndexDirectory, queries: np.ndarray, k: int = 10) -> None:
-    """Scores identical; the same ids with each score, except in a group of hits tying exactly on the k-th
-    score, whose ids must be ones the reference ranks with that score (FAISS breaks ties by scan position,
-    and the two directories may label the same rows differently)."""
-    apply_search_params(b.index, a.info.search_params)
-    da, ia = a.index.search(queries, k)
-    db, ib = b.index.search(queries, k)
-    np.testing.assert_array_equal(da, db)
-    ia, ib = ids_of(a, ia), ids_of(b, ib)
-    wide_d, wide_i = a.index.search(queries, 4 * k)
-    wide_i = ids_of(a, wide_i)
-    for q in range(len(queries)):
-        last = da[q, -1]
-        settled = da[q] != last
-        for score in np.unique(da[q, settled]):  # within a tie, in any order
-            assert set(ia[q, da[q] == score].tolist()) == set(ib[q, db[q] == score].tolist())
-        tied = set(wide_i[q, wide_d[q] == last].tolist())
-        assert set(ib[q, ~settled].tolist()) <= tied
 
 
 @pytest.fixture(scope="module")
