@@ -8,8 +8,8 @@ With ``index.factory=auto`` a candidate whose measured recall (the lower end of 
 misses the target, or that is slower than exact search, gives way to the next one that fits the memory
 budget (``choose.plan_candidates``); when none reaches it, nothing is written and the error says what
 recall is reachable with how much memory. ``run_index`` is the command; ``build_index`` the library
-(``append.append_index`` for ``index.mode=append``, ``shard_build.build_sharded`` for shard files); the steps
-they share live in ``steps``.
+(``append.append_index`` for ``index.mode=append``, ``sharded.build_sharded`` for shard files); the steps
+they share live in ``steps``, the add loop in ``add.fill``.
 """
 
 from __future__ import annotations

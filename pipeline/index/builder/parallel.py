@@ -1,12 +1,13 @@
-"""The add phase on Ray: train once, add groups of shards in parallel tasks, merge the inverted lists.
+"""The add phase on Ray: train once, add groups of input files in parallel tasks, merge the inverted lists.
 
 Only IVF indexes split this way (their lists merge by concatenation, ``ListMerger``); graph
 and flat indexes are added in one process. The plan lives in ``add_on_ray``: the trained, empty index
-goes to the object store once; each task reads a contiguous group of shards, adds them to its own
-copy, and returns the filled copy with the group's item rows and its part of the exact neighbours
-of the tune queries; the driver merges results in shard order, so labels follow the input's row order
-exactly as in a single-process add. Rows held out as tune queries are skipped by the tasks (their item
-rows come back apart) and added by the driver after tuning, as in a single-process build.
+goes to the object store once; each task reads a contiguous group of input files, adds them to its
+own copy (``add.fill``, the loop every add goes through), and returns the filled copy with the group's
+item rows and its part of the exact neighbours of the tune queries; the driver merges results in file
+order, so labels follow the input's row order exactly as in a single-process add. Rows held out as tune
+queries are skipped by the tasks (their item rows come back apart) and added by the driver after
+tuning, as in a single-process build.
 """
 
 from __future__ import annotations

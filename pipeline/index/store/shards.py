@@ -10,9 +10,9 @@ is offered for IVF indexes without a re-rank stage and for Flat (exact): graph i
 different graph per shard and re-ranked indexes re-rank a different candidate set, so neither merges
 to the unsharded answer (docs/index-directory.md).
 
-Shards are built by Ray tasks (``add_shards``), one per shard, spread over the cluster; each writes its
-shard file straight into the staging directory (shared storage on a cluster) and returns only its item
-rows and its part of the tune queries' exact neighbours.
+This module reads, searches and appends to shard files; they are built by Ray tasks, one per shard
+(pipeline/index/builder/sharded.py, ``add_shards``), each writing its shard file straight into the
+staging directory (shared storage on a cluster).
 """
 
 from __future__ import annotations
