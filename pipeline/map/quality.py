@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from pipeline.index.tune import GroundTruth, without_self
+from pipeline.index.recall import GroundTruth, without_self
 from pipeline.map.layout import _flat_index, pca_layout, sample_rows, umap_layout
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from map.corpora import nested_gaussians, subspace_groups
 from pipeline.map.arrange import arrange_pieces, graph_pieces
 from pipeline.map.layout import knn_graph, umap_layout
 from pipeline.map.quality import neighbourhood_preservation, regions_kept
 from pipeline.map.regions import choose_levels, find_regions
-from tests.map.corpora import nested_gaussians, subspace_groups
 
 
 def _layout(vectors: np.ndarray, metric: str = "ip") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
