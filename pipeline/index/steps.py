@@ -28,10 +28,12 @@ from pipeline.index.choose import (
 )
 from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import train
+from pipeline.index.metadata import describe_items
 from pipeline.index.read import read_rows
 from pipeline.index.store import (
     IDS_FILE,
     INDEX_FILE,
+    ITEMS_FILE,
     IndexInfo,
     ItemsWriter,
     Recall,
@@ -81,6 +83,7 @@ class Rows:
 def finish(stage: StagedIndexDirectory, index: faiss.Index, ids: pa.ChunkedArray, info: IndexInfo) -> int:
     """Write the id map, the FAISS index and index.json (with every file's checksum); publish."""
     write_id_map(stage.file(IDS_FILE), ids)
+    info.metadata = describe_items(stage.file(ITEMS_FILE))  # the schema where= checks against
     if info.shards:  # the shard files are in the staging directory already
         info.memory_bytes = shards.files_bytes(stage.dir, info)
     else:

@@ -44,6 +44,7 @@ class SearchResult:
     scores: np.ndarray  # (n, min(k, ntotal)) float32; NaN where an approximate search found fewer hits
     ids: np.ndarray  # (n, min(k, ntotal)) object array of str; None where there is no hit
     items: list[list[dict[str, Any]]]  # per query, per hit: the metadata row (id, source, text, …) + "score"
+    plan: dict[str, Any] | None = None  # a filtered search's plan (pipeline.search.plan.Plan.to_dict)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -66,6 +67,7 @@ class Searcher:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._direct_map_tried = False
+        self._columns = None  # the filterable columns (pipeline.search.columns), on the first where=
         # items.arrow's record batches, memory-mapped (zero-copy): a search takes its hits from them directly
         self._batches = list(directory.item_batches())
 
@@ -134,8 +136,12 @@ class Searcher:
         terms: Sequence[Any] | str | None = None,
         k: int = 10,
         with_items: bool = True,
+        where: str | None = None,
     ) -> SearchResult:
         """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``, ``terms``.
+
+        ``where``: only items whose metadata satisfy this predicate (docs/search.md#filters); checked before
+        any query is encoded (a FilterError, a LatentError, when it is malformed or does not fit the columns).
 
         ``terms``: one query weighing several terms (pipeline.search.terms: a list of Term, or the expression
         ``"id:ID + 'text' - 0.5*'text'"``). ``with_items=False`` skips reading the hits' metadata rows (``items``
@@ -148,6 +154,8 @@ class Searcher:
         if len(given) != 1:
             raise QueryError(f"give exactly one of vectors, texts, images or terms (got {', '.join(given) or 'none'})")
         k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
+        if where is not None:
+            self.columns.mask(where)  # checked (and its mask computed) before anything is encoded
         if terms is not None:
             from pipeline.search.terms import combine_terms, parse_terms
 
@@ -158,14 +166,39 @@ class Searcher:
             queries = self.encode_texts(texts)
         else:
             queries = self.encode_images(images)
-        return self.search_vectors(queries, k, with_items)
+        return self.search_vectors(queries, k, with_items, where)
 
-    def search_vectors(self, queries: np.ndarray, k: int, with_items: bool = True) -> SearchResult:
+    @property
+    def columns(self):
+        """The index's filterable metadata columns (pipeline.search.columns.ItemColumns), opened on first use."""
+        with self._encoder_lock:
+            if self._columns is None:
+                from pipeline.search.columns import ItemColumns
+
+                self._columns = ItemColumns(self.directory)
+            return self._columns
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, with_items: bool = True, where: str | None = None
+    ) -> SearchResult:
         """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``; ``k`` is
-        bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal)."""
+        bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal).
+        ``where``: the planner (pipeline.search.plan) searches only the rows that satisfy it."""
         n = len(queries)
         k = check_k(k, self.ntotal, error=QueryError)
-        if n and k:
+        plan = None
+        if where is not None and n and k:
+            from pipeline.search.plan import plan_search, run_plan
+
+            checked, mask = self.columns.mask(where)
+            chosen = plan_search(self.directory.index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
+            with self._encoder_lock:  # an exact plan may build an IVF direct map once
+                scores, labels = run_plan(
+                    chosen, self.directory.index, mask, np.ascontiguousarray(queries, dtype=np.float32), k, self.info.metric
+                )
+            scores = self.directory.check_scores(scores, labels)
+            plan = chosen.to_dict()
+        elif n and k:
             scores, labels = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
             scores = self.directory.check_scores(scores, labels)
         else:
@@ -174,7 +207,7 @@ class Searcher:
         if not with_items:
             ids = np.empty(labels.size, dtype=object)
             ids[:] = self._rows(labels, ["id"]).column("id").to_pylist()
-            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)])
+            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)], plan=plan)
         table = self._rows(labels)  # one pass over items.arrow for all n x k hits
         names = [*table.column_names, "score"]
         columns = [table.column(name).to_pylist() for name in table.column_names]  # column-wise: 2x faster
@@ -183,7 +216,7 @@ class Searcher:
         ids = np.empty(labels.size, dtype=object)
         ids[:] = [row["id"] if ok else None for row, ok in zip(rows, hit)]
         items = [[rows[p] for p in range(q * k, (q + 1) * k) if hit[p]] for q in range(n)]
-        return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items)
+        return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items, plan=plan)
 
     def _rows(self, labels: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Metadata rows of FAISS ``labels`` (flattened, in order; null rows for -1): IndexDirectory.items
