@@ -67,7 +67,10 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
 
 
 def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, min(k, int((t >= 0).sum()))) for f, t in zip(found, truth)]
+    hits = [
+        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, min(k, int((t >= 0).sum())))
+        for f, t in zip(found, truth)
+    ]
     return float(np.mean(hits))
 
 
@@ -111,22 +114,31 @@ def main() -> None:
         label_of = s.directory.labels_of([f"item-{i}" for i in sub])
         truth = np.where(truth >= 0, label_of[np.searchsorted(sub, np.maximum(truth, 0))], -1)
         mask = s.columns.mask(where)[1]
-        t_exact, _ = timed(lambda: planner._exact(s.directory.index, np.flatnonzero(mask), queries, k, s.info.metric))
+        t_exact, _ = timed(
+            lambda m=mask: planner._exact(s.directory.index, np.flatnonzero(m), queries, k, s.info.metric)
+        )
         row = {"selectivity": sel, "matched": len(sub), "exact_subset_qps": round(len(queries) / t_exact, 1)}
         if a.sweep:
             for exponent in (float(e) for e in a.sweep.split(",")):
                 planner.IVF_EXPONENT = exponent
                 plan = planner.plan_search(s.directory.index, mask, k, where, s.info.qps, s.info.exact_qps)
                 plan.kind = "filtered"
-                t, (_, labels) = timed(lambda: planner.run_plan(plan, s.directory.index, mask, queries, k, s.info.metric))
-                row[f"exp{exponent}"] = {"recall": round(recall(labels, truth, k), 4), "qps": round(len(queries) / t, 1),
-                                         "params": plan.params}  # fmt: skip
+                t, (_, labels) = timed(
+                    lambda p=plan, m=mask: planner.run_plan(p, s.directory.index, m, queries, k, s.info.metric)
+                )
+                got = recall(labels, truth, k)
+                row[f"exp{exponent}"] = {
+                    "recall": round(got, 4),
+                    "qps": round(len(queries) / t, 1),
+                    "params": plan.params,
+                }
         else:
-            t, result = timed(lambda: s.search(vectors=queries, k=k, where=where, with_items=False))
+            t, result = timed(lambda w=where: s.search(vectors=queries, k=k, where=w, with_items=False))
             found = s.directory.labels_of([h for row_ in result.ids for h in row_ if h is not None])
             labels = np.full(result.ids.shape, -1)
             labels[result.ids != None] = found  # noqa: E711 (object array)
-            row.update(plan=result.plan["kind"], params=result.plan["params"], recall=round(recall(labels, truth, k), 4),
+            got = recall(labels, truth, k)
+            row.update(plan=result.plan["kind"], params=result.plan["params"], recall=round(got, 4),
                        qps=round(len(queries) / t, 1), vs_unfiltered=round(t_all / t, 3))  # fmt: skip
         print(json.dumps(row))
         rows.append(row)

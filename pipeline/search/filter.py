@@ -25,15 +25,11 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import Any
 
 from pipeline.errors import LatentError
 
-MAX_CHARS = 65_536  # a predicate's text
+MAX_CHARS = 1_000_000  # a predicate's text (room for an IN list of MAX_IN_VALUES ids)
 MAX_TERMS = 256  # tests (comparisons, IN, BETWEEN, LIKE, IS NULL) in one predicate
 MAX_IN_VALUES = 10_000  # values of one IN list
 MAX_DEPTH = 32  # nesting of parentheses and NOT
@@ -153,7 +149,7 @@ class BoolOp:
     operands: tuple[Node, ...]
 
 
-Node = Union[Compare, In, Between, Like, IsNull, Truth, Not, BoolOp]
+Node = Compare | In | Between | Like | IsNull | Truth | Not | BoolOp
 _OPS = {"==": "=", "<>": "!="}
 
 
@@ -306,7 +302,9 @@ def parse_timestamp(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
-        raise FilterError(f"where: {text!r} is not an ISO 8601 timestamp (e.g. 2024-01-31 or 2024-01-31T12:00:00)") from err
+        raise FilterError(
+            f"where: {text!r} is not an ISO 8601 timestamp (e.g. 2024-01-31 or 2024-01-31T12:00:00)"
+        ) from err
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
 
 

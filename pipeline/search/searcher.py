@@ -194,7 +194,12 @@ class Searcher:
             chosen = plan_search(self.directory.index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
             with self._encoder_lock:  # an exact plan may build an IVF direct map once
                 scores, labels = run_plan(
-                    chosen, self.directory.index, mask, np.ascontiguousarray(queries, dtype=np.float32), k, self.info.metric
+                    chosen,
+                    self.directory.index,
+                    mask,
+                    np.ascontiguousarray(queries, dtype=np.float32),
+                    k,
+                    self.info.metric,
                 )
             scores = self.directory.check_scores(scores, labels)
             plan = chosen.to_dict()

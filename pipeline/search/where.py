@@ -10,6 +10,7 @@ match (``NOT (x > 1)`` does not match a row where ``x`` is null).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,6 @@ from pipeline.search.filter import (
     Truth,
     parse,
 )
-
 
 
 def column_kinds(schema: pa.Schema) -> dict[str, str]:
@@ -94,6 +94,8 @@ def _check_literal(column: str, kind: str, literal: Literal) -> None:
             f"where: column {column!r} holds {kind} values; {_show(literal)} is a {literal.kind}"
             + (" (quote timestamps: TIMESTAMP '2024-01-31')" if kind == "timestamp" else "")
         )
+    if literal.kind == "number" and not (-(2**63) <= literal.value < 2**63 and math.isfinite(literal.value)):
+        raise FilterError(f"where: {literal.value!r} does not fit a 64-bit number (column {column!r})")
     if kind == "timestamp" and literal.kind == "string":
         from pipeline.search.filter import parse_timestamp
 
