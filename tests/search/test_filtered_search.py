@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from index.helpers import build, vectors
+from index.helpers import build, run_cli, vectors
 
 from pipeline.errors import LatentError
 from pipeline.index.store import apply_search_params
@@ -174,3 +174,16 @@ def test_sharded_filtered_search_merges_exactly(local_ray, corpus, tmp_path):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
         by_row = two.columns.mask(where)[1][two.directory.labels_of([f"r{r}" for r in range(N)])]
         assert all(by_row[int(h[1:])] for h in b.ids.ravel() if h is not None)
+
+
+def test_cli_search_where(flat):
+    path = str(flat.directory.path)
+    ok = run_cli("search", f"index.path={path}", "query.id=r7", 'where="u < 600 AND ok"', "output=json", "verbose=true")
+    assert ok.returncode == 0, ok.stderr
+    document = json.loads(ok.stdout)
+    assert document["where"] == "u < 600 AND ok" and document["plan"]["kind"] == "exact"
+    mask = flat.columns.mask("u < 600 AND ok")[1]
+    assert document["hits"] and all(mask[flat.directory.label_of(h["id"])] for h in document["hits"])
+    assert "plan: exact" in ok.stderr
+    bad = run_cli("search", f"index.path={path}", "query.id=r7", 'where="nope = 1"')
+    assert bad.returncode == 2 and "where: unknown column 'nope'" in bad.stderr
