@@ -41,6 +41,13 @@ class SearchCommandConfig:
         None, "where=\"license = 'cc-by' AND year >= 2024\": only items matching it (docs/search.md#filters)"
     )
     verbose: bool = setting(False, "also print the filtered search's plan (to stderr; in json output: `plan`)")
+    mode: str = setting(
+        "vector", "vector | keyword (BM25 over the items' text) | hybrid (both, fused); needs an index.text index"
+    )
+    keywords: str | None = setting(None, "the words of mode=keyword|hybrid (default: query.text)")
+    keyword_weight: float = setting(
+        1.0, "mode=hybrid: the keyword list's weight in the fusion (the vector list's is 1)"
+    )
 
 
 @dataclass

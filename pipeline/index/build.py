@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
-from pipeline.index import parallel
+from pipeline.index import keywords, parallel
 from pipeline.index.choose import (
     Choice,
     make_index,
@@ -201,6 +201,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "held-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, exact_qps)
+        info.text = keywords.requested(cfg.index.text, source.item_schema.names)
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 

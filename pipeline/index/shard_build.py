@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import IndexCommandConfig
-from pipeline.index import shards
+from pipeline.index import keywords, shards
 from pipeline.index.choose import Choice, make_index
 from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.shard_layout import Layout, check_layout
@@ -122,6 +122,7 @@ def _build_candidate(
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "leave-one-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, truth.exact_qps)
+        info.text = keywords.requested(cfg.index.text, source.item_schema.names)
         shards.describe(info, entries, layout.storage, -(-n // layout.count))
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)

@@ -28,7 +28,8 @@ from pipeline.index.choose import (
 )
 from pipeline.index.embeddings import EmbeddingSource
 from pipeline.index.gpu import train
-from pipeline.index.metadata import describe_items
+from pipeline.index.keywords import TEXT_DIR, build_keyword_index
+from pipeline.index.metadata import describe_items, read_items
 from pipeline.index.read import read_rows
 from pipeline.index.store import (
     IDS_FILE,
@@ -84,6 +85,8 @@ def finish(stage: StagedIndexDirectory, index: faiss.Index, ids: pa.ChunkedArray
     """Write the id map, the FAISS index and index.json (with every file's checksum); publish."""
     write_id_map(stage.file(IDS_FILE), ids)
     info.metadata = describe_items(stage.file(ITEMS_FILE))  # the schema where= checks against
+    if info.text is not None:  # the keyword index, rebuilt over every row (build and append alike)
+        info.text = build_keyword_index(read_items(stage.file(ITEMS_FILE)), stage.file(TEXT_DIR), info.text)
     if info.shards:  # the shard files are in the staging directory already
         info.memory_bytes = shards.files_bytes(stage.dir, info)
     else:

@@ -97,6 +97,8 @@ class IndexInfo:
     shard_capacity: int | None = None  # rows a shard takes before append opens a new one
     # the filterable columns of items.arrow (pipeline.index.metadata.describe_items); None: older indexes
     metadata: dict[str, Any] | None = None
+    # the keyword index (pipeline.index.keywords): kind, column, dir, rows, library; None: none
+    text: dict[str, Any] | None = None
 
     def data_files(self) -> list[str]:
         """The files of the directory index.json records a checksum of: the FAISS index (or every shard file

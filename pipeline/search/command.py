@@ -91,8 +91,16 @@ def describe_plan(plan: dict[str, Any]) -> str:
 def run_search(cfg: SearchCommandConfig) -> SearchResult:
     """Search ``cfg.index.path`` for ``cfg.query`` and print the ranked hits."""
     searcher = Searcher.open(cfg.index.path, cfg.model)
-    kind, query = _query(cfg, searcher)
-    result = searcher.search(**query, k=cfg.k, where=cfg.where)
+    from pipeline.search.hybrid import check_mode
+
+    check_mode(cfg.mode, True, {} if cfg.mode == "vector" else searcher.info.text)  # a bad mode before any query
+    if cfg.mode == "keyword" and cfg.keywords is None and cfg.query.text is None:
+        raise QueryError("mode=keyword: set keywords=... or query.text=...")
+    kind, query = ("keywords", {}) if cfg.mode == "keyword" and cfg.query.text is None else _query(cfg, searcher)
+    hybrid = {"mode": cfg.mode, "keyword_weight": cfg.keyword_weight}
+    if cfg.keywords is not None:
+        hybrid["keywords"] = [cfg.keywords]
+    result = searcher.search(**query, k=cfg.k, where=cfg.where, **hybrid)
     if result.plan is not None and cfg.verbose:
         print(describe_plan(result.plan), file=sys.stderr)
     print(render_json(result, kind, cfg) if cfg.output == SearchOutput.json else render_table(result))

@@ -137,35 +137,34 @@ class Searcher:
         k: int = 10,
         with_items: bool = True,
         where: str | None = None,
+        mode: str = "vector",
+        keywords: Sequence[str] | None = None,
+        keyword_weight: float = 1.0,
     ) -> SearchResult:
         """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``, ``terms``.
 
         ``where``: only items whose metadata satisfy this predicate (docs/search.md#filters); checked before
         any query is encoded (a FilterError, a LatentError, when it is malformed or does not fit the columns).
+        ``mode``: ``vector`` (default), ``keyword`` (BM25 over the items' text) or ``hybrid`` (both, fused by
+        reciprocal rank fusion, the keyword list weighing ``keyword_weight``; pipeline.search.hybrid); the
+        words are ``keywords`` (one string per query) or else ``texts``. Needs an index built with index.text.
 
         ``terms``: one query weighing several terms (pipeline.search.terms: a list of Term, or the expression
         ``"id:ID + 'text' - 0.5*'text'"``). ``with_items=False`` skips reading the hits' metadata rows (``items``
         is then a list of empty lists)."""
-        given = [
-            name
-            for name, value in (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
-            if value is not None
-        ]
+        pairs = (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
+        given = {name: value for name, value in pairs if value is not None}
+        if mode != "vector" or keywords is not None:
+            from pipeline.search.hybrid import hybrid_search
+
+            words = keywords if keywords is not None else texts
+            return hybrid_search(self, mode, words, given, k, with_items, where, keyword_weight)
         if len(given) != 1:
             raise QueryError(f"give exactly one of vectors, texts, images or terms (got {', '.join(given) or 'none'})")
         k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
         if where is not None:
             self.columns.mask(where)  # checked (and its mask computed) before anything is encoded
-        if terms is not None:
-            from pipeline.search.terms import combine_terms, parse_terms
-
-            queries = combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
-        elif vectors is not None:
-            queries = self._check_vectors(vectors)
-        elif texts is not None:
-            queries = self.encode_texts(texts)
-        else:
-            queries = self.encode_images(images)
+        queries = self.encode(vectors, texts, images, terms)
         return self.search_vectors(queries, k, with_items, where)
 
     @property
@@ -184,8 +183,15 @@ class Searcher:
         """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``; ``k`` is
         bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal).
         ``where``: the planner (pipeline.search.plan) searches only the rows that satisfy it."""
-        n = len(queries)
         k = check_k(k, self.ntotal, error=QueryError)
+        scores, labels, plan = self.search_labels(queries, k, where)
+        return self.result(scores, labels, with_items, plan)
+
+    def search_labels(
+        self, queries: np.ndarray, k: int, where: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """(scores, labels, the filtered plan) of ``search_vectors``, before the hits' rows are read."""
+        n = len(queries)
         plan = None
         if where is not None and n and k:
             from pipeline.search.plan import plan_search, run_plan
@@ -193,14 +199,8 @@ class Searcher:
             checked, mask = self.columns.mask(where)
             chosen = plan_search(self.directory.index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
             with self._encoder_lock:  # an exact plan may build an IVF direct map once
-                scores, labels = run_plan(
-                    chosen,
-                    self.directory.index,
-                    mask,
-                    np.ascontiguousarray(queries, dtype=np.float32),
-                    k,
-                    self.info.metric,
-                )
+                queries = np.ascontiguousarray(queries, dtype=np.float32)
+                scores, labels = run_plan(chosen, self.directory.index, mask, queries, k, self.info.metric)
             scores = self.directory.check_scores(scores, labels)
             plan = chosen.to_dict()
         elif n and k:
@@ -209,6 +209,13 @@ class Searcher:
         else:
             scores, labels = np.full((n, k), _MISSING_SCORE, np.float32), np.full((n, k), -1, np.int64)
         scores[labels < 0] = _MISSING_SCORE
+        return scores, labels, plan
+
+    def result(
+        self, scores: np.ndarray, labels: np.ndarray, with_items: bool = True, plan: dict[str, Any] | None = None
+    ) -> SearchResult:
+        """A SearchResult of (n, k) ``scores`` and FAISS ``labels`` (-1: no hit): ids and metadata rows."""
+        n, k = labels.shape
         if not with_items:
             ids = np.empty(labels.size, dtype=object)
             ids[:] = self._rows(labels, ["id"]).column("id").to_pylist()
@@ -246,6 +253,18 @@ class Searcher:
         position = np.zeros(len(labels), dtype=np.int64)
         position[where[order]] = np.arange(len(order))  # row j of ``table`` answers position where[order[j]]
         return table.take(pa.array(position, mask=~valid))
+
+    def encode(self, vectors: Any = None, texts: Any = None, images: Any = None, terms: Any = None) -> np.ndarray:
+        """The query vectors of exactly one of ``vectors``, ``texts``, ``images``, ``terms`` (as ``search``)."""
+        if terms is not None:
+            from pipeline.search.terms import combine_terms, parse_terms
+
+            return combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
+        if vectors is not None:
+            return self._check_vectors(vectors)
+        if texts is not None:
+            return self.encode_texts(texts)
+        return self.encode_images(images)
 
     def _check_vectors(self, vectors: Any) -> np.ndarray:
         try:
