@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -88,7 +89,7 @@ def main() -> None:
     from pipeline.search import plan as planner
 
     work = Path(a.work)
-    corpus, index = work / f"emb-{a.n}x{a.dim}", work / f"idx-{a.n}x{a.dim}-{a.factory.replace(',', '_')}"
+    corpus, index = work / f"emb-{a.n}x{a.dim}", work / f"idx-{a.n}x{a.dim}-{re.sub(r'[^A-Za-z0-9]+', '_', a.factory)}"
     x, queries = write_corpus(corpus, a.n, a.dim)
     queries = queries[: a.queries]
     if not index.exists():
