@@ -187,3 +187,24 @@ def test_cli_search_where(flat):
     assert "plan: exact" in ok.stderr
     bad = run_cli("search", f"index.path={path}", "query.id=r7", 'where="nope = 1"')
     assert bad.returncode == 2 and "where: unknown column 'nope'" in bad.stderr
+
+
+def test_knn_where_inline(tmp_path, flat_index, vector_corpus):
+    """`latent knn where=...` (inline, no Ray): every neighbour matches, as Searcher.search(where=) answers."""
+    import pyarrow.dataset as pads
+
+    from pipeline.cli import compose
+    from pipeline.search.knn import run_knn
+
+    path, x = vector_corpus
+    base = [f"input.path={path}", f"index.path={flat_index}", "progress=false", "k=4", "ray.inline_max_rows=100000"]
+    with pytest.raises(LatentError, match="where: unknown column 'nope'"):
+        run_knn(compose("knn", [*base, f"output.path={tmp_path / 'bad'}", 'where="nope = 1"']))
+    assert not (tmp_path / "bad").exists()
+    run_knn(compose("knn", [*base, f"output.path={tmp_path / 'out'}", 'where="group = 3"']))
+    got = pads.dataset(str(tmp_path / "out" / "neighbors"), format="parquet").to_table().to_pylist()
+    assert len(got) == len(x)
+    assert all(int(n[1:]) % 7 == 3 for row in got for n in row["neighbor_ids"])
+    rows = [int(r["query_id"][1:]) for r in got[:50]]
+    expected = Searcher.open(flat_index).search(vectors=x[rows], k=4, where="group = 3", with_items=False)
+    assert [r["neighbor_ids"] for r in got[:50]] == expected.ids.tolist()
