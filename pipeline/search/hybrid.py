@@ -61,17 +61,16 @@ def hybrid_search(
     """``Searcher.search`` in mode keyword or hybrid (a SearchResult; ``plan`` is the vector side's)."""
     from pipeline.index.keywords import KeywordIndex
     from pipeline.search.limits import check_k
-    from pipeline.search.searcher import QueryError
 
     if mode == "vector":
-        raise QueryError("keywords= needs mode=keyword or mode=hybrid")
+        raise LatentError("keywords= needs mode=keyword or mode=hybrid")
     words = [words] if isinstance(words, str) else (list(words) if words is not None else None)
     check_mode(mode, bool(words), searcher.info.text)
     if any(not isinstance(w, str) or not w.strip() for w in words):
-        raise QueryError("keywords: each query's words must be a non-empty string")
+        raise LatentError("keywords: each query's words must be a non-empty string")
     if not np.isfinite(weight) or weight < 0:
-        raise QueryError(f"keyword_weight={weight}: a finite number >= 0")
-    k = check_k(k, searcher.ntotal, error=QueryError)
+        raise LatentError(f"keyword_weight={weight}: a finite number >= 0")
+    k = check_k(k, searcher.ntotal, error=LatentError)
     mask = searcher.columns.mask(where)[1] if where is not None else None
     depth = min(searcher.ntotal, max(k, FUSION_DEPTH))
     index = getattr(searcher, "_keyword_index", None)
@@ -81,10 +80,10 @@ def hybrid_search(
     if mode == "keyword":
         return searcher.result(keyword_scores[:, :k], keyword_labels[:, :k], with_items)
     if len(vector_query) != 1:
-        raise QueryError(f"mode=hybrid: give exactly one of vectors, texts, images or terms (got {len(vector_query)})")
+        raise LatentError(f"mode=hybrid: give exactly one of vectors, texts, images or terms (got {len(vector_query)})")
     queries = searcher.encode(**vector_query)
     if len(queries) != len(words):
-        raise QueryError(f"mode=hybrid: {len(queries)} queries but {len(words)} keyword strings")
+        raise LatentError(f"mode=hybrid: {len(queries)} queries but {len(words)} keyword strings")
     _, vector_labels, plan = searcher.search_labels(queries, depth, where)
     scores, labels = fuse(vector_labels, keyword_labels, k, weight)
     return searcher.result(scores, labels, with_items, plan)
