@@ -46,7 +46,8 @@ def build_keyword_index(items: pa.Table, out: Path, request: dict[str, Any]) -> 
     retriever = bm25s.BM25()
     retriever.index(tokens, show_progress=False)
     retriever.save(str(out), show_progress=False)
-    return {**request, "dir": TEXT_DIR, "rows": len(texts), "library": f"bm25s {bm25s.__version__}"}
+    files = sorted(path.name for path in Path(out).iterdir() if path.is_file())  # checksummed in index.json
+    return {**request, "dir": TEXT_DIR, "rows": len(texts), "library": f"bm25s {bm25s.__version__}", "files": files}
 
 
 class KeywordIndex:

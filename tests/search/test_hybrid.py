@@ -117,11 +117,22 @@ def test_append_keeps_the_keyword_index_in_sync(corpus, tmp_path):
     searcher, embed, write, root = corpus
     info = searcher.info.text
     assert info["kind"] == "bm25" and info["rows"] == searcher.ntotal and info["library"].startswith("bm25s ")
+    recorded = [name for name in searcher.info.files if name.startswith("text.bm25/")]  # checksummed like the rest
+    assert recorded and len(recorded) == len(info["files"])
     new = write(tmp_path / "new", [("note.zyxwvut", "notes", "a zyxwvut identifier nobody else uses")])
     build(new, root / "idx", "index.mode=append")
     after = Searcher.open(root / "idx")
     assert after.info.text["rows"] == after.ntotal == searcher.ntotal + 1
     assert after.search(keywords=["zyxwvut"], mode="keyword", k=K).ids[0][0] == "note.zyxwvut"
+    from pipeline.index.integrity import IndexCorrupted
+    from pipeline.index.store import IndexDirectory
+
+    vocab = root / "idx" / "text.bm25" / "vocab.index.json"
+    original = vocab.read_text()
+    vocab.write_text(original.replace("zyxwvut", "zyxwvuT"))  # same size, other bytes
+    with pytest.raises(IndexCorrupted, match="vocab.index.json: sha256 differs"):
+        IndexDirectory.open(root / "idx")
+    vocab.write_text(original)
 
 
 def test_no_keyword_index_is_a_clear_error(flat_index):
