@@ -4,7 +4,7 @@
     python bench/bench_filtered.py --n 200000 --dim 64 --factory HNSW32,Flat
     python bench/bench_filtered.py --index /tmp/idx --corpus /tmp/emb --sweep 0.5,0.75,1.0
 
-Writes the check's clustered corpus (pipeline.index.synthetic) as Parquet with three metadata columns
+Writes the check's clustered corpus (tests/synthetic.py) as Parquet with three metadata columns
 (``cat``: 1000 values, ``num``: a random permutation of the rows, ``ts``: a timestamp), runs `latent index`
 on it, then for each selectivity (``num < s * n``, uncorrelated with the vectors) measures, over fresh
 queries in one batch: the plan the planner picks, its recall@10 against brute force over the matched
@@ -35,7 +35,7 @@ SELECTIVITIES = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0001)
 
 
 def write_corpus(path: Path, n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors
+    from tests.synthetic import ClusteredSpec, clustered_unit_vectors
 
     spec = ClusteredSpec(dim=dim, clusters=max(16, n // 500), seed=seed)
     x = clustered_unit_vectors(n + 1000, spec)

@@ -33,9 +33,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_promise import words
 
-    from pipeline.index.choose import hnsw_build_seconds, nlist_for
-    from pipeline.index.store import IndexDirectory
-    from pipeline.index.synthetic import write_npy_folder
+    from pipeline.index.plan.choose import hnsw_build_seconds, nlist_for
+    from pipeline.index.store.directory import IndexDirectory
+    from tests.synthetic import write_npy_folder
 
     x = words()
     pca = faiss.PCAMatrix(x.shape[1], DIM)

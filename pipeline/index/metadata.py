@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from pipeline.index.integrity import open_arrow
+from pipeline.index.store.integrity import open_arrow
 
 SIDECAR_COLUMN = "metadata"  # folders' and tars' JSON sidecars, as strings (docs/embedding-dataset.md)
 SIDECAR_PREFIX = SIDECAR_COLUMN + "."

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.index.metadata import SIDECAR_COLUMN, SIDECAR_PREFIX, kind_of, read_items, sidecar_fields
-from pipeline.index.store import ITEMS_FILE, IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import ITEMS_FILE
 from pipeline.search.filter import FilterError
 from pipeline.search.where import Where, compile_where
 

@@ -24,8 +24,8 @@ import faiss
 import numpy as np
 
 from pipeline.errors import LatentError
-from pipeline.index import shards
 from pipeline.index.nodes import chain
+from pipeline.index.store import shards
 
 IVF_EXPONENT = 0.5  # nprobe grows as s ** -0.5: held recall@10 >= 0.989 from 50 % to 0.01 % (docs/benchmarks.md)
 IVF_SCAN_SHARE = 0.1  # share of an IVF search's time that grows with nprobe (the rest: coarse search, re-rank)

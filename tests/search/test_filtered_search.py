@@ -14,7 +14,7 @@ import pytest
 from index.helpers import build, run_cli, vectors
 
 from pipeline.errors import LatentError
-from pipeline.index.store import apply_search_params
+from pipeline.index.nodes import apply_search_params
 from pipeline.search import Searcher
 from pipeline.search.plan import plan_search, run_plan
 

@@ -124,8 +124,8 @@ def test_append_keeps_the_keyword_index_in_sync(corpus, tmp_path):
     after = Searcher.open(root / "idx")
     assert after.info.text["rows"] == after.ntotal == searcher.ntotal + 1
     assert after.search(keywords=["zyxwvut"], mode="keyword", k=K).ids[0][0] == "note.zyxwvut"
-    from pipeline.index.integrity import IndexCorrupted
-    from pipeline.index.store import IndexDirectory
+    from pipeline.index.store.directory import IndexDirectory
+    from pipeline.index.store.integrity import IndexCorrupted
 
     vocab = root / "idx" / "text.bm25" / "vocab.index.json"
     original = vocab.read_text()
