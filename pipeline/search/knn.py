@@ -77,7 +77,13 @@ def knn_job(
         read=ReadStage(partial(read_queries, rows=cfg.batch_size), cpus=res.cpus_per_reader, memory=READER_MEMORY),
         process=ActorStage(
             KnnBatches,
-            {"index_path": os.path.abspath(cfg.index.path), "spec": spec, "k": cfg.k, "kind": queries.kind},
+            {
+                "index_path": os.path.abspath(cfg.index.path),
+                "spec": spec,
+                "k": cfg.k,
+                "kind": queries.kind,
+                "where": cfg.where,
+            },  # fmt: skip
             actor_resources(res.actors, res.cpus_per_actor, res.gpus_per_actor, device, inline),
             batch_size=cfg.batch_size,
         ),
@@ -133,6 +139,10 @@ def _check_config(cfg: KnnCommandConfig, directory: IndexDirectory) -> None:
     cfg.k = check_k(cfg.k, directory.info.ntotal)
     if cfg.batch_size <= 0:
         raise LatentError(f"batch_size={cfg.batch_size}: must be a positive integer")
+    if cfg.where is not None:  # a bad predicate stops the job here, before any worker starts
+        from pipeline.search.columns import ItemColumns
+
+        ItemColumns(directory).compile(cfg.where)
     if cfg.threshold is not None:
         if not -1.0 <= cfg.threshold <= 1.0:
             raise LatentError(f"threshold={cfg.threshold}: a cosine similarity, in [-1, 1]")

@@ -53,7 +53,9 @@ def neighbours_to_arrow(ids: np.ndarray, scores: np.ndarray) -> tuple[pa.ListArr
 class KnnBatches:
     """Ray Data actor: query records in, neighbour rows (and error rows) out. Opens the index once."""
 
-    def __init__(self, index_path: str, spec: ModelSpec | None, k: int, kind: str, threads: int | None) -> None:
+    def __init__(
+        self, index_path: str, spec: ModelSpec | None, k: int, kind: str, threads: int | None, where: str | None = None
+    ) -> None:
         if threads:
             import faiss
             import torch
@@ -61,7 +63,7 @@ class KnnBatches:
             faiss.omp_set_num_threads(threads)
             torch.set_num_threads(threads)
         self.searcher = Searcher.open(index_path, query_model=spec)
-        self.k, self.kind = k, kind
+        self.k, self.kind, self.where = k, kind, where
 
     def _queries(self, batch: pa.Table, ok: np.ndarray, errors: list[str | None]) -> dict[str, Any]:
         column = batch.column("query")
@@ -96,7 +98,7 @@ class KnnBatches:
         ids = np.full((n, self.k), None, dtype=object)
         scores = np.full((n, self.k), np.nan, dtype=np.float32)
         if ok.any():
-            result = self.searcher.search(**query, k=self.k, with_items=False)
+            result = self.searcher.search(**query, k=self.k, with_items=False, where=self.where)
             ids[ok], scores[ok] = result.ids, result.scores
         neighbor_ids, hit_scores = neighbours_to_arrow(ids, scores)
         return pa.table(

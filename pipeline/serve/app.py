@@ -278,7 +278,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
                 raise HTTPException(400, "vector: values outside the float32 range")
             if not value.any():
                 raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
-        hits = await batcher.search(KIND_OF[field], value, query.k)
+        hits = await batcher.search(KIND_OF[field], value, query.k, query.where)
         if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
             del value  # the last reference: give its pixels back to the OS
             await run_in_threadpool(release_memory)

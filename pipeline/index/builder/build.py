@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
+from pipeline.index import keywords
 from pipeline.index.builder import parallel
 from pipeline.index.builder.add import fill
 from pipeline.index.builder.gpu import coarse_quantizer_on
@@ -193,6 +194,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "held-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, exact_qps)
+        info.text = keywords.requested(cfg.index.text, source.item_schema.names)
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 
