@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.index.store import publish_directory
-from pipeline.io.output import JobOutput, pid_alive
+from pipeline.io.output import JobOutput
+from pipeline.io.publish import hold_target, pid_alive, publish_directory, refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
 from pipeline.map.layout import sample_rows
@@ -135,9 +135,10 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     if q.sample <= 0:
         return {}
     started = time.perf_counter()
-    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
-    vectors, _ = source.take(rows)
     point_rows = points.column("row").to_numpy()
+    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
+    rows = rows[np.isin(rows, point_rows)]  # rows recorded in _errors (NaN, zero vectors) are not on the map
+    vectors, _ = source.take(rows)
     every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
     xy = every[np.searchsorted(point_rows, rows)]
     ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
@@ -162,7 +163,9 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     return out
 
 
-def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
+def _old_map(target: Path, cfg: MapCommandConfig, source: MapSource) -> MapDirectory | None:
+    if target.exists() and not target.is_dir():
+        raise LatentError(f"output.path={target} is a file: give a folder for the map (a new path)")
     exists = is_map_directory(target)
     if cfg.map.mode == MapMode.create and exists:
         raise LatentError(f"output.path={target} already holds a map: use map.mode=overwrite, or append")
@@ -173,6 +176,12 @@ def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
     if cfg.map.mode != MapMode.append:
         return None
     found = MapDirectory(target)
+    recorded, given = found.info.source, source.fingerprint()
+    if recorded.get("kind") != given["kind"] or Path(recorded.get("path", "")).resolve() != Path(source.path).resolve():
+        raise LatentError(
+            f"map.mode=append: the map at {target} is of the {recorded.get('kind')} {recorded.get('path')}, not of "
+            f"{source.path}: append rows of its own source, or map this one elsewhere (another output.path)"
+        )
     if found.info.format_version < 2:
         raise LatentError(
             f"map.mode=append: the map at {target} is in format version {found.info.format_version} (one points "
@@ -236,7 +245,8 @@ def _place(
     in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
     placement = old.info.placement if old is not None else cfg.map.place.value
     rows = [u.start for u in units]
-    job = place_job(cfg, source, in_source, Path(output.path), levels, old is None, output, rows, placement)
+    mapped = None if old is None else pc.unique(old.points(["id"]).column("id").combine_chunks())
+    job = place_job(cfg, source, in_source, Path(output.path), levels, old is None, output, rows, placement, mapped)
     errors = Path(output.errors_dir)
     return run_job(job, finish=lambda result: {"rows": result.rows, "errors": _count_rows(errors)})
 
@@ -285,10 +295,18 @@ def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.
 def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     """Build (or append to) the map directory of cfg's source; returns the summary (also in map.json)."""
     _check(cfg)
+    target = _target(cfg)
+    refuse_output_inside_inputs(
+        {"output.path": str(target)}, {"input.path": cfg.input.path, "index.path": cfg.index.path}
+    )
+    with hold_target(target, "output.path"):  # held up to the publish: a second run on this output is refused
+        return _run_map(cfg, target)
+
+
+def _run_map(cfg: MapCommandConfig, target: Path) -> dict[str, Any]:
     total_started = time.perf_counter()
     source = open_source(cfg)
-    target = _target(cfg)
-    old = _old_map(target, cfg)
+    old = _old_map(target, cfg, source)
     if old is not None and old.info.source.get("dim") != source.dim:
         raise LatentError(
             f"map.mode=append: the map holds {old.info.source.get('dim')}-d rows, the source {source.dim}-d"
@@ -296,6 +314,24 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     staging = _staging(target, _run_key(source, cfg))
     output = points_output(staging)
     output.prepare()
+    try:
+        summary = _stage_and_publish(cfg, source, target, old, staging, output, total_started)
+    except Exception:
+        if not list_shards(str(staging / POINTS_DIR)):  # nothing placed to resume from: leave no staging folder
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _stage_and_publish(
+    cfg: MapCommandConfig,
+    source: MapSource,
+    target: Path,
+    old: MapDirectory | None,
+    staging: Path,
+    output: JobOutput,
+    total_started: float,
+) -> dict[str, Any]:
     with output.lock():  # a second `latent map` of the same source and parameters is refused
         (staging / "owner.pid").write_text(str(os.getpid()))
         timings: dict[str, Any] = {}
@@ -322,7 +358,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(staging / POINTS_DIR / ".tmp", ignore_errors=True)
         (staging / INFO_FILE).write_text(info.to_json())
-        publish_directory(staging, target)
+        publish_directory(staging, target, create="output.path" if cfg.map.mode == MapMode.create else None)
     quality = info.quality
     summary = {
         "map": str(target),

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipeline.errors import LatentError
 from pipeline.index.read import iter_batches, scan
 from pipeline.io.shards import EmbeddingInfo
+from pipeline.io.vectors import usable
 
 INDEX_UNIT_ROWS = 65536  # rows per placement unit of an index
 READ_BATCH = 16384
@@ -73,7 +74,8 @@ class MapSource:
             yield start, vectors, table
 
     def take(self, rows: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Vectors and texts of the global ``rows`` (sorted, unique), in one pass over the units holding them."""
+        """Vectors and texts of the global ``rows`` (sorted, unique), in one pass over the units holding them
+        (unusable vectors too: ``pipeline.io.vectors.usable`` tells them)."""
         rows = np.asarray(rows, dtype=np.int64)
         vectors = np.empty((len(rows), self.dim), dtype=np.float32)
         texts: list[str | None] = [None] * len(rows)
@@ -88,14 +90,7 @@ class MapSource:
                 local = rows[a:b] - first
                 vectors[a:b] = batch[local]
                 texts[a:b] = table.column("text").take(pa.array(local)).to_pylist()
-        check_finite(vectors, self.path)
         return vectors, texts
-
-
-def check_finite(vectors: np.ndarray, where: str) -> None:
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise LatentError(f"{where}: a row has NaN or infinite values (row {int(np.flatnonzero(bad)[0])} of a sample)")
 
 
 def _reconstructable(directory):
@@ -121,7 +116,7 @@ def _reconstructable(directory):
 def _metric_of(embedding: EmbeddingInfo | None, first: np.ndarray) -> str:
     if embedding is not None:
         return "ip" if embedding.normalized else "l2"
-    norms = np.linalg.norm(first, axis=1)
+    norms = np.linalg.norm(first[usable(first, "ip")], axis=1)  # NaN and zero rows aside
     return "ip" if len(norms) and np.all(np.abs(norms - 1) < 1e-2) else "l2"
 
 

@@ -142,9 +142,14 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
 def find_path(searcher: Searcher, start: str, end: str, steps: int = 8, k: int = 8) -> list[dict[str, Any]]:
     """The route from item ``start`` to item ``end``: the two items at its ends and, for each of the ``steps - 2``
     points of the great circle between their vectors, the nearest item not already on the route (so the
-    route holds at most ``steps`` distinct items; "score" is the item's similarity to its point)."""
+    route holds at most ``steps`` distinct items; "score" is the item's similarity to its point). From an
+    item to itself the route is that item alone."""
     if not 2 <= steps <= MAX_STEPS:
         raise TermError(f"steps={steps}: must be in 2..{MAX_STEPS}")
+    if str(start) == str(end):
+        if searcher.directory.label_of(str(start)) is None:
+            raise TermError(f"from={start}: not in the index")
+        return [{"step": 0, **(searcher.item(str(start)) or {"id": str(start)}), "score": 1.0}]
     ends = []
     for key, id in (("from", start), ("to", end)):
         vector = searcher.vector(str(id))

@@ -60,7 +60,7 @@ class LocateQuery(BaseModel):
 
 class Selection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    indices: list[int] = Field(description="point indices (positions in /map/points)")
+    indices: list[int] = Field(description="point indices (positions in /map/points; a repeated one counts once)")
     items: int = Field(50, ge=0, le=500, description="how many of them to return with their metadata")
 
 
@@ -306,7 +306,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             raise HTTPException(400, f"at most {MAX_SELECTION} indices")
         if body.indices and not 0 <= min(body.indices) <= max(body.indices) < s.n:  # before any int64 cast
             raise HTTPException(400, f"indices must be in 0..{s.n - 1}")
-        indices = np.asarray(body.indices, dtype=np.int64)
+        indices = np.unique(np.asarray(body.indices, dtype=np.int64))  # each point once, however often named
         ids = s.ids.take(indices).to_pylist() if len(indices) else []
         items = [searcher.item(id) or {"id": id} for id in ids[: body.items]]
         return {"count": len(ids), "ids": ids, "items": hit_rows(request, items)}
