@@ -36,7 +36,23 @@ def configure_process() -> None:
 
     Image.MAX_IMAGE_PIXELS = None
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _few_malloc_arenas()
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512…" chatter
+
+
+def _few_malloc_arenas() -> None:
+    """Under an address-space limit (``ulimit -v``), glibc's 64 MiB reservation per thread's malloc arena
+    (FAISS's, numba's, Ray's threads) exhausts the limit long before memory: two arenas, in this process
+    (mallopt) and in the processes it starts (MALLOC_ARENA_MAX)."""
+    import ctypes
+    import ctypes.util
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+        return
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-8, int(os.environ["MALLOC_ARENA_MAX"]))  # M_ARENA_MAX
 
 
 RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, ray.json, summary.json
@@ -147,7 +163,6 @@ def _object_store_size(cfg: RayConfig) -> int | None:
             f"{max(left, 0) / 2**30:.1f} GiB left): raise it (ulimit -v unlimited), or set "
             f"ray.object_store_memory, or join a running cluster with ray.address="
         )
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")  # Ray's processes: glibc reserves 64 MiB a thread otherwise
     log.info("address-space limit %d KiB: Ray's object store sized to %d MiB", limit // 1024, size >> 20)
     return size
 

@@ -63,6 +63,13 @@ def test_route_goes_from_one_item_to_the_other_without_repeating(flat_index):
         find_path(searcher, "v1", "v2", steps=1)
 
 
+def test_a_route_from_an_item_to_itself_is_that_item(flat_index):
+    searcher = Searcher.open(flat_index)
+    assert [r["id"] for r in find_path(searcher, "v7", "v7", steps=6)] == ["v7"]
+    with pytest.raises(TermError, match="nope"):
+        find_path(searcher, "nope", "nope")
+
+
 @pytest.mark.slow  # three `latent` processes (~19 s of CPU): out of `make test-fast`
 def test_latent_path_and_search_terms_on_the_command_line(flat_index):
     proc = run_cli("path", f"index.path={flat_index}", "from=v1", "to=v1500", "steps=4", "output=json")

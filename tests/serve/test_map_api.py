@@ -157,6 +157,10 @@ def test_selection_and_route(map_server, photo_map):
         sel = client.post("/map/selection", json={"indices": [0, 3, 5], "items": 2}).json()
         assert sel["count"] == 3 and sel["ids"] == [ids[0], ids[3], ids[5]] and len(sel["items"]) == 2
         assert client.post("/map/selection", json={"indices": [6]}).status_code == 400
+        repeated = client.post("/map/selection", json={"indices": [3, 0, 3, 3, 0], "items": 5}).json()
+        assert repeated["count"] == 2 and repeated["ids"] == [ids[0], ids[3]] and len(repeated["items"]) == 2
+        itself = client.post("/map/path", json={"from": ids[2], "to": ids[2], "steps": 6}).json()["route"]
+        assert [r["id"] for r in itself] == [ids[2]]
         route = client.post("/map/path", json={"from": ids[0], "to": ids[4], "steps": 4}).json()["route"]
         assert route[0]["id"] == ids[0] and route[-1]["id"] == ids[4] and len({r["id"] for r in route}) == len(route)
         unknown = client.post("/map/path", json={"from": "nope", "to": ids[4]})
