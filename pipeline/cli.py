@@ -199,6 +199,9 @@ def check_values(name: str, overrides: list[str]) -> None:
         to_dataclass(compose_dictconfig(name, overrides))
     except (HydraException, OmegaConfBaseException) as err:
         cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        key = getattr(cause, "full_key", None)
+        if key:  # omegaconf's first line says what is wrong; the rest (full_key, reference_type) is its internals
+            raise ConfigKeyError(f"{key}: {str(cause).splitlines()[0].strip()}") from err
         raise ConfigKeyError(" ".join(str(cause).split())) from err
 
 

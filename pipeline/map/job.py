@@ -55,6 +55,7 @@ from pipeline.map.store import (
 )
 
 log = logging.getLogger(__name__)
+MAX_LEVELS = 6
 
 
 def _check(cfg: MapCommandConfig) -> None:
@@ -67,6 +68,8 @@ def _check(cfg: MapCommandConfig) -> None:
     for key in ("landmarks", "neighbors", "place_k", "levels", "split", "coarse_k"):
         if getattr(m, key) < 1:
             raise LatentError(f"map.{key}={getattr(m, key)}: must be at least 1")
+    if m.levels > MAX_LEVELS:  # each level splits the one above: past this, regions of a handful of rows
+        raise LatentError(f"map.levels={m.levels}: at most {MAX_LEVELS}")
     for key, value in (("batch_size", cfg.batch_size), ("output.rows_per_shard", cfg.output.rows_per_shard)):
         if value < 1:
             raise LatentError(f"{key}={value}: must be at least 1")
@@ -370,10 +373,10 @@ def _stage_and_publish(
         "timings": info.timings,
     }
     print(
-        f"latent map: {info.rows:,} rows -> {target} ({' / '.join(map(str, info.clusters))} regions, "
-        f"labels: {method}); preservation {quality.get('preservation', float('nan')):.3f}"
-        f" (umap-learn: {quality.get('reference_preservation', float('nan')):.3f}); {timings['total_s']:.1f} s"
-        + (f"; {errors:,} rows not placed (see {target / ERRORS_DIR})" if errors else "")
+        f"latent map: {_count(info.rows, 'row')} -> {target} ({' / '.join(map(str, info.clusters))} regions, "
+        f"labels: {method}); preservation {_figure(quality.get('preservation'))}"
+        f" (umap-learn: {_figure(quality.get('reference_preservation'))}); {timings['total_s']:.1f} s"
+        + (f"; {_count(errors, 'row')} not placed (see {target / ERRORS_DIR})" if errors else "")
     )
     return summary
 
@@ -428,6 +431,15 @@ def _finish(
         created_by=code_version(),
         history=history,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _figure(value: float | None) -> str:
+    """A measured figure, or why there is none (too few rows to compare k neighbours, or not measured)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and np.isfinite(value) else "not measured"
 
 
 def _plain(value: Any) -> Any:

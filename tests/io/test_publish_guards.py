@@ -19,10 +19,9 @@ from pipeline.io.vectors import NOT_FINITE, ZERO, usable, vector_errors
 
 def test_a_second_holder_of_an_output_is_refused_until_the_first_publishes(tmp_path):
     target = tmp_path / "out"
-    with hold_target(target, "output.path"):
-        with pytest.raises(LatentError, match=rf"output.path={target} is being written by pid {os.getpid()}"):
-            with hold_target(target, "output.path"):
-                pass
+    refused = pytest.raises(LatentError, match=rf"output.path={target} is being written by pid {os.getpid()}")
+    with hold_target(target, "output.path"), refused, hold_target(target, "output.path"):
+        pass
     with hold_target(target, "output.path"):  # released: the next run takes it
         pass
 

@@ -63,9 +63,9 @@ def test_an_output_inside_the_input_is_refused_and_the_input_left_as_it_was(dama
 
 def test_a_second_map_of_one_output_is_refused_while_the_first_runs(damaged, tmp_path):
     out = tmp_path / "map"
-    with hold_target(out, "output.path"):  # as a first `latent map` holds it, up to its publish
-        with pytest.raises(LatentError, match="is being written by pid"):
-            run_map(map_config(f"input.path={damaged}", f"output.path={out}", *SMALL))
+    # held as a first `latent map` holds it, up to its publish
+    with hold_target(out, "output.path"), pytest.raises(LatentError, match="is being written by pid"):
+        run_map(map_config(f"input.path={damaged}", f"output.path={out}", *SMALL))
     assert not out.exists()
 
 
