@@ -93,10 +93,36 @@ class MapSource:
         return vectors, texts
 
 
+class _ShardVectors:
+    """``reconstruct_n`` over a sharded index's parts (FAISS's IndexShards cannot reconstruct)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.firsts = np.concatenate([[0], np.cumsum([p.ntotal for p in parts])])
+
+    def reconstruct_n(self, start: int, n: int) -> np.ndarray:
+        out = []
+        for part, first in zip(self.parts, self.firsts[:-1]):
+            lo, hi = max(start, first), min(start + n, first + part.ntotal)
+            if lo < hi:
+                out.append(part.reconstruct_n(int(lo - first), int(hi - lo)))
+        return np.concatenate(out)
+
+
 def _reconstructable(directory):
     import faiss
 
+    from pipeline.index import shards
+
     index = directory.index
+    if shards.is_sharded(index):
+        parts = shards.shard_parts(index)
+        try:
+            for part in parts:
+                shards.reconstruct_local(part, 0)  # IVF: builds the direct map
+            return _ShardVectors(parts)
+        except (RuntimeError, AttributeError) as err:
+            raise _cannot(directory) from err
     try:
         index.reconstruct(0)
         return index
@@ -107,10 +133,14 @@ def _reconstructable(directory):
         index.reconstruct(0)
         return index
     except (RuntimeError, AttributeError) as err:
-        raise LatentError(
-            f"index.path={directory.path}: FAISS cannot give back the vectors of this index "
-            f"({directory.info.factory}); map its embedding dataset instead (input.path=EMBEDDINGS)"
-        ) from err
+        raise _cannot(directory) from err
+
+
+def _cannot(directory) -> LatentError:
+    return LatentError(
+        f"index.path={directory.path}: FAISS cannot give back the vectors of this index ({directory.info.factory}): "
+        f"map the embedding dataset it was built from instead, `latent map input.path=EMBEDDINGS output.path=MAP`"
+    )
 
 
 def _metric_of(embedding: EmbeddingInfo | None, first: np.ndarray) -> str:

@@ -119,7 +119,8 @@ def combine_terms(searcher: Searcher, terms: Sequence[Term]) -> np.ndarray:
     """The query vector of ``terms``: the normalised weighted sum of their unit vectors (1 x dim float32)."""
     terms = check_terms(terms)
     vectors = term_vectors(searcher, terms)
-    weights = np.array([t.weight for t in terms], dtype=np.float32)
+    weights = np.array([t.weight for t in terms], dtype=np.float64)
+    weights /= np.abs(weights).max()  # the direction is the same; huge weights (1e38) no longer overflow float32
     combined = (weights[:, None] * vectors).sum(axis=0)
     if np.linalg.norm(combined) < 1e-6:
         raise TermError("terms: the weighted terms cancel out (their sum has no direction)")

@@ -40,6 +40,8 @@ def test_combined_vector_is_the_normalised_weighted_sum(flat_index, vector_corpu
         combine_terms(searcher, [Term("id", "v3", 1.0), Term("id", "v3", -1.0)])
     with pytest.raises(TermError, match="not in the index"):
         combine_terms(searcher, [Term("id", "nope", 1.0)])
+    huge = combine_terms(searcher, [Term("id", "v3", 1e38), Term("id", "v7", -5e37), Term("vector", x[9], 2e38)])
+    np.testing.assert_allclose(huge[0], got[0], atol=1e-5)  # weights past float32's range: the same direction
 
 
 def test_slerp_stays_on_the_sphere_between_its_ends():
