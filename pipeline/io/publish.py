@@ -106,6 +106,8 @@ def hold_target(target: Path, key: str) -> Iterator[None]:
     the same output (``key``) is refused at once, naming the holder, instead of silently replacing the first's
     result. flock(2) on ``.<name>.lock`` beside it: the kernel drops it when its process dies."""
     target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise LatentError(f"{key}={target} is a file: give a folder (a new path)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
