@@ -258,8 +258,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         given = [f for f in ("text", "image", "id", "vector", "terms", "expression") if getattr(body, f) is not None]
         if len(given) != 1:
             raise HTTPException(400, f"give exactly one of text, image, id, vector, terms, expression (got {given})")
-        if body.k > cfg.max_k:
-            raise HTTPException(400, f"k={body.k}: at most {cfg.max_k}")
+        if body.k > cfg.max_k:  # 422 as /search answers it (there the bound is in the request model)
+            from fastapi.exceptions import RequestValidationError
+
+            message = f"Input should be less than or equal to {cfg.max_k}"
+            raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "k"), "msg": message}])
         field = given[0]
         if field == "expression":
             terms = parse_terms(body.expression)

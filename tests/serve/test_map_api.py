@@ -172,6 +172,10 @@ def test_terms_search_without_the_map(vector_server):
         first = client.post("/search", json={"vector": [1.0] + [0.0] * 31, "k": 1}).json()["hits"][0]["id"]
         got = client.post("/search/terms", json={"terms": [{"id": first, "weight": 1.0}], "k": 2}).json()
         assert got["hits"][0]["id"] == first
+        big = 10**6  # the same fault, the same status on both routes
+        for route, body in (("/search", {"vector": [1.0] + [0.0] * 31}), ("/search/terms", {"id": first})):
+            answer = client.post(route, json={**body, "k": big})
+            assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "k", (route, answer.text)
         assert client.get("/map/points").status_code == 404  # this index has no map: a clear 404
         page = client.get("/map")
         assert page.status_code == 404 and "latent map index.path=" in page.text
