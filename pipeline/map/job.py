@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 
 from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.io.output import JobOutput
 from pipeline.io.publish import hold_target, pid_alive, publish_directory, refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
@@ -53,6 +52,7 @@ from pipeline.map.store import (
     level_column,
     read_points,
 )
+from pipeline.runner.output import JobOutput
 
 log = logging.getLogger(__name__)
 MAX_LEVELS = 6

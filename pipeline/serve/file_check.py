@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pipeline.index.integrity import IndexCorrupted, check_files
+from pipeline.index.store.integrity import IndexCorrupted, check_files
 
 log = logging.getLogger(__name__)
 

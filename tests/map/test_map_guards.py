@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from synthetic import write_embedding_dataset
 
 from map.conftest import clustered, map_config
 from pipeline.errors import LatentError
-from pipeline.index.synthetic import write_embedding_dataset
 from pipeline.io.publish import hold_target
 from pipeline.map.job import run_map
 from pipeline.map.store import MapDirectory

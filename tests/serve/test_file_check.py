@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from pipeline.index import integrity
-from pipeline.index.store import INDEX_FILE
+from pipeline.index.store import integrity
+from pipeline.index.store.format import INDEX_FILE
 
 
 def wait_for(client, state: str) -> dict:
