@@ -26,6 +26,7 @@ from pipeline.config import Device, KnnCommandConfig, Precision
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
 from pipeline.index.store.directory import IndexDirectory
+from pipeline.io.publish import refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, commit_table, filesystem, list_shards
 from pipeline.runner import (
     ActorStage,
@@ -157,6 +158,9 @@ def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
     """Search ``cfg.index.path`` for every query of ``cfg.input.path``; write neighbours (and groups).
 
     A killed run, rerun with the same command, keeps what it committed and answers each query once."""
+    refuse_output_inside_inputs(
+        {"output.path": cfg.output.path}, {"input.path": cfg.input.path, "index.path": cfg.index.path}
+    )
     directory = IndexDirectory.open(cfg.index.path)
     _check_config(cfg, directory)
     output = knn_output(cfg)

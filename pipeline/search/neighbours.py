@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
 from pipeline.io.shards import arrow_to_vectors, commit_table, filesystem, list_shards
+from pipeline.io.vectors import vector_errors
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image
 
 NEIGHBORS_DIR = "neighbors"
@@ -75,9 +76,10 @@ class KnnBatches:
                 if found.shape[1] != self.searcher.dim:
                     raise LatentError(f"query vectors are {found.shape[1]}-d, the index holds {self.searcher.dim}-d")
                 vectors[ok] = found
-            norms = np.linalg.norm(vectors, axis=1)
-            for i in np.flatnonzero(ok & ~(np.isfinite(norms) & (norms > 0))):
-                ok[i], errors[i] = False, "zero, NaN or infinite vector"
+            metric = "ip" if self.searcher.info.normalized else "l2"
+            for i, problem in enumerate(vector_errors(vectors, metric)):
+                if ok[i] and problem:
+                    ok[i], errors[i] = False, problem
             return {"vectors": vectors[ok]}
         values = column.to_pylist()
         if self.kind == "text":

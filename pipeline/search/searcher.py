@@ -74,13 +74,18 @@ class Searcher:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+        cls,
+        path: str | os.PathLike,
+        model: SearchModelConfig | None = None,
+        query_model: ModelSpec | None = None,
+        verify: str = "quick",
     ) -> Searcher:
         """Open the index directory at ``path`` (memory-mapped); the encoder is built on first use.
 
         ``query_model``: the encoder's ModelSpec as ``resolve_query_model`` returned it elsewhere (Ray actors
-        get it from the driver, which checked it once); by default it is resolved here from ``model``."""
-        return cls(IndexDirectory.open(path), model, query_model)
+        get it from the driver, which checked it once); by default it is resolved here from ``model``.
+        ``verify``: "quick" (sizes; files up to 16 MiB hashed) or "full" (every file hashed now)."""
+        return cls(IndexDirectory.open(path, verify=verify), model, query_model)
 
     # --- what the index is ---------------------------------------------------------------------
 
@@ -294,10 +299,15 @@ class Searcher:
 
     def vector(self, id: str) -> np.ndarray | None:
         """The stored vector of ``id`` when FAISS can reconstruct it (exact for flat codes, approximate for
-        PQ), for "search by this result"; None when the id is unknown or the index cannot reconstruct."""
+        PQ), for "search by this result"; None when the id is unknown or the index cannot reconstruct.
+        A stored vector damaged on disk (off unit length on a normalised index) is an IndexCorrupted."""
         label = self.directory.label_of(id)
         if label is None:
             return None
+        vector = self._reconstruct(int(label))
+        return None if vector is None else self.directory.check_stored(int(label), vector)
+
+    def _reconstruct(self, label: int) -> np.ndarray | None:
         index = self.directory.index
         if shards.is_sharded(index):  # from the shard that holds it
             with self._encoder_lock:

@@ -87,6 +87,11 @@ class Health(BaseModel):
     )
     batches: dict[str, int] = Field(description="micro-batches run since start, per query kind")
     batched_queries: dict[str, int] = Field(description="queries answered since start, per query kind")
+    files: dict[str, Any] | None = Field(
+        None,
+        description='the background sha256 check of every index file since start: state ("checking", "ok", '
+        '"damaged", "no checksums"), checked, files, error (the damaged file; queries then get 503)',
+    )
 
 
 class ErrorBody(BaseModel):

@@ -55,6 +55,7 @@ from pipeline.index.plan.shard_layout import plan_layout
 from pipeline.index.recall import GroundTruth
 from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory, is_index_directory
 from pipeline.index.store.format import ITEMS_FILE, METRICS
+from pipeline.io.publish import hold_target, refuse_output_inside_inputs
 from pipeline.runtime import RunRecord, resolve_device
 
 # --- the edge ------------------------------------------------------------------------------------
@@ -76,13 +77,15 @@ def run_index(cfg: IndexCommandConfig) -> IndexSummary:
     _check_config(cfg)
     device = resolve_device(cfg.index.device, faiss.get_num_gpus(), key="index.device")
     budget = parse_memory(cfg.index.max_memory)
-    source = scan(cfg.input.path, cfg.input.column)
-    if cfg.index.mode == IndexMode.append:
-        summary = append_index(cfg, source, device, budget)
-    else:
-        summary = build_index(cfg, source, device, budget)
-    # the run's record lives in the published index directory (older runs' records are carried over)
-    RunRecord.start(cfg.index.path, cfg).finish(asdict(summary))
+    refuse_output_inside_inputs({"index.path": cfg.index.path}, {"input.path": cfg.input.path})
+    with hold_target(Path(cfg.index.path), "index.path"):  # up to the publish: a second writer is refused
+        source = scan(cfg.input.path, cfg.input.column)
+        if cfg.index.mode == IndexMode.append:
+            summary = append_index(cfg, source, device, budget)
+        else:
+            summary = build_index(cfg, source, device, budget)
+        # the run's record lives in the published index directory (older runs' records are carried over)
+        RunRecord.start(cfg.index.path, cfg).finish(asdict(summary))
     print(summary.text())
     return summary
 
