@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import MapCommandConfig, MapMethod
 from pipeline.errors import LatentError
+from pipeline.io.vectors import usable
 from pipeline.map.arrange import arrange_pieces
 from pipeline.map.labels import label_method, make_labels
 from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
@@ -33,6 +34,11 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
     started = time.perf_counter()
     rows = sample_rows(source.rows, size, m.seed)
     vectors, texts = source.take(rows)
+    ok = usable(vectors, source.metric)  # NaN and (cosine) zero rows: left out here, recorded by placement
+    if not ok.all():
+        rows, vectors, texts = rows[ok], vectors[ok], [t for t, keep in zip(texts, ok) if keep]
+    if len(rows) < 3:
+        raise LatentError(f"{source.path}: fewer than 3 rows with a usable vector (NaN, infinite or zero vectors)")
     timings["sample_s"] = time.perf_counter() - started
     started = time.perf_counter()
     graph, distances = knn_graph(vectors, m.neighbors + 1, source.metric)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.index.recall import GroundTruth, without_self
+from pipeline.io.vectors import usable
 from pipeline.map.layout import _flat_index, pca_layout, sample_rows, umap_layout
 
 if TYPE_CHECKING:
@@ -47,11 +48,11 @@ def preservation_among_all(
 ) -> float:
     """Mean share of each query row's ``k`` nearest among all rows in latent space (``batches``: every row's
     (global rows, vectors), streamed: exact search, a running top ``k``) found among its ``k`` nearest among
-    all the map's points (``point_rows``, ``point_xy``). Non-finite vectors are left out, like their rows."""
+    all the map's points (``point_rows``, ``point_xy``). Unusable vectors are left out, like their rows."""
     truth = GroundTruth(query_vectors, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     for rows, vectors in batches:
-        finite = np.isfinite(vectors).all(axis=1)
-        truth.add(vectors[finite], rows[finite])
+        ok = usable(vectors, metric)
+        truth.add(vectors[ok], rows[ok])
     on_map = _flat_index(2, "l2")
     on_map.add(np.ascontiguousarray(point_xy, dtype=np.float32))
     at = np.searchsorted(point_rows, query_rows)
@@ -116,9 +117,10 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     if q.sample <= 0:
         return {}
     started = time.perf_counter()
-    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
-    vectors, _ = source.take(rows)
     point_rows = points.column("row").to_numpy()
+    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
+    rows = rows[np.isin(rows, point_rows)]  # rows recorded in _errors (NaN, zero vectors) are not on the map
+    vectors, _ = source.take(rows)
     every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
     at = np.searchsorted(point_rows, rows)
     xy = every[at]

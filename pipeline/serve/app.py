@@ -34,6 +34,7 @@ from pipeline.encode.preprocess import BadImage
 from pipeline.errors import LatentError, ServiceUnavailable
 from pipeline.serve.auth import check_origins, load_token, protect
 from pipeline.serve.batcher import MicroBatcher, UnknownItem
+from pipeline.serve.file_check import attach_file_check
 from pipeline.serve.images import (
     DRAFT_FACTOR,
     TRIM_ABOVE_PIXELS,
@@ -189,6 +190,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
+        files.start()  # every index file hashed in the background: a damaged one turns queries into 503s
         if not fingerprint:
             state["encoder_error"] = "the index has no model fingerprint: it answers vector and id queries only"
         elif cfg.warmup:  # build the encoder now: the first query is not slow, and a bad model shows at start
@@ -213,6 +215,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
     protect(app, token, origins)  # auth.py: the bearer token, and CORS outside it
     app.state.batcher = batcher
     app.state.decodes = decodes
+    files = attach_file_check(app, searcher)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -278,7 +281,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
                 raise HTTPException(400, "vector: values outside the float32 range")
             if not value.any():
                 raise HTTPException(400, "vector: all zeros (a zero vector has no direction)")
-        hits = await batcher.search(KIND_OF[field], value, query.k)
+        hits = await batcher.search(KIND_OF[field], value, query.k, query.where)
         if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
             del value  # the last reference: give its pixels back to the OS
             await run_in_threadpool(release_memory)
@@ -360,6 +363,7 @@ def create_app(searcher: "Searcher", cfg: "ServeConfig") -> FastAPI:
             auth_required=token is not None,
             batches=dict(batcher.stats.batches),
             batched_queries=dict(batcher.stats.queries),
+            files=files.report(),
         )
 
     from pipeline.serve.map_routes import attach_map

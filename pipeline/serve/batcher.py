@@ -38,6 +38,7 @@ class _Request:
     k: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
+    where: str | None = None  # a filter (pipeline.search.filter): requests are batched with their equals only
 
 
 @dataclass
@@ -76,13 +77,13 @@ class MicroBatcher:
         """Run ``fn`` on the worker thread (anything else that touches the Searcher's encoder or FAISS)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def search(self, kind: str, query: Any, k: int) -> list[dict[str, Any]]:
+    async def search(self, kind: str, query: Any, k: int, where: str | None = None) -> list[dict[str, Any]]:
         if kind not in KINDS:
             raise ValueError(f"unknown query kind {kind!r}")
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(kind, query, k, future))
+        await self._queue.put(_Request(kind, query, k, future, where=where))
         return await future
 
     async def _collect(self) -> None:
@@ -121,10 +122,8 @@ class MicroBatcher:
     def _run(self, batch: list[_Request]) -> list[Any]:
         """Each kind's requests in one Searcher call; a result list or an exception per request."""
         outcomes: dict[int, Any] = {}
-        for kind in KINDS:
-            group = [(i, r) for i, r in enumerate(batch) if r.kind == kind]
-            if not group:
-                continue
+        for kind, where in dict.fromkeys((r.kind, r.where) for r in batch):
+            group = [(i, r) for i, r in enumerate(batch) if r.kind == kind and r.where == where]
             self.stats.batches[kind] += 1
             self.stats.queries[kind] += len(group)
             self.stats.largest = max(self.stats.largest, len(group))
@@ -147,7 +146,7 @@ class MicroBatcher:
             kind, queries = "vectors", [self._vector_of(id) for id in queries]
         if kind == "vectors":
             queries = np.stack([np.asarray(q, dtype=np.float32) for q in queries])
-        result = self.searcher.search(**{kind: queries}, k=k)
+        result = self.searcher.search(**{kind: queries}, k=k, where=requests[0].where)
         return [hits[: r.k] for hits, r in zip(result.items, requests)]
 
     def _vector_of(self, id: str) -> np.ndarray:

@@ -3,10 +3,12 @@ point's item, its neighbours, where a query lands, the ids of a selection, a rou
 
 The map is found at ``map.path`` or beside the index (``<index>.map``); an explicit map that is not a
 map, or whose index changed since it was built, stops the server with a clear message (exit 2); a
-stale map found by itself is left out with a warning. Without a map, /map says how to make one.
+stale map found by itself is left out with a warning, and /map says how to bring it up to date (append).
+Without a map, /map says how to make one.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the request models' real types
+import html
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +62,7 @@ class LocateQuery(BaseModel):
 
 class Selection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    indices: list[int] = Field(description="point indices (positions in /map/points)")
+    indices: list[int] = Field(description="point indices (positions in /map/points; a repeated one counts once)")
     items: int = Field(50, ge=0, le=500, description="how many of them to return with their metadata")
 
 
@@ -71,8 +73,9 @@ class RouteQuery(BaseModel):
     steps: int = Field(8, ge=2, le=1000)
 
 
-def find_map(searcher: "Searcher", cfg: "ServeConfig") -> MapDirectory | None:
-    """The map to serve with ``searcher``'s index (see the module's docstring)."""
+def find_map(searcher: "Searcher", cfg: "ServeConfig", why: list[str] | None = None) -> MapDirectory | None:
+    """The map to serve with ``searcher``'s index (see the module's docstring); ``why`` gets the reason a map
+    found beside the index was left out (stale: what to do about it)."""
     from pipeline.map.source import open_index
 
     explicit = getattr(getattr(cfg, "map", None), "path", None)
@@ -94,6 +97,8 @@ def find_map(searcher: "Searcher", cfg: "ServeConfig") -> MapDirectory | None:
         if explicit:
             raise
         log.warning("the map beside the index is left out: %s", err)
+        if why is not None:
+            why.append(str(err))
         return None
     return found
 
@@ -144,14 +149,16 @@ class MapState:
 
 def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: Any, helpers: dict[str, Any]) -> None:
     """Add the map's routes to ``app`` (``helpers``: the app's thumbnail_url, metadata_of, decode_image)."""
-    found = find_map(searcher, cfg)
+    why: list[str] = []
+    found = find_map(searcher, cfg, why)
+    missing = why[0] if why else NO_MAP  # a stale map: append to it (create would be refused), not "make one"
     state = MapState(found) if found is not None else None
     app.state.map = state
     thumbnail_url, metadata_of = helpers["thumbnail_url"], helpers["metadata_of"]
 
     def need() -> MapState:
         if state is None:
-            raise HTTPException(404, NO_MAP)
+            raise HTTPException(404, missing)
         return state
 
     def hit_rows(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -177,7 +184,8 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
     @app.get("/map", include_in_schema=False)
     def map_page() -> Response:
         if state is None:
-            return HTMLResponse(f"<!doctype html><title>latent map</title><p id='no-map'>{NO_MAP}</p>", 404)
+            page = f"<!doctype html><title>latent map</title><p id='no-map'>{html.escape(missing)}</p>"
+            return HTMLResponse(page, 404)
         return FileResponse(STATIC_DIR / "map.html")
 
     @app.get(
@@ -250,8 +258,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         given = [f for f in ("text", "image", "id", "vector", "terms", "expression") if getattr(body, f) is not None]
         if len(given) != 1:
             raise HTTPException(400, f"give exactly one of text, image, id, vector, terms, expression (got {given})")
-        if body.k > cfg.max_k:
-            raise HTTPException(400, f"k={body.k}: at most {cfg.max_k}")
+        if body.k > cfg.max_k:  # 422 as /search answers it (there the bound is in the request model)
+            from fastapi.exceptions import RequestValidationError
+
+            message = f"Input should be less than or equal to {cfg.max_k}"
+            raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "k"), "msg": message}])
         field = given[0]
         if field == "expression":
             terms = parse_terms(body.expression)
@@ -306,7 +317,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             raise HTTPException(400, f"at most {MAX_SELECTION} indices")
         if body.indices and not 0 <= min(body.indices) <= max(body.indices) < s.n:  # before any int64 cast
             raise HTTPException(400, f"indices must be in 0..{s.n - 1}")
-        indices = np.asarray(body.indices, dtype=np.int64)
+        indices = np.unique(np.asarray(body.indices, dtype=np.int64))  # each point once, however often named
         ids = s.ids.take(indices).to_pylist() if len(indices) else []
         items = [searcher.item(id) or {"id": id} for id in ids[: body.items]]
         return {"count": len(ids), "ids": ids, "items": hit_rows(request, items)}
