@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline.map.build import run_map
 from synthetic import write_embedding_dataset
 
 from map.conftest import clustered, map_config
 from pipeline.errors import LatentError
 from pipeline.io.publish import hold_target
+from pipeline.map.build import run_map
 from pipeline.map.store import MapDirectory
 
 ROWS = 900
