@@ -277,12 +277,9 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     return Ingress.options(name="ingress", ray_actor_options=cpus).bind(cfg, handles, encoder)
 
 
-def app_builder(args: dict[str, str]) -> Any:
-    """``serve run pipeline.serve.ray_app:app_builder index.path=… [key=value …]`` (and KubeRay's
-    RayService ``serveConfigV2``): the application from `latent serve` keys."""
-    from pipeline.cli import compose  # `serve run` and KubeRay call this builder: it is an entry point, like the CLI
-
-    cfg = compose("serve", [f"{key}={value}" for key, value in args.items()])
+def application_of(cfg: ServeConfig) -> Any:
+    """The application of composed `latent serve` keys on the running cluster (``pipeline.cli:serve_application``,
+    the entry point of ``serve run`` and KubeRay, composes them)."""
     return build_application(cfg, _cluster_gpus())
 
 
@@ -310,7 +307,7 @@ def run_ray_serve(cfg: ServeConfig) -> None:
     init_ray(cfg.ray)
     app = build_application(cfg, _cluster_gpus())
     if cfg.port == 0:  # Ray Serve's proxy needs a fixed port: take a free one now
-        from pipeline.serve.server import bind
+        from pipeline.serve.net import bind
 
         with bind(cfg.host, 0) as sock:
             cfg.port = sock.getsockname()[1]
