@@ -25,7 +25,7 @@ from pipeline.serve.batcher import MicroBatcher, UnknownItem
 from pipeline.serve.context import ServeContext, json_safe, register_id_convertor
 from pipeline.serve.images import DecodeBudget, DecodersBusy
 from pipeline.serve.models import API_VERSION
-from pipeline.serve.routes import items, map, page, search
+from pipeline.serve.routes import clip, items, map, page, search
 from pipeline.serve.routes.page import STATIC_DIR
 from pipeline.serve.thumbnails import ThumbnailCache
 
@@ -142,6 +142,7 @@ def create_app(searcher: Searcher, cfg: ServeConfig) -> FastAPI:
     app.include_router(search.router(ctx))
     app.include_router(items.router(ctx))
     app.include_router(map.router(ctx))
+    app.include_router(clip.router(ctx))
     app.include_router(page.router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
