@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -94,6 +95,19 @@ def add_error_handlers(app: FastAPI) -> None:
     async def bad_query(request: Request, err: LatentError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
+    @app.exception_handler(RuntimeError)
+    async def no_thread(request: Request, err: RuntimeError) -> JSONResponse:
+        # under an address-space or process limit (ulimit -v / -u) a new thread's stack cannot be mapped: the
+        # request is fine and the server is not broken, so 503 with the reason; any other RuntimeError is a bug
+        if "can't start new thread" not in str(err):
+            raise err
+        log.warning("a request could not get a thread: %s", err)
+        detail = (
+            "the server could not start a thread for this request (its memory or thread limit, e.g. ulimit -v, "
+            "is reached); retry shortly, or serve with a lower max_threads / a higher limit"
+        )
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
 
 def create_app(searcher: Searcher, cfg: ServeConfig) -> FastAPI:
     """The app serving ``searcher`` with the limits of ``cfg``."""
@@ -111,6 +125,8 @@ def create_app(searcher: Searcher, cfg: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # a bounded pool for sync routes and run_in_threadpool (AnyIO's default is 40 threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = cfg.max_threads
         await ctx.batcher.start()
         if not ctx.fingerprint:
             ctx.encoder_error = "the index has no model fingerprint: it answers vector and id queries only"

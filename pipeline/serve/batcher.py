@@ -62,6 +62,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        await self.call(lambda: None)  # start the worker thread now: a limit that forbids it shows at start
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._collect())
 

@@ -30,6 +30,7 @@ def _check(cfg: ServeConfig) -> None:
         "thumbnail_size",
         "max_query_pixels",
         "max_decodes",
+        "max_threads",
     ):
         if getattr(cfg, key) <= 0:
             raise LatentError(f"{key}={getattr(cfg, key)}: must be positive")
