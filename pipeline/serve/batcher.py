@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ class MicroBatcher:
         self.wait_s = wait_s
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-search")
+        self._threads: int | None = None  # FAISS's OpenMP threads at start (set in the worker thread)
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
 
@@ -148,8 +149,28 @@ class MicroBatcher:
             kind, queries = "vectors", [self._vector_of(id) for id in queries]
         if kind == "vectors":
             queries = np.stack([np.asarray(q, dtype=np.float32) for q in queries])
-        result = self.searcher.search(**{kind: queries}, k=k)
+        with self._faiss_threads(len(queries)):
+            result = self.searcher.search(**{kind: queries}, k=k)
         return [hits[: r.k] for hits, r in zip(result.items, requests)]
+
+    @contextlib.contextmanager
+    def _faiss_threads(self, n: int) -> Iterator[None]:
+        """At most ``n`` OpenMP threads for a batch of ``n`` queries: below FAISS's BLAS threshold (20) a search
+        runs one query per thread, so the other threads only spin, and on a busy machine their barriers cost a
+        lone query 6x (docs/benchmarks.md, "Service")."""
+        import faiss
+
+        if self._threads is None:
+            self._threads = faiss.omp_get_max_threads()
+        threads = max(1, min(n, self._threads))
+        if threads == self._threads:
+            yield
+            return
+        faiss.omp_set_num_threads(threads)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(self._threads)
 
     def _vector_of(self, id: str) -> np.ndarray:
         vector = self.searcher.vector(id)
