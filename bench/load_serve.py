@@ -52,7 +52,11 @@ def main() -> None:
     cmd = [args.locust, "-f", str(REPO / "bench" / "locustfile_serve.py"), "--headless", "-u", str(args.users),
            "-r", str(args.users), "-t", f"{seconds}s", "--host", server.url, "--csv", str(out / "load"),
            "--only-summary"]  # fmt: skip
-    env = {**os.environ, "LATENT_LOAD_QUERIES": args.queries}
+    import numpy as np
+
+    queries = out / "queries.json"
+    queries.write_text(json.dumps(np.load(args.queries).astype("float32")[:1000].round(6).tolist()))
+    env = {**os.environ, "LATENT_LOAD_QUERIES": str(queries)}
     samples = []
     try:
         locust = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

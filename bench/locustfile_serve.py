@@ -1,13 +1,15 @@
 """Locust users for `bench/load_serve.py`: closed-loop clients of `latent serve` sending vector queries to the
-native API and to clip-retrieval's. The query vectors come from $LATENT_LOAD_QUERIES (an .npy file)."""
+native API and to clip-retrieval's. The query vectors come from $LATENT_LOAD_QUERIES (a JSON list of lists,
+written by load_serve.py: Locust's environment needs nothing but Locust)."""
 
+import json
 import os
 import random
 
-import numpy as np
 from locust import HttpUser, task
 
-QUERIES = np.load(os.environ["LATENT_LOAD_QUERIES"]).astype("float32").round(6).tolist()
+with open(os.environ["LATENT_LOAD_QUERIES"]) as f:
+    QUERIES = json.load(f)
 ALLOWED = {200, 503}  # anything else is a failure (503 must carry Retry-After)
 
 

@@ -115,7 +115,7 @@ def create_app(searcher: Searcher, cfg: ServeConfig) -> FastAPI:
     ctx = ServeContext(
         searcher=searcher,
         cfg=cfg,
-        batcher=MicroBatcher(searcher, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000),
+        batcher=MicroBatcher(searcher, cfg.max_batch, cfg.batch_wait_ms / 1000, threads=cfg.search_threads),
         decodes=DecodeBudget(cfg.max_decodes, cfg.decode_retry_after_s),  # query images and thumbnails alike
         thumbnails=ThumbnailCache(cfg.thumbnail_cache),
         token=load_token(cfg.auth.token, cfg.auth.token_file),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,13 +53,14 @@ class BatchStats:
 class MicroBatcher:
     """``await batcher.search(kind, query, k)``: one query's hits (a list of metadata rows with "score")."""
 
-    def __init__(self, searcher: Searcher, max_batch: int, wait_s: float) -> None:
+    def __init__(self, searcher: Searcher, max_batch: int, wait_s: float, threads: int = 0) -> None:
         self.searcher = searcher
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-search")
-        self._threads: int | None = None  # FAISS's OpenMP threads at start (set in the worker thread)
+        self._threads: int | None = threads or None  # FAISS's OpenMP threads (0: chosen in the worker thread)
+        self._set = False
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
 
@@ -160,8 +162,13 @@ class MicroBatcher:
         lone query 6x (docs/benchmarks.md, "Service")."""
         import faiss
 
-        if self._threads is None:
-            self._threads = faiss.omp_get_max_threads()
+        if not self._set:
+            self._set = True
+            # one core stays with the event loop (HTTP, JSON, pydantic): with every core in FAISS's OpenMP team,
+            # 32 clients on 2 cores got micro-batches of 2.9 and a fifth of the QPS of a separate 1-thread search
+            # process (Ray Serve's shard replica) measured in the same run (docs/benchmarks.md, "Service")
+            self._threads = self._threads or max(1, min(faiss.omp_get_max_threads(), (os.cpu_count() or 2) - 1))
+            faiss.omp_set_num_threads(self._threads)
         threads = max(1, min(n, self._threads))
         if threads == self._threads:
             yield

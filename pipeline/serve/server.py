@@ -42,6 +42,8 @@ def _check(cfg: ServeConfig) -> None:
     check_origins(cfg.cors.origins)
     if cfg.decode_retry_after_s < 0:
         raise LatentError(f"decode_retry_after_s={cfg.decode_retry_after_s}: must be >= 0")
+    if cfg.search_threads < 0:
+        raise LatentError(f"search_threads={cfg.search_threads}: must be >= 0 (0: every core but one)")
     if cfg.batch_wait_ms < 0:
         raise LatentError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
 
