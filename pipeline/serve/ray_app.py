@@ -32,7 +32,8 @@ from pipeline.index.store import shards
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
-from pipeline.search.searcher import Searcher, resolve_query_model
+from pipeline.search.query_model import resolve_query_model
+from pipeline.search.searcher import Searcher
 
 APP_NAME = "latent"
 
