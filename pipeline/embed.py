@@ -214,6 +214,7 @@ def embed_job(
         # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
         block_bytes=max(1 << 20, cfg.batch_size * row_bytes),
         stall_timeout_s=cfg.ray.stall_timeout_s,
+        commit_every_s=cfg.output.commit_every_s,
         progress=cfg.progress,
         inline=inline,
     )

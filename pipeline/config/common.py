@@ -40,6 +40,11 @@ class Device(str, Enum):
 
 
 PRECISION_HELP = "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16"
+COMMIT_EVERY_S = 60.0  # a batch job's output.commit_every_s: what a kill -9 can lose, at most (docs/cluster.md)
+COMMIT_EVERY_HELP = (
+    "commit processed rows at least this often (the first after 10 s), even before a shard is full: a kill loses "
+    "at most about this much work; null: by rows_per_shard only"
+)
 
 
 @dataclass

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from pipeline.config.common import PRECISION_HELP, Device, InputFormat, Modality, Precision, RayConfig
+from pipeline.config.common import (
+    COMMIT_EVERY_HELP,
+    COMMIT_EVERY_S,
+    PRECISION_HELP,
+    Device,
+    InputFormat,
+    Modality,
+    Precision,
+    RayConfig,
+)
 from pipeline.config.settings import REQUIRED, setting
 
 
@@ -43,6 +52,7 @@ class OutputConfig:
     path: str = setting(REQUIRED, "the embedding dataset to write (docs/embedding-dataset.md)")
     dtype: OutputDtype = setting(OutputDtype.float16, "float16 | float32")
     rows_per_shard: int = setting(8192, "rows per Parquet shard")
+    commit_every_s: float | None = setting(COMMIT_EVERY_S, COMMIT_EVERY_HELP)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -17,8 +18,9 @@ import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
 from pipeline.io.output import JobOutput, unit_marker_name, writable_error
+from pipeline.runner.commit import Committer, commit_rows
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
-from pipeline.runner.plan import build_plan, run_inline, with_ids
+from pipeline.runner.plan import UNIT_COLUMN, build_plan, run_inline, with_ids
 from pipeline.runtime import RunRecord, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
@@ -173,32 +175,54 @@ def _progress(job: Job, total: int | None):
 
 
 def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[int, int, float]:
-    """Consume the plan's write statistics: progress, error fraction, unit markers. Returns (rows, errors,
-    steady pace)."""
+    """Consume the processed batches: commits (by rows and by time), progress as rows come (rate and ETA),
+    the error fraction, unit markers. Returns (rows, errors, steady pace)."""
     output = job.output
-    rows = errors = 0
+    seen = failed = 0  # rows processed (and failed) so far: the progress
+    rows = errors = 0  # rows committed (and errors recorded)
     by_attempt: Counter[str] = Counter()
     marked: set[str] = set()
     first: tuple[float, int] | None = None
     last = polled = time.monotonic()
+    committer = Committer(
+        partial(
+            commit_rows,
+            fn=job.write.fn,
+            errors_dir=output.errors_dir,
+            errors_schema=job.write.errors_schema,
+            unit_column=UNIT_COLUMN,
+        ),
+        job.write.rows,
+        job.commit_every_s,
+    )
+
+    def committed(stats: list[pa.Table]) -> None:
+        nonlocal rows, errors
+        for table in stats:
+            rows += pc.sum(table.column("rows")).as_py()
+            errors += pc.sum(table.column("errors")).as_py()
+            by_attempt.update(dict(zip(table.column("unit").to_pylist(), table.column("count").to_pylist())))
+
     watchdog = _Watchdog(job)
     if not job.inline:  # in this process nothing waits on a cluster
         watchdog.start()
     try:
         try:
             with _progress(job, total) as bar:
-                for stats in batches:
-                    new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
-                    rows, errors = rows + new_rows, errors + new_errors
-                    by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
+                for batch in batches:
+                    good = batch.column("error").null_count  # rows the stage did not fail
+                    seen, failed = seen + good, failed + batch.num_rows - good
                     last = watchdog.last_progress = time.monotonic()
-                    first = first or (last, rows + errors)
-                    bar.update(new_rows + new_errors)
-                    bar.set_postfix(errors=errors, refresh=False)
-                    check_error_fraction(rows, errors, job.max_error_fraction, output.path, final=False)
+                    first = first or (last, seen + failed)
+                    bar.update(batch.num_rows)
+                    if failed:
+                        bar.set_postfix(errors=failed, refresh=False)
+                    check_error_fraction(seen, failed, job.max_error_fraction, output.path, final=False)
+                    committed(committer.add(batch))
                     if last - polled > UNIT_POLL_SECONDS:
                         _mark_finished_units(output, by_attempt, marked)
                         polled = last
+                committed(committer.flush())
             _mark_finished_units(output, by_attempt, marked)
         finally:
             watchdog.stop()
@@ -216,7 +240,7 @@ def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[
         if isinstance(cause, OSError) and _about_output(cause, output):
             raise writable_error(output.path, cause) from None
         raise
-    steady = (rows + errors - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
+    steady = (seen + failed - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
     return rows, errors, steady
 
 

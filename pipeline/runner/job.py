@@ -75,7 +75,7 @@ class WriteStage:
     """``fn(good_rows)`` commits rows whose ``error`` is null; failed rows go to ``<output>/_errors``."""
 
     fn: Callable[[pa.Table], Any]
-    rows: int  # rows per call: a shard
+    rows: int  # rows per call at most: a shard (fewer when a commit window ends first)
     errors_schema: pa.Schema
 
 
@@ -94,6 +94,7 @@ class Job:
     object_store_budget: int | None = None  # bytes in flight across stages (None: Ray Data's default)
     block_bytes: int | None = None  # Ray Data's block size (None: its default)
     stall_timeout_s: float = 600.0
+    commit_every_s: float | None = 60.0  # commit at least this often (``commit.Committer``); None: by rows only
     progress: bool = True
     row_label: str = "rows"
     actor_cpus_key: str = "resources.cpus_per_actor"  # the config key of the actors' CPUs, for messages
@@ -106,7 +107,7 @@ class JobResult:
     errors: int  # rows recorded as errors this run
     wall_seconds: float
     rows_per_second: float  # rows and errors over the whole wall time
-    steady_rows_per_second: float  # from the first commit to the last: the pipeline's pace
+    steady_rows_per_second: float  # from the first processed batch to the last: the pipeline's pace
     extra: dict[str, Any] = field(default_factory=dict)
 
 

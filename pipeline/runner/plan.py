@@ -1,7 +1,7 @@
-"""The Ray Data plan of a runner job: read tasks -> the actor pool -> write tasks. The one place plans are built.
+"""The Ray Data plan of a runner job: read tasks -> the actor pool -> the driver. The one place plans are built.
 
-The job's stages are wrapped so that every row carries the unit (and read attempt) it came from,
-and the write tasks report how many rows of each they committed: the driver marks units done.
+The job's stages are wrapped so that every row carries the unit (and read attempt) it came from; the
+driver commits the processed rows (``commit.Committer``: by rows and by time) and marks units done.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.io.output import READ_DIR, unit_marker_name
-from pipeline.io.shards import commit_table, filesystem
+from pipeline.io.shards import filesystem
 from pipeline.runner.job import Job
 from pipeline.runtime import node_cpus
 
@@ -50,30 +49,9 @@ class _StageActor:
         return out.append_column(UNIT_COLUMN, tags)
 
 
-def _write(batch: pa.Table, fn: Callable, errors_dir: str, errors_schema: pa.Schema) -> pa.Table:
-    tags = batch.column(UNIT_COLUMN)
-    batch = batch.drop_columns([UNIT_COLUMN])
-    ok = pc.is_null(batch.column("error"))
-    good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
-    if good.num_rows:
-        fn(good)
-    if bad.num_rows:
-        commit_table(bad.select(errors_schema.names).cast(errors_schema), errors_dir)
-    counts = pc.value_counts(tags)
-    units = counts.field("values").to_pylist() or [""]
-    padding = [0] * (len(units) - 1)
-    return pa.table(
-        {
-            "unit": pa.array(units, pa.string()),
-            "count": pa.array(counts.field("counts").to_pylist() or [0], pa.int64()),
-            "rows": pa.array([good.num_rows, *padding], pa.int64()),
-            "errors": pa.array([bad.num_rows, *padding], pa.int64()),
-        }
-    )
-
-
 def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None = None):
-    """The Ray Data plan: read tasks -> the actor pool -> write tasks. The one place plans are built."""
+    """The Ray Data plan: read tasks -> the actor pool; its processed rows (with ``UNIT_COLUMN``) stream to
+    the driver, which commits them. The one place plans are built."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
@@ -109,37 +87,21 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
         num_gpus=stage.resources.gpus or None,
         num_cpus=stage.resources.cpus,
     )
-    return processed.map_batches(
-        partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema),
-        batch_size=job.write.rows,
-        batch_format="pyarrow",
-        num_cpus=0,  # I/O: a commit must never wait behind read tasks for a CPU
-    )
+    return processed
 
 
 def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Iterator[pa.Table]:
-    """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches,
-    processed by one instance of the stage, and written in shards of ``job.write.rows``. Yields the same
-    write statistics as ``build_plan``'s plan, so progress, unit markers and resume are the runner's own.
-    For small jobs, where Ray's start-up (worker processes, each importing the model's libraries) would
-    take longer than the work."""
+    """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches and
+    processed by one instance of the stage. Yields the processed batches, as ``build_plan``'s plan streams
+    them, so commits, progress, unit markers and resume are the runner's own. For small jobs, where Ray's
+    start-up (worker processes, each importing the model's libraries) would take longer than the work."""
     stage = job.process
     actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
     read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
-    write = partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema)
-    pending: list[pa.Table] = []  # processed rows not yet written: fewer than one shard
-    waiting = 0
     for unit in with_ids(units):
         for records in read(pa.table({"unit": [json.dumps(unit)]})):
             for start in range(0, records.num_rows, stage.batch_size):
-                pending.append(actor(records.slice(start, stage.batch_size)))
-                waiting += pending[-1].num_rows
-                while waiting >= job.write.rows:
-                    ready = pa.concat_tables(pending)
-                    pending, waiting = [ready.slice(job.write.rows)], waiting - job.write.rows
-                    yield write(ready.slice(0, job.write.rows))
-    if waiting:
-        yield write(pa.concat_tables(pending))
+                yield actor(records.slice(start, stage.batch_size))
 
 
 def with_ids(units: list[dict]) -> list[dict]:
