@@ -34,7 +34,7 @@ def ray_tmpdir():
 
 def run_knn_cli(queries, index, out, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     args = [sys.executable, TINY_CLI, "knn", f"input.path={queries}", f"index.path={index}", f"output.path={out}"]
-    args += ["ray.num_cpus=2", "k=3", "progress=false"]
+    args += ["ray.num_cpus=2", "ray.inline_max_rows=0", "k=3", "progress=false"]
     clean = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**clean, **env})
 

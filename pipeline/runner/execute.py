@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -37,17 +38,16 @@ def unmet_demand(job: Job, lost_node_hint: bool = True) -> str | None:
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
     res = job.process.resources
-    need_cpus = res.actors * res.cpus + job.read.cpus
+    # The pool is elastic (``plan._pool``): one actor and one read task are enough to go on.
+    need_cpus = res.cpus + job.read.cpus
     problems = []
     if need_cpus > cpus:
         problems.append(
-            f"{need_cpus:g} CPUs ({res.actors} actors x {res.cpus:g} + {job.read.cpus:g} for reading), "
+            f"{need_cpus:g} CPUs (at least 1 actor x {res.cpus:g} + {job.read.cpus:g} for reading), "
             f"the cluster has {cpus:g}"
         )
-    if res.actors * res.gpus > gpus:
-        problems.append(
-            f"{res.actors * res.gpus:g} GPUs ({res.actors} actors x {res.gpus:g}), the cluster has {gpus:g}"
-        )
+    if res.gpus > gpus:
+        problems.append(f"{res.gpus:g} GPUs (at least 1 actor x {res.gpus:g}), the cluster has {gpus:g}")
     if nodes and not any(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
         problems.append(f"no live node has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one actor")
     if not problems:
@@ -92,9 +92,10 @@ class _Watchdog(threading.Thread):
     """Stops the run (``_Stalled`` in the thread that started it) when no row came for ``timeout`` seconds
     and the stages cannot be scheduled."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, record: RunRecord | None = None) -> None:
         super().__init__(daemon=True, name="latent-stall-watchdog")
-        self.job, self.timeout = job, job.stall_timeout_s
+        self.job, self.timeout, self.record = job, job.stall_timeout_s, record
+        self.nodes: dict[str, float] | None = None  # live node id -> its CPUs, as last seen
         self.job_thread = threading.get_ident()
         self.last_progress = time.monotonic()
         self.reason: str | None = None
@@ -107,9 +108,34 @@ class _Watchdog(threading.Thread):
             if self.reason:  # raised but maybe not delivered yet (the job ended meanwhile): withdraw it
                 _raise_in_thread(self.job_thread, None)
 
+    def watch_nodes(self) -> None:
+        """Say (and record in the run record) when the cluster loses or gains nodes: the pool follows."""
+        import ray
+
+        now = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+        before, self.nodes = self.nodes, now
+        if before is None:
+            return
+        for kind, ids in (("node_lost", before.keys() - now.keys()), ("node_joined", now.keys() - before.keys())):
+            for node in ids:
+                cpus = before.get(node, now.get(node))
+                log.warning(
+                    "%s: node %s (%g CPUs) %s; the actor pool %s (%d live nodes)",
+                    self.job.name,
+                    node[:12],
+                    cpus,
+                    "lost" if kind == "node_lost" else "joined",
+                    "shrinks to what is left; rows in flight there are redone" if kind == "node_lost" else "may grow",
+                    len(now),
+                )
+                if self.record is not None:
+                    self.record.event(kind, node=node, cpus=cpus, live_nodes=len(now))
+
     def run(self) -> None:
         warned = False
         while not self.stopped.wait(min(5.0, max(0.5, self.timeout / 4))):
+            with contextlib.suppress(Exception):  # Ray going away under us: the job's thread reports it
+                self.watch_nodes()
             idle = time.monotonic() - self.last_progress
             if idle < self.timeout:
                 warned = False
@@ -174,7 +200,9 @@ def _progress(job: Job, total: int | None):
     )
 
 
-def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[int, int, float]:
+def _execute(
+    job: Job, batches: Iterator[pa.Table], total: int | None, record: RunRecord | None = None
+) -> tuple[int, int, float]:
     """Consume the processed batches: commits (by rows and by time), progress as rows come (rate and ETA),
     the error fraction, unit markers. Returns (rows, errors, steady pace)."""
     output = job.output
@@ -203,7 +231,7 @@ def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[
             errors += pc.sum(table.column("errors")).as_py()
             by_attempt.update(dict(zip(table.column("unit").to_pylist(), table.column("count").to_pylist())))
 
-    watchdog = _Watchdog(job)
+    watchdog = _Watchdog(job, record)
     if not job.inline:  # in this process nothing waits on a cluster
         watchdog.start()
     try:
@@ -290,7 +318,7 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
                 plan = build_plan(job, units, done if len(done) else None)
                 # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
                 batches = plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-                rows, errors, steady = _execute(job, batches, total)
+                rows, errors, steady = _execute(job, batches, total, record)
             output.remove_duplicates()
             wall = time.perf_counter() - started
             result = JobResult(

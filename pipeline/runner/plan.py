@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pipeline.io.output import READ_DIR, unit_marker_name
 from pipeline.io.shards import filesystem
-from pipeline.runner.job import Job
+from pipeline.runner.job import ActorResources, Job
 from pipeline.runtime import node_cpus
 
 UNIT_COLUMN = "_latent_unit"  # which unit (and read attempt) a row came from: "<unit marker>.<attempt>"
@@ -47,6 +47,18 @@ class _StageActor:
         if out.num_rows != batch.num_rows:
             raise RuntimeError(f"{type(self.fn).__name__} returned {out.num_rows} rows for {batch.num_rows}")
         return out.append_column(UNIT_COLUMN, tags)
+
+
+def _pool(res: ActorResources):
+    """An elastic actor pool: ``res.actors`` at first, down to one while nodes are lost, up to ``res.most``.
+    Ray Data (2.60) releases actors that no longer fit the cluster's resources beside the other stages
+    ("actor pool exceeds resource allocation") and adds actors while the pool is busy and the cluster
+    has room; a fixed-size pool would wait forever for a lost node's actor to come back."""
+    from ray.data import ActorPoolStrategy
+
+    if res.most == 1:
+        return ActorPoolStrategy(size=1)
+    return ActorPoolStrategy(min_size=1, max_size=res.most, initial_size=res.actors)
 
 
 def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None = None):
@@ -83,7 +95,7 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
         },
         batch_size=stage.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=stage.resources.actors),
+        compute=_pool(stage.resources),
         num_gpus=stage.resources.gpus or None,
         num_cpus=stage.resources.cpus,
     )
