@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -110,10 +112,46 @@ def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Ite
     stage = job.process
     actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
     read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
-    for unit in with_ids(units):
-        for records in read(pa.table({"unit": [json.dumps(unit)]})):
-            for start in range(0, records.num_rows, stage.batch_size):
-                yield actor(records.slice(start, stage.batch_size))
+    records = (r for unit in with_ids(units) for r in read(pa.table({"unit": [json.dumps(unit)]})))
+    for batch in _ahead(records):  # the next batch is read and decoded while the stage works on this one
+        for start in range(0, batch.num_rows, stage.batch_size):
+            yield actor(batch.slice(start, stage.batch_size))
+
+
+def _ahead(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """``items``, produced by a thread up to ``depth`` ahead of the consumer (decoding and torch release
+    the GIL: reading overlaps the stage, as Ray's read tasks do). The thread's exception is re-raised here."""
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put((end, None))
+        except BaseException as err:  # noqa: BLE001  (handed to the consumer, raised there)
+            ahead.put((end, err))
+
+    thread = threading.Thread(target=produce, daemon=True, name="latent-inline-read")
+    thread.start()
+    try:
+        while True:
+            item, err = ahead.get()
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def with_ids(units: list[dict]) -> list[dict]:
