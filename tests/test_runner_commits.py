@@ -95,7 +95,7 @@ def test_a_kill_at_a_random_moment_loses_at_most_one_commit_window_and_a_rerun_f
     committed = pads.dataset(str(out), format="parquet").count_rows() if list(out.glob("*.parquet")) else 0
     # what a window (plus the batch in hand and a second of slack on a loaded machine) could hold
     could_lose = done - max([n for t, n in processed if t <= killed_at - window - 1.0] or [0])
-    assert 0 < committed and done - committed <= could_lose, (done, committed, could_lose)
+    assert committed > 0 and done - committed <= could_lose, (done, committed, could_lose)
     subprocess.run(args, check=True, stderr=subprocess.DEVNULL, timeout=300)
     ids = pads.dataset(str(out), format="parquet").to_table().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 3000  # each row exactly once
