@@ -10,12 +10,30 @@ import pytest
 from pipeline.launch import submit_job
 
 from .conftest import JOB_TIMEOUT, job_config, make_corpus, read_ids, tiny_embed_command, wait_for
+from .localcluster import LocalCluster
 from .test_cluster_jobs import job_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 
 def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_work(ray_cluster, tiny_model, tmp_path):
+    # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
+    # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
+    lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path)
+
+
+def test_on_one_cpu_nodes_the_pool_shrinks_to_one_actor_beside_a_reader(tiny_model, tmp_path):
+    """1 CPU declared per node: two half-CPU encoders and half-CPU reads; after the loss, the head's one CPU
+    holds one encoder and one read task, not two encoders."""
+    cluster = LocalCluster.start(head_cpus=1, worker_cpus=1)
+    try:
+        resources = ("resources.encoder_actors=2", "resources.cpus_per_encoder=0.5", "resources.cpus_per_reader=0.5")
+        lose_a_node_then_join_one(cluster, tiny_model, tmp_path, *resources)
+    finally:
+        cluster.stop()
+
+
+def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str) -> None:
     from ray.job_submission import JobSubmissionClient
 
     corpus = tmp_path / "images"
@@ -29,8 +47,7 @@ def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_wor
         "batch_size=8",
         "output.rows_per_shard=8",
         "input.files_per_task=8",
-        # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
-        # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
+        *resources,
     )
     cfg = job_config(ray_cluster, *command, name="embed-kill")
     cfg.wait = False
