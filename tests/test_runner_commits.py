@@ -49,6 +49,14 @@ def test_rows_commit_when_a_shard_is_full_or_when_the_window_ends_and_windows_gr
     for _ in range(10):
         quick.add(batch(30))
     assert fast == [100, 100, 100]  # a fast job: full shards, no time-cut pieces
+    slow, alone = [], Clock()
+    waiting = Committer(lambda t: slow.append(t.num_rows) or t, rows=100, every_s=60.0, clock=alone)
+    waiting.add(batch(5))
+    alone.now = FIRST_WINDOW_S - 1
+    assert waiting.tick() == [] and slow == []
+    alone.now = FIRST_WINDOW_S
+    waiting.tick()
+    assert slow == [5]  # the window ends on the clock, not when the next batch comes (it may take minutes)
     by_rows = []
     never = Committer(lambda t: by_rows.append(t.num_rows) or t, rows=100, every_s=None, clock=clock)
     clock.now = 0.0

@@ -97,7 +97,11 @@ class EmbedConfig:
     modality: Modality = setting(
         Modality.auto, "auto (images, plus captions where they exist; else texts) | image | text | both"
     )
-    batch_size: int = setting(256, "rows per encoder batch")
+    batch_size: int | None = setting(
+        None,
+        "rows per encoder batch (null: 256 on CUDA, 32 on CPU, where a batch is then seconds of work: progress "
+        "moves and commits come that often)",
+    )
     max_error_fraction: float = setting(0.1, "fail the job once more than this fraction of rows failed")
     max_image_pixels: int = setting(89478485, "larger images are recorded as errors (decompression bombs)")
     progress: bool = setting(True, "show a progress bar")

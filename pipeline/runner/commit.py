@@ -77,10 +77,14 @@ class Committer:
             rest = ready.slice(self.rows)
             self.pending, self.waiting = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
             self.oldest = now if self.waiting else None
-        if self.waiting and self.window is not None and now - self.oldest >= self.window:
-            stats.append(self.flush()[0])
-            self.window = min(self.window * 2, self.every_s)
-        return stats
+        return stats + self.tick()
+
+    def tick(self) -> list[pa.Table]:
+        """Commit what has waited one window (called as batches come, and every second between them)."""
+        if not self.waiting or self.window is None or self.clock() - self.oldest < self.window:
+            return []
+        self.window = min(self.window * 2, self.every_s)
+        return self.flush()
 
     def flush(self) -> list[pa.Table]:
         """Commit whatever is buffered (the end of the job)."""

@@ -21,7 +21,7 @@ from pipeline.errors import LatentError
 from pipeline.io.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.commit import Committer, commit_rows
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
-from pipeline.runner.plan import UNIT_COLUMN, build_plan, run_inline, with_ids
+from pipeline.runner.plan import UNIT_COLUMN, ahead, build_plan, run_inline, with_ids
 from pipeline.runtime import RunRecord, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,11 @@ def _execute(
     try:
         try:
             with _progress(job, total) as bar:
-                for batch in batches:
+                # a thread pulls the batches: commit windows end on time even while a batch takes minutes
+                for batch in ahead(batches, tick=1.0):
+                    if batch is None:
+                        committed(committer.tick())
+                        continue
                     good = batch.column("error").null_count  # rows the stage did not fail
                     seen, failed = seen + good, failed + batch.num_rows - good
                     last = watchdog.last_progress = time.monotonic()

@@ -113,14 +113,15 @@ def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Ite
     actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
     read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
     records = (r for unit in with_ids(units) for r in read(pa.table({"unit": [json.dumps(unit)]})))
-    for batch in _ahead(records):  # the next batch is read and decoded while the stage works on this one
+    for batch in ahead(records):  # the next batch is read and decoded while the stage works on this one
         for start in range(0, batch.num_rows, stage.batch_size):
             yield actor(batch.slice(start, stage.batch_size))
 
 
-def _ahead(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+def ahead(items: Iterator[pa.Table], depth: int = 2, tick: float | None = None) -> Iterator[pa.Table | None]:
     """``items``, produced by a thread up to ``depth`` ahead of the consumer (decoding and torch release
-    the GIL: reading overlaps the stage, as Ray's read tasks do). The thread's exception is re-raised here."""
+    the GIL: reading overlaps the stage, as Ray's read tasks do). The thread's exception is re-raised here.
+    ``tick``: also yield None after each ``tick`` seconds without an item (the consumer's clock)."""
     ahead: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
     end = object()
@@ -144,7 +145,11 @@ def _ahead(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
     thread.start()
     try:
         while True:
-            item, err = ahead.get()
+            try:
+                item, err = ahead.get(timeout=tick)
+            except queue.Empty:
+                yield None
+                continue
             if err is not None:
                 raise err
             if item is end:
