@@ -83,7 +83,7 @@ TOO_BIG = ("resources.cpus_per_actor=2",)  # not even one 2-CPU actor beside a r
 
 def test_a_job_that_a_private_ray_can_never_run_is_refused_at_once_saying_why(local_ray, knn_inputs, tmp_path):
     assert ray_started_here()  # the session's Ray was started by this process: it will not grow
-    with pytest.raises(LatentError, match=r"cannot run on this Ray: the stages need 4 CPUs .*the cluster has 2") as err:
+    with pytest.raises(LatentError, match=r"cannot run on this Ray: the stages need 3 CPUs .*the cluster has 2") as err:
         knn(knn_inputs, tmp_path / "out", *TOO_BIG, "ray.stall_timeout_s=600")
     assert "resources.cpus_per_actor=0.5" in str(err.value)  # names the keys that fix it
     assert not list((tmp_path / "out").glob("neighbors/part-*"))
