@@ -5,7 +5,7 @@
     python bench/bench_index.py --n 50000 --skip-autofaiss
     python bench/bench_index.py --quick --gpu  # also the build on the GPU, and IndexFlatIP on the GPU
 
-Steps: write seeded clustered unit vectors (pipeline.index.synthetic) as float32 .npy shards (the
+Steps: write seeded clustered unit vectors (tests/synthetic.py) as float32 .npy shards (the
 format both tools read); measure IndexFlatIP's batch QPS and the exact neighbours of held-out
 queries; run `latent index` (a subprocess: wall time, peak RSS as its VmHWM); run autofaiss through
 the peers' script (LATENT_PEERS or --peers, default ../shared/peers); then search both written
@@ -33,9 +33,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.index.store import IndexDirectory  # noqa: E402
-from pipeline.index.synthetic import ClusteredSpec, iter_clustered, write_npy_folder  # noqa: E402
-from pipeline.index.tune import measure_qps, recall_at_k, tune, without_self  # noqa: E402
+from pipeline.index.builder.tune import measure_qps, tune  # noqa: E402
+from pipeline.index.recall import recall_at_k, without_self  # noqa: E402
+from pipeline.index.store.directory import IndexDirectory  # noqa: E402
+from tests.synthetic import ClusteredSpec, iter_clustered, write_npy_folder  # noqa: E402
 
 K = 10
 QUERIES = 1000
@@ -79,7 +80,7 @@ import atexit, sys
 from pathlib import Path
 report, sys.argv = Path(sys.argv[1]), ["latent", *sys.argv[2:]]
 atexit.register(lambda: report.write_text(open("/proc/self/status").read()))
-from pipeline.cli import main
+from pipeline.cli import main  # noqa: E402
 main()
 """
 

@@ -4,7 +4,7 @@ umap-learn's full fit side by side, and the map view of every point in headless 
     python bench/bench_map.py                 # 1M x 512 (the target run)
     python bench/bench_map.py --n 100000 --full-umap 20000 --quality 20000   # a quick run
 
-Steps: write the corpus (pipeline.index.synthetic, ClusteredSpec() as bench-index) as float32 .npy
+Steps: write the corpus (tests/synthetic.py, ClusteredSpec() as bench-index) as float32 .npy
 shards, with each row's known group; run `latent map` as a subprocess (wall time; peak memory: the
 largest sum of RSS and of PSS over its process tree, Ray workers included, polled every 0.2 s, and the largest
 single process); adjusted Rand index of its coarse regions against the groups; umap-learn's own full
@@ -32,10 +32,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.index.synthetic import ClusteredSpec, iter_clustered_groups  # noqa: E402
 from pipeline.map.layout import sample_rows  # noqa: E402
 from pipeline.map.quality import neighbourhood_preservation  # noqa: E402
 from pipeline.map.store import MapDirectory  # noqa: E402
+from tests.synthetic import ClusteredSpec, iter_clustered_groups  # noqa: E402
 
 ROWS_PER_FILE = 50_000
 

@@ -37,7 +37,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors  # noqa: E402
 from pipeline.map.layout import (  # noqa: E402
     PLACE_EPOCHS,
     LandmarkIndex,
@@ -48,6 +47,7 @@ from pipeline.map.layout import (  # noqa: E402
     umap_layout,
 )
 from pipeline.map.quality import neighbourhood_preservation, reference_preservation  # noqa: E402
+from tests.synthetic import ClusteredSpec, clustered_unit_vectors  # noqa: E402
 
 
 def attract_jointly(vectors: np.ndarray, xy: np.ndarray, fixed: np.ndarray, epochs: int = 200) -> np.ndarray:

@@ -7,7 +7,7 @@ For each corpus, `latent index` runs with its defaults (auto, target 0.95 at k=1
 float32 .npy shards; then FRESH queries, never in the index, are searched: recall@10 against exact
 search over every indexed vector, and batch QPS against IndexFlatIP on the same queries (best of 3).
 
-  clustered  the benchmark's clustered vectors (pipeline.index.synthetic), 200k x 256
+  clustered  the benchmark's clustered vectors (tests/synthetic.py), 200k x 256
   random     isotropic random unit vectors, 300k x 128 (the case that settled at recall 0.79)
   shapes     a second, differently shaped generator (here, not in pipeline/): Zipf-sized clusters with
              their own anisotropic covariance and heavy-tailed spread, 256-d, 200k
@@ -37,8 +37,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_index import run_latent  # noqa: E402
 
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_npy_folder  # noqa: E402
-from pipeline.index.tune import measure_qps, recall_at_k  # noqa: E402
+from pipeline.index.builder.tune import measure_qps  # noqa: E402
+from pipeline.index.recall import recall_at_k  # noqa: E402
+from tests.synthetic import ClusteredSpec, clustered_unit_vectors, write_npy_folder  # noqa: E402
 
 K = 10
 FRESH = 2000

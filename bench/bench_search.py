@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_index import dataset, load, run_latent  # noqa: E402
 
-from pipeline.index.store import INFO_FILE  # noqa: E402
-from pipeline.index.synthetic import ClusteredSpec  # noqa: E402
+from pipeline.index.store.format import INFO_FILE  # noqa: E402
 from pipeline.search import Searcher  # noqa: E402
+from tests.synthetic import ClusteredSpec  # noqa: E402
 
 K = 10
 QUERIES = 1000

@@ -4,7 +4,7 @@
     python bench/bench_serve.py --n 1000000           # the 1M x 512 index of bench-index
     python bench/bench_serve.py --index IDX --text-index IDX2 --clients 32 --seconds 20
 
-Steps: write seeded clustered unit vectors (pipeline.index.synthetic) and build them with
+Steps: write seeded clustered unit vectors (tests/synthetic.py) and build them with
 `latent index` (factory auto, as bench-index does), unless --index is given; for text queries, an
 index of 20k vectors carrying the fingerprint of ViT-B-32 with seeded random weights (so the server
 builds and runs the real ViT-B-32 text tower, offline). Start `latent serve` on a free loopback port
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.cli import compose  # noqa: E402
-from pipeline.index.build import run_index  # noqa: E402
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset  # noqa: E402
+from pipeline.index.builder.build import run_index  # noqa: E402
+from tests.synthetic import ClusteredSpec, clustered_unit_vectors, write_embedding_dataset  # noqa: E402
 
 K = 10
 TEXTS = [

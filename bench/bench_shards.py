@@ -3,11 +3,11 @@
     python bench/bench_shards.py                 # 1M x 512
     python bench/bench_shards.py --n 100000      # smaller
 
-Steps, on the benchmark corpus (pipeline.index.synthetic, as bench_index.py writes it):
+Steps, on the benchmark corpus (tests/synthetic.py, as bench_index.py writes it):
 1. `latent index` with one shard and with --shards shards (same factory): build wall time, peak RSS;
    then, here, recall@10 and batch QPS of both at the one-shard index's tuned parameters, and whether
    the answers are identical.
-2. The one-shard index's inverted lists written to an on-disk lists file (pipeline.index.ondisk): batch
+2. The one-shard index's inverted lists written to an on-disk lists file (pipeline.index.store.ondisk): batch
    QPS in memory, on disk with a cold page cache (this file's pages dropped with posix_fadvise
    DONTNEED, nothing else evicted) and warm.
 3. `latent serve` over the sharded index, single process and backend=ray: p50/p99 latency and
@@ -35,10 +35,12 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_index import QUERIES, K, dataset, run_latent  # noqa: E402
 from bench_serve import Server, _load  # noqa: E402
 
-from pipeline.index import ondisk  # noqa: E402
-from pipeline.index.store import IndexDirectory, apply_search_params  # noqa: E402
-from pipeline.index.synthetic import ClusteredSpec  # noqa: E402
-from pipeline.index.tune import GroundTruth, measure_qps, recall_at_k, without_self  # noqa: E402
+from pipeline.index.builder.tune import measure_qps  # noqa: E402
+from pipeline.index.nodes import apply_search_params  # noqa: E402
+from pipeline.index.recall import GroundTruth, recall_at_k, without_self  # noqa: E402
+from pipeline.index.store import ondisk  # noqa: E402
+from pipeline.index.store.directory import IndexDirectory  # noqa: E402
+from tests.synthetic import ClusteredSpec  # noqa: E402
 
 
 def drop_page_cache(path: Path) -> None:
@@ -120,7 +122,7 @@ def main() -> None:
     many = IndexDirectory.open(args.work / f"latent-{args.n}-{args.shards}shards")
     rng = np.random.default_rng(1)
     rows = np.sort(rng.choice(args.n, QUERIES, replace=False))
-    from pipeline.index.read import read_rows, scan
+    from pipeline.index.input.read import read_rows, scan
 
     (queries,) = read_rows(scan(str(data)), [rows], 65536, "ip")
     truth = without_self(exact_truth(data, queries), rows, K)

@@ -224,7 +224,7 @@ def run_index_once(vectors_dir: Path, out: Path, device: str, factory: str, trai
     import shutil
 
     from pipeline.cli import compose
-    from pipeline.index.build import run_index
+    from pipeline.index.builder.build import run_index
 
     shutil.rmtree(out, ignore_errors=True)
     overrides = [
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
                     entry["share_of_ceiling"] = round(entry["steady_images_per_s"] / ceiling, 3)
 
     with step(result, "index vectors") as entry:
-        from pipeline.index.synthetic import ClusteredSpec, iter_clustered, write_npy_folder
+        from tests.synthetic import ClusteredSpec, iter_clustered, write_npy_folder
 
         spec = ClusteredSpec(dim=512) if not cpu else ClusteredSpec(dim=64, clusters=50, groups=5, rank=16)
         vectors_dir = work / f"vectors-{index_rows}"

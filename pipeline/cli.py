@@ -26,10 +26,13 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("pipeline.embed:run_embed", "embed an image/text corpus into Parquet shards"),
     "index": (
-        "pipeline.index.build:run_index",
+        "pipeline.index.builder.build:run_index",
         "build a FAISS index of an embedding dataset, tuned to a target recall",
     ),
-    "verify": ("pipeline.index.verify:run_verify", "check an index directory's files against their recorded checksums"),
+    "verify": (
+        "pipeline.index.store.verify:run_verify",
+        "check an index directory's files against their recorded checksums",
+    ),
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),

@@ -22,9 +22,10 @@ from pipeline.encode.gpu_decode import decode_in_encoder
 from pipeline.encode.model import describe_model, resolve_model
 from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
-from pipeline.io.output import OutputDir
+from pipeline.io.embed_output import OutputDir
+from pipeline.io.records import Source
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
-from pipeline.io.sources import Source, filter_done_units, open_source, read_unit
+from pipeline.io.sources import filter_done_units, open_corpus, read_corpus_unit
 from pipeline.runner import (
     ActorStage,
     Job,
@@ -129,7 +130,7 @@ def read_and_prepare(
 
     ``needs_text``: a row without a text is an error (modality text, or both with every caption required).
     ``keep_bytes``: pass the image bytes on undecoded (the encoder decodes them on its GPU)."""
-    for records in read_unit(unit, done, rows):
+    for records in read_corpus_unit(unit, done, rows):
         for start in range(0, records.num_rows, rows):
             yield prepare_records(records.slice(start, rows), prep, needs_text, max_pixels, keep_bytes)
 
@@ -263,7 +264,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     if done is not None:
         print(done.render())
         return done
-    source = open_source(cfg.input)
+    source = open_corpus(cfg.input)
     modality, optional = resolve_modality(cfg.modality, source)
     output = OutputDir(cfg.output.path)
     output.prepare()

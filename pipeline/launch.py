@@ -245,14 +245,14 @@ def render_submission(cfg: JobConfig) -> str:
 
 
 @dataclass
-class JobResult:
+class Submission:
     submission_id: str
     status: str
     seconds: float
     logs: str
 
 
-def submit_job(cfg: JobConfig, log_to: Any = None) -> JobResult:
+def submit_job(cfg: JobConfig, log_to: Any = None) -> Submission:
     """Submit the command through the Jobs API at ``cfg.address``; with ``cfg.wait``, follow it to the end."""
     from ray.job_submission import JobSubmissionClient
 
@@ -268,7 +268,7 @@ def submit_job(cfg: JobConfig, log_to: Any = None) -> JobResult:
         metadata={"latent": "submit-job"},
     )
     if not cfg.wait:
-        return JobResult(submission_id, str(client.get_job_status(submission_id)), 0.0, "")
+        return Submission(submission_id, str(client.get_job_status(submission_id)), 0.0, "")
     shown = 0
     status = ""
     while True:
@@ -284,7 +284,7 @@ def submit_job(cfg: JobConfig, log_to: Any = None) -> JobResult:
             client.stop_job(submission_id)
             raise LatentError(f"job {submission_id} ran past timeout_s={cfg.timeout_s}; stopped it")
         time.sleep(1.0)
-    return JobResult(submission_id, status, round(time.monotonic() - started, 2), client.get_job_logs(submission_id))
+    return Submission(submission_id, status, round(time.monotonic() - started, 2), client.get_job_logs(submission_id))
 
 
 # --- the commands ----------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def run_render_job(cfg: JobConfig) -> str:
     return text
 
 
-def run_submit_job(cfg: JobConfig) -> JobResult:
+def run_submit_job(cfg: JobConfig) -> Submission:
     """`latent submit-job`: run the command on the cluster at ``cfg.address`` through the Ray Jobs API."""
     result = submit_job(cfg, log_to=sys.stdout)
     print(f"latent submit-job: {result.submission_id} {result.status} after {result.seconds:.1f} s", file=sys.stderr)

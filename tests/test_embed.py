@@ -292,7 +292,7 @@ def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_pa
     from pipeline.embed import embed_job
     from pipeline.encode.model import describe_model, resolve_model
     from pipeline.encode.preprocess import ImagePrep
-    from pipeline.io.sources import open_source
+    from pipeline.io.sources import open_corpus
     from pipeline.runner import build_plan
 
     corpus = write_image_folder(tmp_path / "corpus", 4)
@@ -300,7 +300,7 @@ def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_pa
     spec = resolve_model(tiny_model, None)
     described = describe_model(spec)
     info = EmbeddingInfo.create(described.fingerprint, "float16", "image")
-    job = embed_job(open_source(cfg.input), ImagePrep.from_transform(described.image_transform), spec, info, cfg)
+    job = embed_job(open_corpus(cfg.input), ImagePrep.from_transform(described.image_transform), spec, info, cfg)
     plan = build_plan(job)
     assert sum(b.num_rows for b in plan.iter_batches(batch_size=None, batch_format="pyarrow")) == 4
     stats = plan.stats()

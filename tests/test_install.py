@@ -43,4 +43,4 @@ def test_a_command_without_faiss_says_which_extra_to_install(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now fails as if it were not installed
     with pytest.raises(LatentError, match=r"latent\[cu12\].*latent\[cu13\].*latent\[cpu\]"):
-        _load("pipeline.index.build:run_index")
+        _load("pipeline.index.builder.build:run_index")

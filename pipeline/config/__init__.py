@@ -4,8 +4,9 @@ The library takes these dataclasses (or plain arguments) and never imports Hydra
 CLI (pipeline/cli.py) composes them from the command line, and ``latent <command> --help`` renders
 each key's default and explanation from here. A key whose default is ``REQUIRED`` must be set.
 
-One module a command (embed, index, search, serve, job, map), what several share in common.py, the
-machinery (``setting``, ``describe``...) in settings.py; every name is importable from ``pipeline.config``.
+One module a command (embed, index, search, serve, map; launch.py: render-job and submit-job), what
+several share in common.py, the machinery (``setting``, ``describe``...) in settings.py; every name is
+importable from ``pipeline.config``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pipeline.config.index import (
     Storage,
     VerifyCommandConfig,
 )
-from pipeline.config.job import (
+from pipeline.config.launch import (
     JobConfig,
     JobHead,
     JobKind,

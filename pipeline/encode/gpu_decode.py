@@ -27,7 +27,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -224,12 +223,6 @@ class BatchImageDecoder:
                 continue
             pixels[i] = torch.tensor(array, device=self.device)
         return pixels, errors
-
-
-def decode_batch_numpy(decoder: BatchImageDecoder, blobs: list[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
-    """``decoder`` with its pixels on the host (tests and benchmarks)."""
-    pixels, errors = decoder(blobs)
-    return pixels.cpu().numpy(), errors
 
 
 def decode_in_encoder(requested, encoder_device: str, transform) -> bool:

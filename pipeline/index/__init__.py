@@ -1,6 +1,6 @@
 """`latent index`: an embedding dataset -> a FAISS index directory with measured recall.
 
-One module per concern: ``read`` (stream and validate shards), ``choose`` (the auto factory),
-``build`` (train, add, the command), ``parallel`` (the add phase on Ray), ``tune`` (search
-parameters for a target recall), ``store`` (the index directory, docs/index-directory.md).
+One sub-package per stage: ``input`` (scan and stream the embedding dataset), ``plan`` (the
+factory and shard count), ``builder`` (train, add, tune, the command), ``store`` (the index directory,
+docs/index-directory.md: writing, opening, sharded and on-disk files, verify).
 """

@@ -3,10 +3,13 @@
 An index built from a factory string is a chain of wrappers around one inner index: a rotation
 (``IndexPreTransform``: OPQ, PCA…) around a re-rank (``IndexRefine``: ``RFlat``, ``Refine(SQfp16)``)
 around the index that finds candidates (IVF, HNSW, flat). ``chain`` lists them outermost first,
-downcast to their concrete types; the other helpers read what build, parallel, tune and choose need.
+downcast to their concrete types; the other helpers read what build, parallel, tune and choose need,
+and ``apply_search_params`` sets the search-time knobs on every node that takes them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import faiss
 
@@ -46,3 +49,9 @@ def hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
     """The HNSW graph index of the chain, if any (not an IVF's graph quantizer)."""
     inner = chain(index)[-1]
     return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    """Set search-time parameters (nprobe, efSearch, k_factor_rf, …) on ``index`` and its sub-indexes."""
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))

@@ -1,7 +1,7 @@
 """Inputs: the one listing/reading interface over the readers of each input format.
 
-``open_source`` lists a corpus once, on the driver, and plans its read units (JSON-able dicts);
-``read_unit`` turns a unit into Arrow tables of records (pipeline/io/records.py) in a Ray task.
+``open_corpus`` lists a corpus once, on the driver, and plans its read units (JSON-able dicts);
+``read_corpus_unit`` turns a unit into Arrow tables of records (pipeline/io/records.py) in a Ray task.
 Ids are derived the same way on every run, so a rerun can skip what is done. The readers:
 image folders (pipeline/io/images.py), WebDataset tars (webdataset.py), tables (tables.py, whose
 ``list_tables``/``table_batches``/``read_images`` the knn job shares).
@@ -24,7 +24,7 @@ from pipeline.io.shards import filesystem
 from pipeline.io.tables import find_tables, plan_table, read_table, table_format
 from pipeline.io.webdataset import expand_braces, open_webdataset, read_tar
 
-__all__ = ["Source", "filter_done_units", "open_source", "read_unit", "units_to_json"]
+__all__ = ["filter_done_units", "open_corpus", "read_corpus_unit", "units_to_json"]
 
 
 def detect_format(root: str, files: list[str]) -> InputFormat:
@@ -43,7 +43,7 @@ def detect_format(root: str, files: list[str]) -> InputFormat:
     return found
 
 
-def open_source(cfg: InputConfig) -> Source:
+def open_corpus(cfg: InputConfig) -> Source:
     """List the corpus at ``cfg.path`` and plan its read units."""
     path = str(cfg.path)
     if "{" in path or path.endswith(".tar"):
@@ -61,7 +61,7 @@ def open_source(cfg: InputConfig) -> Source:
     return plan_table(find_tables(fs, base, files, fmt), cfg)
 
 
-def read_unit(unit: dict, done: pa.Array | None = None, rows: int = 1024) -> Iterator[pa.Table]:
+def read_corpus_unit(unit: dict, done: pa.Array | None = None, rows: int = 1024) -> Iterator[pa.Table]:
     """Records of one unit, without the ids in ``done``."""
     if unit["kind"] == "images":
         yield from read_image_files(unit)  # done files were dropped on the driver (filter_done_units)

@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.index.store import publish_directory
-from pipeline.io.output import JobOutput, pid_alive
+from pipeline.io.publish import pid_alive, publish_directory
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
 from pipeline.map.layout import sample_rows
@@ -53,6 +52,7 @@ from pipeline.map.store import (
     level_column,
     read_points,
 )
+from pipeline.runner.output import JobOutput
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from pipeline.errors import LatentError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("landmarks", "umap", "pca")
 PLACEMENTS = ("cell", "attract")
 
 

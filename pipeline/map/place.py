@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.io.output import JobOutput
 from pipeline.io.shards import ERRORS_DIR, arrow_to_vectors, commit_table
 from pipeline.map.layout import PLACE_EPOCHS, LandmarkIndex, PcaProjection
 from pipeline.map.regions import vote
 from pipeline.map.source import MapSource, Unit
 from pipeline.map.store import LANDMARKS_FILE, POINTS_DIR, Landmarks, level_column, points_schema
+from pipeline.runner.output import JobOutput
 
 if TYPE_CHECKING:
     from pipeline.config import MapCommandConfig

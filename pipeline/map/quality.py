@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import faiss
 import numpy as np
 
-from pipeline.index.tune import GroundTruth, without_self
+from pipeline.index.recall import GroundTruth, without_self
 from pipeline.map.layout import _flat_index, umap_layout
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import LatentError
-from pipeline.index.read import iter_batches, scan
+from pipeline.index.input.read import iter_batches, scan
 from pipeline.io.shards import EmbeddingInfo
 
 INDEX_UNIT_ROWS = 65536  # rows per placement unit of an index
@@ -58,11 +58,11 @@ class MapSource:
         """(first global row, float32 vectors, items with id and text or None) batch by batch over ``unit``."""
         if self.kind == "dataset":
             source = self.scanned or scan(self.path, self.column)
-            for batch in iter_batches(source, READ_BATCH, metric="none", shards=[unit.shard], items=items):
+            for batch in iter_batches(source, READ_BATCH, metric="none", files=[unit.shard], items=items):
                 table = batch.items.select(["id", "text"]) if items else None
                 yield batch.first, batch.vectors, table
             return
-        from pipeline.index.store import IndexDirectory
+        from pipeline.index.store.directory import IndexDirectory
 
         directory = IndexDirectory.open(self.path)
         index = _reconstructable(directory)
@@ -129,20 +129,20 @@ def open_dataset(path: str, column: str | None = None, metric: str = "auto") -> 
     source = scan(path, column)  # empty datasets, mixed dims, mixed models: LatentError here
     units = []
     offsets = source.offsets
-    for s, shard in enumerate(source.shards):
+    for s, shard in enumerate(source.files):
         if shard.rows:
             units.append(Unit(name=shard.name.replace("/", "__"), start=int(offsets[s]), rows=shard.rows, shard=s))
     if metric == "auto":
-        first = next(iter_batches(source, 256, metric="none", shards=[units[0].shard], items=False)).vectors
+        first = next(iter_batches(source, 256, metric="none", files=[units[0].shard], items=False)).vectors
         metric = _metric_of(source.embedding, first)
-    identity = {"shards": [[s.name, s.rows] for s in source.shards], "column": source.column}
+    identity = {"shards": [[s.name, s.rows] for s in source.files], "column": source.column}
     return MapSource(
         "dataset", path, source.dim, source.rows, metric, source.embedding, units, column, identity, source
     )
 
 
 def open_index(path: str, metric: str = "auto", start: int = 0) -> MapSource:
-    from pipeline.index.store import IndexDirectory, is_index_directory
+    from pipeline.index.store.directory import IndexDirectory, is_index_directory
 
     if not is_index_directory(path):
         raise LatentError(f"index.path={path}: not an index directory (no index.json)")

@@ -4,7 +4,7 @@ The points shards are the placement job's (pipeline/map/place.py), committed by 
 order; ``read_points`` gives them back in the source's row order (their ``row`` column).
 
 Written into a staging directory next to the target and published in one step (the index directory's
-atomic swap, pipeline.index.store.publish_directory); a killed run leaves its staging directory, and
+atomic swap, pipeline.io.publish.publish_directory); a killed run leaves its staging directory, and
 the next run with the same source and parameters resumes from it.
 """
 

@@ -16,7 +16,7 @@ not even read finished units. Rows that a retried task committed twice are remov
 
 Example, a job that upper-cases a text column of Parquet files (see embed.py and search/knn.py)::
 
-    from pipeline.io.output import JobOutput
+    from pipeline.runner.output import JobOutput
     from pipeline.runner import ActorStage, Job, ReadStage, WriteStage, actor_resources, run_job
 
     def read(unit: dict, done: pa.Array | None) -> Iterator[pa.Table]:  # CPU task; must yield `key`, `error`

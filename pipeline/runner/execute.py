@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
-from pipeline.io.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.commit import Committer, commit_rows
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
+from pipeline.runner.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.plan import UNIT_COLUMN, ahead, build_plan, run_inline, with_ids
 from pipeline.runtime import RunRecord, ray_session, ray_started_here
 

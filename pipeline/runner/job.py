@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import LatentError
-from pipeline.io.output import JobOutput
 from pipeline.io.shards import ERRORS_DIR
+from pipeline.runner.output import JobOutput
 from pipeline.runtime import cluster_cpu_nodes, cluster_gpus
 
 GPU_GROWTH = 4  # a GPU pool may grow to this many times its start-up size as nodes join

@@ -16,9 +16,9 @@ from functools import partial
 
 import pyarrow as pa
 
-from pipeline.io.output import READ_DIR, unit_marker_name
 from pipeline.io.shards import filesystem
 from pipeline.runner.job import ActorResources, Job
+from pipeline.runner.output import READ_DIR, unit_marker_name
 from pipeline.runtime import node_cpus
 
 UNIT_COLUMN = "_latent_unit"  # which unit (and read attempt) a row came from: "<unit marker>.<attempt>"

@@ -25,8 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import Device, KnnCommandConfig, Precision
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
-from pipeline.index.store import IndexDirectory
-from pipeline.io.output import JobOutput
+from pipeline.index.store.directory import IndexDirectory
 from pipeline.io.shards import ERRORS_DIR, commit_table, filesystem, list_shards
 from pipeline.runner import (
     ActorStage,
@@ -38,6 +37,7 @@ from pipeline.runner import (
     completed_summary,
     run_job,
 )
+from pipeline.runner.output import JobOutput
 from pipeline.runtime import init_ray, job_gpus, resolve_device, resolve_precision, runs_inline
 from pipeline.search.limits import check_k
 from pipeline.search.neighbours import GROUPS_DIR, NEIGHBORS_DIR, KnnBatches, near_duplicate_groups, write_neighbours

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import InputFormat, KnnCommandConfig, QueryKind
 from pipeline.errors import LatentError, describe_error
-from pipeline.index.embeddings import embedding_columns
+from pipeline.index.input.embeddings import embedding_columns
 from pipeline.io.tables import (
     ID_COLUMN_GUESSES,
     IMAGE_COLUMN_GUESSES,

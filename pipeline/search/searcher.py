@@ -24,8 +24,9 @@ from PIL import Image
 from pipeline.config import SearchModelConfig
 from pipeline.encode.model import ModelSpec, describe_model, preprocess_overrides, resolve_model
 from pipeline.errors import LatentError
-from pipeline.index import shards
-from pipeline.index.store import IndexDirectory, IndexInfo
+from pipeline.index.store import shards
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import IndexInfo
 from pipeline.search.limits import check_k
 
 MAX_QUERY_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit, as embed's max_image_pixels default

@@ -7,7 +7,7 @@ The application (``build_application``):
   with ``serve.batch``; on a GPU when the cluster has one.
 - ``Ingress``: the FastAPI app of pipeline/serve/app.py, unchanged, around a ``RemoteSearcher``: a
   Searcher whose FAISS index is ``RemoteShards`` (fans a query out to every shard deployment and merges
-  the top-k exactly as ``pipeline.index.shards.merge_results``) and whose encoder is the encoder
+  the top-k exactly as ``pipeline.index.store.shards.merge_results``) and whose encoder is the encoder
   deployment. Metadata (items.arrow, ids.arrow) is read by the ingress from the index directory.
 
 A query that any shard does not answer (replica dead, restarting, or past ``shard_timeout_s``) fails
@@ -27,9 +27,11 @@ from ray import serve
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError, ServiceUnavailable
-from pipeline.index import shards
-from pipeline.index.integrity import check_files
-from pipeline.index.store import IndexDirectory, IndexInfo, apply_search_params
+from pipeline.index.nodes import apply_search_params
+from pipeline.index.store import shards
+from pipeline.index.store.directory import IndexDirectory
+from pipeline.index.store.format import IndexInfo
+from pipeline.index.store.integrity import check_files
 from pipeline.search.searcher import Searcher, resolve_query_model
 
 APP_NAME = "latent"

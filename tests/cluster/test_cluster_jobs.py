@@ -78,7 +78,7 @@ def test_index_add_phase_spreads_over_both_nodes(ray_cluster, tmp_path):
     # the add tasks recorded where they ran: both the head and the worker added shards
     assert set(summary["ray_nodes"]) == {n.node_id for n in ray_cluster.nodes.values()}
     assert summary["recall"]["value"] >= 0.9
-    from pipeline.index.store import IndexDirectory
+    from pipeline.index.store.directory import IndexDirectory
 
     index = IndexDirectory.open(tmp_path / "idx")
     assert index.info.ntotal == 4000

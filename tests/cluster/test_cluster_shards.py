@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from index.helpers import build, dataset, vectors
-from index.test_shards import same_answers
+from index.helpers import build, dataset, same_answers, vectors
 
-from pipeline.index.store import IndexDirectory
+from pipeline.index.store.directory import IndexDirectory
 from pipeline.search import Searcher
 
 from .conftest import JOB_TIMEOUT, REPO, latest_summary

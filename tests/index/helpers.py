@@ -10,11 +10,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
+from synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_embedding_dataset
 
 from pipeline.cli import compose
 from pipeline.config import IndexCommandConfig
-from pipeline.index.build import IndexSummary, run_index
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors, fake_model, write_embedding_dataset
+from pipeline.index.builder.build import run_index
+from pipeline.index.builder.summary import IndexSummary
+from pipeline.index.nodes import apply_search_params
+from pipeline.index.store.directory import IndexDirectory
 from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,3 +78,29 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env
     )
+
+
+def ids_of(directory: IndexDirectory, labels: np.ndarray) -> np.ndarray:
+    """The item ids of ``labels`` (a one-file build adds its tune queries last, a sharded one in input order:
+    the same row may have different labels, never a different id)."""
+    return np.array(directory.items(labels.ravel()).column("id").to_pylist()).reshape(labels.shape)
+
+
+def same_answers(a: IndexDirectory, b: IndexDirectory, queries: np.ndarray, k: int = 10) -> None:
+    """Scores identical; the same ids with each score, except in a group of hits tying exactly on the k-th
+    score, whose ids must be ones the reference ranks with that score (FAISS breaks ties by scan position,
+    and the two directories may label the same rows differently)."""
+    apply_search_params(b.index, a.info.search_params)
+    da, ia = a.index.search(queries, k)
+    db, ib = b.index.search(queries, k)
+    np.testing.assert_array_equal(da, db)
+    ia, ib = ids_of(a, ia), ids_of(b, ib)
+    wide_d, wide_i = a.index.search(queries, 4 * k)
+    wide_i = ids_of(a, wide_i)
+    for q in range(len(queries)):
+        last = da[q, -1]
+        settled = da[q] != last
+        for score in np.unique(da[q, settled]):  # within a tie, in any order
+            assert set(ia[q, da[q] == score].tolist()) == set(ib[q, db[q] == score].tolist())
+        tied = set(wide_i[q, wide_d[q] == last].tolist())
+        assert set(ib[q, ~settled].tolist()) <= tied

@@ -13,12 +13,13 @@ from PIL import Image
 
 from pipeline.config import InputConfig
 from pipeline.errors import LatentError, describe_error
-from pipeline.io.sources import open_source, read_unit
+from pipeline.io.sources import open_corpus, read_corpus_unit
 from pipeline.io.tables import read_images
 
 
 def read_all(source, done=None) -> pa.Table:
-    return pa.concat_tables([t for unit in source.units for t in read_unit(unit, done)], promote_options="default")
+    tables = [t for unit in source.units for t in read_corpus_unit(unit, done)]
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def errors_by_id(table: pa.Table) -> dict[str, str]:
@@ -33,7 +34,7 @@ def test_symlink_loops_and_broken_links_are_recorded_not_skipped(tmp_path):
     (root / "gone.jpg").symlink_to(root / "missing.jpg")
     elsewhere = write_image_folder(tmp_path / "more", 2, captions=False)
     (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # a linked folder is read
-    table = read_all(open_source(InputConfig(path=str(root), files_per_task=4)))
+    table = read_all(open_corpus(InputConfig(path=str(root), files_per_task=4)))
     errors = errors_by_id(table)
     assert set(errors) == {"loop", "a.jpg", "b.jpg", "gone.jpg"}
     assert "symbolic link loop" in errors["loop"]
@@ -46,7 +47,7 @@ def test_symlink_loops_and_broken_links_are_recorded_not_skipped(tmp_path):
 def test_a_caption_that_is_not_utf8_is_recorded_not_mangled(tmp_path):
     root = write_image_folder(tmp_path / "imgs", 2)
     (root / "group0" / "img00000.txt").write_bytes("café au lait".encode("latin-1"))
-    table = read_all(open_source(InputConfig(path=str(root))))
+    table = read_all(open_corpus(InputConfig(path=str(root))))
     errors = errors_by_id(table)
     assert list(errors) == ["group0/img00000.jpg"]
     assert "img00000.txt is not UTF-8" in errors["group0/img00000.jpg"] and "at byte 3" in errors["group0/img00000.jpg"]
@@ -58,7 +59,7 @@ def test_malformed_jsonl_lines_are_error_rows_naming_file_and_line(tmp_path):
     path = tmp_path / "t" / "q.jsonl"
     path.parent.mkdir()
     path.write_text('{"text": "a cat"}\n{"text": "a dog"\n\n[1, 2]\n{"text": "a bird"}\n')
-    table = read_all(open_source(InputConfig(path=str(path.parent))))
+    table = read_all(open_corpus(InputConfig(path=str(path.parent))))
     rows = dict(
         zip(table.column("id").to_pylist(), zip(table.column("text").to_pylist(), table.column("error").to_pylist()))
     )
@@ -71,7 +72,7 @@ def test_malformed_jsonl_lines_are_error_rows_naming_file_and_line(tmp_path):
 def test_an_integer_image_column_is_a_clear_error_naming_it(tmp_path):
     write_table(tmp_path / "t.parquet", pa.table({"image": [1, 2], "caption": ["a", "b"]}))
     with pytest.raises(LatentError, match=r"input.image_column: column 'image' holds int64"):
-        open_source(InputConfig(path=str(tmp_path / "t.parquet")))
+        open_corpus(InputConfig(path=str(tmp_path / "t.parquet")))
 
 
 def test_an_absolute_url_in_a_table_is_read_with_its_own_filesystem(tmp_path):

@@ -8,7 +8,7 @@ from corpora import jpeg_bytes, write_image_folder, write_table, write_webdatase
 
 from pipeline.config import InputConfig, InputFormat
 from pipeline.errors import LatentError
-from pipeline.io.sources import filter_done_units, open_source, read_unit
+from pipeline.io.sources import filter_done_units, open_corpus, read_corpus_unit
 from pipeline.io.webdataset import expand_braces
 
 
@@ -17,7 +17,7 @@ def input_config(path, **kw) -> InputConfig:
 
 
 def read_all(source, done=None) -> pa.Table:
-    return pa.concat_tables([t for unit in source.units for t in read_unit(unit, done)])
+    return pa.concat_tables([t for unit in source.units for t in read_corpus_unit(unit, done)])
 
 
 def test_expand_braces():
@@ -29,7 +29,7 @@ def test_expand_braces():
 def test_image_folder_units_sidecars_and_ids(tmp_path):
     root = write_image_folder(tmp_path / "imgs", 10)
     (root / ".hidden.jpg").write_bytes(jpeg_bytes(1))
-    source = open_source(input_config(root))
+    source = open_corpus(input_config(root))
     assert source.format == InputFormat.images and source.has_texts and source.total_rows == 10
     assert [len(u["files"]) for u in source.units] == [4, 4, 2]
     table = read_all(source)
@@ -40,7 +40,7 @@ def test_image_folder_units_sidecars_and_ids(tmp_path):
 
 def test_done_files_are_dropped_before_reading(tmp_path):
     root = write_image_folder(tmp_path / "imgs", 6)
-    source = open_source(input_config(root))
+    source = open_corpus(input_config(root))
     done = pa.array(["group0/img00000.jpg", "group1/img00001.jpg"])
     remaining = filter_done_units(source, done)
     assert remaining.total_rows == 4
@@ -49,7 +49,7 @@ def test_done_files_are_dropped_before_reading(tmp_path):
 
 def test_webdataset_folder_is_detected_and_read(tmp_path):
     root = write_webdataset(tmp_path / "wds", shards=2, per_shard=3)
-    source = open_source(input_config(root))
+    source = open_corpus(input_config(root))
     assert source.format == InputFormat.webdataset and len(source.units) == 2 and source.has_texts
     table = read_all(source, done=pa.array(["000000000"]))
     assert table.num_rows == 5 and "000000000" not in table.column("id").to_pylist()
@@ -59,7 +59,7 @@ def test_webdataset_folder_is_detected_and_read(tmp_path):
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_tables_guess_columns_and_derive_ids(tmp_path, suffix):
     write_table(tmp_path / "t" / f"a{suffix}", pa.table({"caption": ["x", "y", "z"], "score": [1, 2, 3]}))
-    source = open_source(input_config(tmp_path / "t"))
+    source = open_corpus(input_config(tmp_path / "t"))
     assert source.units[0]["columns"]["text"] == "caption" and not source.has_images
     table = read_all(source)
     assert table.column("id").to_pylist() == [f"a{suffix}:{i}" for i in range(3)]
@@ -69,15 +69,15 @@ def test_tables_guess_columns_and_derive_ids(tmp_path, suffix):
 def test_a_named_column_that_does_not_exist_is_named(tmp_path):
     write_table(tmp_path / "a.parquet", pa.table({"text": ["x"]}))
     with pytest.raises(LatentError, match="input.image_column"):
-        open_source(input_config(tmp_path / "a.parquet", image_column="img"))
+        open_corpus(input_config(tmp_path / "a.parquet", image_column="img"))
 
 
 def test_inputs_without_anything_to_embed_are_refused(tmp_path):
     write_table(tmp_path / "a.parquet", pa.table({"n": [1]}))
     with pytest.raises(LatentError, match="neither an image nor a text column"):
-        open_source(input_config(tmp_path / "a.parquet"))
+        open_corpus(input_config(tmp_path / "a.parquet"))
     with pytest.raises(LatentError, match="does not exist"):
-        open_source(input_config(tmp_path / "missing"))
+        open_corpus(input_config(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(LatentError, match="found no images"):
-        open_source(input_config(tmp_path / "empty"))
+        open_corpus(input_config(tmp_path / "empty"))

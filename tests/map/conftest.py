@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import ClusteredSpec, iter_clustered_groups, write_embedding_dataset
 
 from pipeline.cli import compose
-from pipeline.index.synthetic import ClusteredSpec, iter_clustered_groups, write_embedding_dataset
 
 SPEC = ClusteredSpec(dim=32, clusters=60, groups=5, seed=7)
 ROWS = 6000

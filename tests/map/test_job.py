@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
+from synthetic import iter_clustered_groups, write_embedding_dataset
 
 from map.conftest import SPEC, clustered, map_config
 from pipeline.errors import LatentError
-from pipeline.index.synthetic import iter_clustered_groups, write_embedding_dataset
 from pipeline.map.job import run_map
 from pipeline.map.store import MapDirectory
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+from synthetic import ClusteredSpec, clustered_unit_vectors
 
 from map.conftest import clustered
-from pipeline.index.synthetic import ClusteredSpec, clustered_unit_vectors
 from pipeline.map.layout import (
     CELL_NEIGHBOURS,
     CELL_SPREAD,

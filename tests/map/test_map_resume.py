@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from processes import kill_group, start_group
+from synthetic import write_embedding_dataset
 
 from map.conftest import clustered
-from pipeline.index.synthetic import write_embedding_dataset
 from pipeline.map.store import MapDirectory
 
 ROWS = 8000

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from index.helpers import captioned_dataset
+from synthetic import write_embedding_dataset
 
 from map.conftest import clustered, map_config
-from pipeline.index.synthetic import write_embedding_dataset
 from pipeline.map.job import region_table, run_map
 from pipeline.map.layout import LandmarkIndex, sample_rows
 from pipeline.map.place import PlaceBatches, read_unit

@@ -67,7 +67,7 @@ def test_cli_search_refuses_a_huge_k(flat_index, tmp_path):
 
 
 def test_knn_config_bounds_k_by_max_and_index_size(flat_index, tmp_path):
-    from pipeline.index.store import IndexDirectory
+    from pipeline.index.store.directory import IndexDirectory
 
     directory = IndexDirectory.open(flat_index)
     cfg = compose("knn", [f"input.path={tmp_path}", f"index.path={flat_index}", f"output.path={tmp_path}/o", "k=9000"])

@@ -12,18 +12,13 @@ import pyarrow.dataset as pads
 import pytest
 from index.helpers import build, dataset, vectors
 from PIL import Image
+from synthetic import write_npy_folder
 
-from pipeline.config import Device, Precision, SearchModelConfig
 from pipeline.encode.encoder import ClipEncoder
 from pipeline.encode.model import resolve_model
 from pipeline.errors import LatentError
-from pipeline.index.synthetic import write_npy_folder
 from pipeline.search import QueryError, Searcher
-
-
-def model_config(pretrained=None) -> SearchModelConfig:
-    return SearchModelConfig(pretrained=None if pretrained is None else str(pretrained), device=Device.cpu,
-                             precision=Precision.fp32)  # fmt: skip
+from search.helpers import model_config
 
 
 def noisy_queries(x: np.ndarray, n: int, seed: int = 1) -> np.ndarray:

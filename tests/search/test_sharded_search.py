@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from index.helpers import build
 
-from pipeline.index.store import apply_search_params
+from pipeline.index.nodes import apply_search_params
 from pipeline.search import Searcher
-
-from .test_searcher import model_config
+from search.helpers import model_config
 
 
 @pytest.fixture(scope="module")

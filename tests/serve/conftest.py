@@ -14,11 +14,11 @@ import pyarrow as pa
 import pytest
 from conftest import embed_overrides
 from index.helpers import build, dataset, vectors
+from synthetic import fake_model
 
 from pipeline.cli import compose
 from pipeline.config import ServeConfig
 from pipeline.embed import run_embed
-from pipeline.index.synthetic import fake_model
 from pipeline.io.shards import EmbeddingInfo, commit_table, vectors_to_arrow
 
 # One OpenMP thread: the searches here are tiny, and spinning threads on a shared 2-core machine are slow.

@@ -129,8 +129,8 @@ def test_a_shard_replica_refuses_a_damaged_shard_file(tmp_path, damage):
 
     from index.helpers import dataset, vectors
 
-    from pipeline.index.integrity import IndexCorrupted
-    from pipeline.index.store import INFO_FILE
+    from pipeline.index.store.format import INFO_FILE
+    from pipeline.index.store.integrity import IndexCorrupted
     from pipeline.serve.ray_app import Shard, _info, shard_entries
 
     path = tmp_path / "idx"
