@@ -6,6 +6,7 @@ driver commits the processed rows (``commit.Committer``: by rows and by time) an
 
 from __future__ import annotations
 
+import ctypes
 import json
 import posixpath
 import queue
@@ -118,6 +119,10 @@ def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Ite
             yield actor(batch.slice(start, stage.batch_size))
 
 
+class _Stop(BaseException):
+    """Raised in ``ahead``'s producer thread when its consumer has stopped (a BaseException: nothing swallows it)."""
+
+
 def ahead(items: Iterator[pa.Table], depth: int = 2, tick: float | None = None) -> Iterator[pa.Table | None]:
     """``items``, produced by a thread up to ``depth`` ahead of the consumer (decoding and torch release
     the GIL: reading overlaps the stage, as Ray's read tasks do). The thread's exception is re-raised here.
@@ -138,8 +143,14 @@ def ahead(items: Iterator[pa.Table], depth: int = 2, tick: float | None = None) 
                 if stop.is_set():
                     return
             ahead.put((end, None))
+        except _Stop:
+            return
         except BaseException as err:  # noqa: BLE001  (handed to the consumer, raised there)
             ahead.put((end, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a Ray Data iterator shuts its execution down: no stages left holding the CPUs
+                close()
 
     thread = threading.Thread(target=produce, daemon=True, name="latent-inline-read")
     thread.start()
@@ -157,6 +168,8 @@ def ahead(items: Iterator[pa.Table], depth: int = 2, tick: float | None = None) 
             yield item
     finally:
         stop.set()
+        if thread.is_alive():  # the consumer stopped early (an error, Ctrl-C): stop the producer, even mid-wait
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Stop))
 
 
 def with_ids(units: list[dict]) -> list[dict]:
