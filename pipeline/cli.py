@@ -119,10 +119,21 @@ def check_overrides(name: str, overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        parsed = parser.parse_overrides(list(overrides))
     except HydraException as err:
-        raise ConfigKeyError(f"cannot parse the command line: {err}") from err
+        hint = ""
+        for override in overrides:  # the one that fails, in the form that parses
+            key, sep, value = override.partition("=")
+            try:
+                parser.parse_overrides([override])
+            except HydraException:
+                if sep:
+                    shown = f'"{value}"' if '"' not in value and "'" not in value else hydra_quote(value)
+                    hint = f"; to give {key.lstrip('+')} that value as typed, quote it: '{key}={shown}'"
+                break
+        raise ConfigKeyError(f"cannot parse the command line: {' '.join(str(err).split())}{hint}") from err
     keys = [key for key, _, _, _ in describe(SCHEMAS[name])]
     groups = presets(name)
     open_keys = _open_keys(SCHEMAS[name])
@@ -182,6 +193,14 @@ def compose(name: str, overrides: list[str] | None = None) -> Any:
     return to_dataclass(compose_dictconfig(name, overrides))
 
 
+def serve_application(args: dict[str, str]) -> Any:
+    """``serve run pipeline.cli:serve_application index.path=… [key=value …]`` (and KubeRay's RayService
+    ``serveConfigV2``): the Ray Serve application from `latent serve` keys, composed as the CLI does."""
+    from pipeline.serve.ray_app import application_of
+
+    return application_of(compose("serve", [f"{key}={value}" for key, value in args.items()]))
+
+
 def check_values(name: str, overrides: list[str]) -> None:
     """Compose once before Hydra runs the app, so that a bad value exits 2 with the key it names."""
     from hydra.errors import HydraException
@@ -191,6 +210,9 @@ def check_values(name: str, overrides: list[str]) -> None:
         to_dataclass(compose_dictconfig(name, overrides))
     except (HydraException, OmegaConfBaseException) as err:
         cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+        key = getattr(cause, "full_key", None)
+        if key:  # omegaconf's first line says what is wrong; the rest (full_key, reference_type) is its internals
+            raise ConfigKeyError(f"{key}: {str(cause).splitlines()[0].strip()}") from err
         raise ConfigKeyError(" ".join(str(cause).split())) from err
 
 
@@ -295,11 +317,52 @@ def _hydra_app(command: str) -> Callable[[], None]:
     return app
 
 
+def hydra_quote(value: str) -> str:
+    """``value`` as one quoted string of Hydra's override grammar (commas, ``#``, brackets kept as typed)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def command_override(argv: list[str]) -> list[str]:
     """``[k=v ..., "--", word ...]`` -> ``[k=v ..., "command='word ...'"]``: the job's command, quoted for Hydra."""
     cut = argv.index("--")
-    command = shlex.join(argv[cut + 1 :]).replace("\\", "\\\\").replace("'", "\\'")
-    return [*argv[:cut], f"command='{command}'"]
+    return [*argv[:cut], f"command={hydra_quote(shlex.join(argv[cut + 1 :]))}"]
+
+
+_UNQUOTED_BREAKS = set(",#[]{}()'\"=\\")  # characters Hydra's grammar reads as syntax in an unquoted value
+
+
+def _string_keys(cls: type, prefix: str = "") -> set[str]:
+    """Dotted keys of ``cls`` whose type is ``str`` (or ``str | None``): their values are never lists or sweeps."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    found: set[str] = set()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            found |= _string_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif kind is str or (
+            str in typing.get_args(kind) and all(a in (str, type(None)) for a in typing.get_args(kind))
+        ):
+            found.add(f"{prefix}{f.name}")
+    return found
+
+
+def quote_string_values(name: str, argv: list[str]) -> list[str]:
+    """``key=IVF256,Flat`` or ``start=abc#0`` as typed, for keys of type str: their value quoted for Hydra,
+    which would read it as a list or a comment. Not in sweeps (``-m``), where a comma separates values."""
+    if "-m" in argv or "--multirun" in argv:
+        return argv
+    keys = _string_keys(SCHEMAS[name])
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        plain = key.lstrip("+")
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if sep and plain in keys and not quoted and (_UNQUOTED_BREAKS & set(value) or value != value.strip()):
+            arg = f"{key}={hydra_quote(value)}"
+        out.append(arg)
+    return out
 
 
 def _alias(arg: str, aliases: dict[str, str]) -> str:
@@ -323,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     if command in CONFIGS and "--" in argv:
         argv = command_override(argv)
     aliases = ALIASES.get(command, {})
-    argv = [_alias(arg, aliases) for arg in argv]
+    argv = quote_string_values(config_name(command), [_alias(arg, aliases) for arg in argv])
     overrides = [a for a in argv if "=" in a or a.startswith("~")]  # Hydra's flags (-m, --cfg job) aside
     try:
         check_overrides(config_name(command), overrides)

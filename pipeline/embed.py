@@ -23,6 +23,7 @@ from pipeline.encode.model import describe_model, resolve_model
 from pipeline.encode.preprocess import ImagePrep, prepare_records
 from pipeline.errors import LatentError
 from pipeline.io.embed_output import OutputDir
+from pipeline.io.publish import refuse_output_inside_inputs
 from pipeline.io.records import Source
 from pipeline.io.shards import ERRORS_DIR, ERRORS_SCHEMA, EmbeddingInfo, commit_table
 from pipeline.io.sources import filter_done_units, open_corpus, read_corpus_unit
@@ -260,6 +261,7 @@ def _describe(name: str, pretrained: str | None):
 
 def run_embed(cfg: EmbedConfig) -> EmbedSummary:
     """Embed the corpus at ``cfg.input.path`` into ``cfg.output.path``, resuming any earlier run."""
+    refuse_output_inside_inputs({"output.path": cfg.output.path}, {"input.path": cfg.input.path})
     done = _already_complete(cfg)
     if done is not None:
         print(done.render())

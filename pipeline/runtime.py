@@ -36,7 +36,23 @@ def configure_process() -> None:
 
     Image.MAX_IMAGE_PIXELS = None
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _few_malloc_arenas()
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512…" chatter
+
+
+def _few_malloc_arenas() -> None:
+    """Under an address-space limit (``ulimit -v``), glibc's 64 MiB reservation per thread's malloc arena
+    (FAISS's, numba's, Ray's threads) exhausts the limit long before memory: two arenas, in this process
+    (mallopt) and in the processes it starts (MALLOC_ARENA_MAX)."""
+    import ctypes
+    import ctypes.util
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+        return
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-8, int(os.environ["MALLOC_ARENA_MAX"]))  # M_ARENA_MAX
 
 
 RUNS_DIR = "runs"  # <state dir>/runs/<time>-<pid>/: config.yaml, version.json, ray.json, summary.json
@@ -115,15 +131,55 @@ def init_ray(cfg: RayConfig) -> None:
     quiet_ray()  # ray.init configures Ray's loggers: set ours again after it
 
 
+MIN_OBJECT_STORE = 128 * 1024**2  # below this, a job's blocks no longer fit Ray's object store
+
+
+def address_space_room() -> tuple[int, int] | None:
+    """(limit, bytes left) of this process's address-space limit (``ulimit -v``), or None without one."""
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        return None
+    used = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in open("/proc/self/status"):  # noqa: SIM115  (a tiny procfs file)
+            if line.startswith("VmSize:"):
+                used = int(line.split()[1]) * 1024
+    return limit, limit - used
+
+
+def _object_store_size(cfg: RayConfig) -> int | None:
+    """Ray maps its whole object store into the driver and every worker: under ``ulimit -v`` Ray's default
+    (30% of memory) aborts in C++ or hangs. Sized to a quarter of what the limit leaves, or refused at once."""
+    room = address_space_room()
+    if room is None or cfg.object_store_memory is not None:
+        return cfg.object_store_memory
+    limit, left = room
+    size = left // 4
+    if size < MIN_OBJECT_STORE:
+        raise LatentError(
+            f"Ray cannot start under this process's address-space limit (ulimit -v {limit // 1024} KiB, "
+            f"{max(left, 0) / 2**30:.1f} GiB left): raise it (ulimit -v unlimited), or set "
+            f"ray.object_store_memory, or join a running cluster with ray.address="
+        )
+    log.info("address-space limit %d KiB: Ray's object store sized to %d MiB", limit // 1024, size >> 20)
+    return size
+
+
 def _start_private_ray(cfg: RayConfig, common: dict[str, Any], attempts: int = 2) -> None:
+    import atexit
+
     import ray
 
+    store = _object_store_size(cfg)
     for attempt in range(attempts):
         try:
             ray.init(
                 address="local",
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus,
+                object_store_memory=store,
                 include_dashboard=False,
                 runtime_env=WORKER_RUNTIME_ENV,
                 **common,
@@ -136,6 +192,14 @@ def _start_private_ray(cfg: RayConfig, common: dict[str, Any], attempts: int = 2
             if "timed out during startup" in reason and attempt + 1 < attempts:  # Ray waits 30 s, fixed: a busy machine
                 log.warning("Ray did not start within its 30 s; trying once more")
                 continue
+            atexit.unregister(ray.shutdown)  # shut down already: at exit it would only print a traceback
+            room = address_space_room()
+            if room is not None:
+                raise LatentError(
+                    f"Ray failed to start under this process's address-space limit (ulimit -v {room[0] // 1024} KiB; "
+                    f"object store {(store or 0) >> 20} MiB): {reason or type(err).__name__}. Raise the limit "
+                    f"(ulimit -v unlimited), or set ray.object_store_memory lower, or join a cluster with ray.address="
+                ) from None
             raise LatentError(
                 f"Ray failed to start on this machine: {reason} Check Ray's temp folder "
                 f"({os.environ.get('RAY_TMPDIR', tempfile.gettempdir())}/ray: free space, permissions, a path "

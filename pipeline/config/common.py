@@ -64,6 +64,11 @@ class RayConfig:
     )
     num_cpus: int | None = setting(None, "local Ray only (null: all)")
     num_gpus: int | None = setting(None, "local Ray only (null: all)")
+    object_store_memory: int | None = setting(
+        None,
+        "local Ray only: bytes of Ray's object store (null: Ray's default, 30% of memory; under an address-space "
+        "limit, ulimit -v, a quarter of what the limit leaves)",
+    )
     stall_timeout_s: float = setting(
         600.0, "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why"
     )

@@ -25,6 +25,12 @@ class Storage(str, Enum):
     ondisk = "ondisk"  # IVF inverted lists in a separate memory-mapped file per shard (indexes larger than RAM)
 
 
+class TextIndex(str, Enum):
+    none = "none"  # no keyword index
+    bm25 = "bm25"  # a BM25 keyword index of the items' `text` (an error when the input has no text column)
+    auto = "auto"  # bm25 when some items have a text, else none
+
+
 class DuplicatePolicy(str, Enum):
     error = "error"  # refuse the append, naming the id (nothing written)
     skip = "skip"  # keep the vector already indexed; the input's row is left out (counted, warned)
@@ -66,6 +72,11 @@ class IndexBuildConfig:
     )
     storage: Storage = setting(
         Storage.memory, "memory | ondisk (IVF lists in a memory-mapped .ivfdata file per shard; not fast-scan x4fs)"
+    )
+    text: TextIndex = setting(
+        TextIndex.none,
+        "none | bm25 (a keyword index of the items' text, for search mode=hybrid; kept in sync by append) | auto "
+        "(bm25 when some items have a text)",
     )
     on_duplicate_id: DuplicatePolicy = setting(
         DuplicatePolicy.error,

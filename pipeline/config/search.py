@@ -39,6 +39,17 @@ class SearchCommandConfig:
     model: SearchModelConfig = setting(SearchModelConfig, "the query encoder: always the model recorded in the index")
     k: int = setting(10, "how many hits")
     output: SearchOutput = setting(SearchOutput.table, "table | json")
+    where: str | None = setting(
+        None, "where=\"license = 'cc-by' AND year >= 2024\": only items matching it (docs/search.md#filters)"
+    )
+    verbose: bool = setting(False, "also print the filtered search's plan (to stderr; in json output: `plan`)")
+    mode: str = setting(
+        "vector", "vector | keyword (BM25 over the items' text) | hybrid (both, fused); needs an index.text index"
+    )
+    keywords: str | None = setting(None, "the words of mode=keyword|hybrid (default: query.text)")
+    keyword_weight: float = setting(
+        1.0, "mode=hybrid: the keyword list's weight in the fusion (the vector list's is 1)"
+    )
 
 
 @dataclass
@@ -102,6 +113,7 @@ class KnnCommandConfig:
     ray: RayConfig = setting(RayConfig, "where the job runs")
     resources: KnnResources = setting(KnnResources, "per stage")
     k: int = setting(10, "neighbours per query")
+    where: str | None = setting(None, 'where="...": neighbours only among items matching it (docs/search.md#filters)')
     threshold: float | None = setting(
         None, "cosine in [-1, 1]: also write near-duplicate groups (connected components of pairs >= threshold)"
     )

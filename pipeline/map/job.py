@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import MapCommandConfig, MapMode
 from pipeline.errors import LatentError
-from pipeline.io.publish import pid_alive, publish_directory
+from pipeline.io.publish import hold_target, pid_alive, publish_directory, refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
 from pipeline.map.layout import sample_rows
@@ -55,6 +55,7 @@ from pipeline.map.store import (
 from pipeline.runner.output import JobOutput
 
 log = logging.getLogger(__name__)
+MAX_LEVELS = 6
 
 
 def _check(cfg: MapCommandConfig) -> None:
@@ -67,6 +68,8 @@ def _check(cfg: MapCommandConfig) -> None:
     for key in ("landmarks", "neighbors", "place_k", "levels", "split", "coarse_k"):
         if getattr(m, key) < 1:
             raise LatentError(f"map.{key}={getattr(m, key)}: must be at least 1")
+    if m.levels > MAX_LEVELS:  # each level splits the one above: past this, regions of a handful of rows
+        raise LatentError(f"map.levels={m.levels}: at most {MAX_LEVELS}")
     for key, value in (("batch_size", cfg.batch_size), ("output.rows_per_shard", cfg.output.rows_per_shard)):
         if value < 1:
             raise LatentError(f"{key}={value}: must be at least 1")
@@ -135,9 +138,10 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     if q.sample <= 0:
         return {}
     started = time.perf_counter()
-    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
-    vectors, _ = source.take(rows)
     point_rows = points.column("row").to_numpy()
+    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
+    rows = rows[np.isin(rows, point_rows)]  # rows recorded in _errors (NaN, zero vectors) are not on the map
+    vectors, _ = source.take(rows)
     every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
     xy = every[np.searchsorted(point_rows, rows)]
     ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
@@ -162,7 +166,9 @@ def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, 
     return out
 
 
-def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
+def _old_map(target: Path, cfg: MapCommandConfig, source: MapSource) -> MapDirectory | None:
+    if target.exists() and not target.is_dir():
+        raise LatentError(f"output.path={target} is a file: give a folder for the map (a new path)")
     exists = is_map_directory(target)
     if cfg.map.mode == MapMode.create and exists:
         raise LatentError(f"output.path={target} already holds a map: use map.mode=overwrite, or append")
@@ -173,6 +179,12 @@ def _old_map(target: Path, cfg: MapCommandConfig) -> MapDirectory | None:
     if cfg.map.mode != MapMode.append:
         return None
     found = MapDirectory(target)
+    recorded, given = found.info.source, source.fingerprint()
+    if recorded.get("kind") != given["kind"] or Path(recorded.get("path", "")).resolve() != Path(source.path).resolve():
+        raise LatentError(
+            f"map.mode=append: the map at {target} is of the {recorded.get('kind')} {recorded.get('path')}, not of "
+            f"{source.path}: append rows of its own source, or map this one elsewhere (another output.path)"
+        )
     if found.info.format_version < 2:
         raise LatentError(
             f"map.mode=append: the map at {target} is in format version {found.info.format_version} (one points "
@@ -236,7 +248,8 @@ def _place(
     in_source = [source_units.get(u.name, u) for u in units]  # where each unit's rows are read
     placement = old.info.placement if old is not None else cfg.map.place.value
     rows = [u.start for u in units]
-    job = place_job(cfg, source, in_source, Path(output.path), levels, old is None, output, rows, placement)
+    mapped = None if old is None else pc.unique(old.points(["id"]).column("id").combine_chunks())
+    job = place_job(cfg, source, in_source, Path(output.path), levels, old is None, output, rows, placement, mapped)
     errors = Path(output.errors_dir)
     return run_job(job, finish=lambda result: {"rows": result.rows, "errors": _count_rows(errors)})
 
@@ -285,10 +298,18 @@ def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.
 def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     """Build (or append to) the map directory of cfg's source; returns the summary (also in map.json)."""
     _check(cfg)
+    target = _target(cfg)
+    refuse_output_inside_inputs(
+        {"output.path": str(target)}, {"input.path": cfg.input.path, "index.path": cfg.index.path}
+    )
+    with hold_target(target, "output.path"):  # held up to the publish: a second run on this output is refused
+        return _run_map(cfg, target)
+
+
+def _run_map(cfg: MapCommandConfig, target: Path) -> dict[str, Any]:
     total_started = time.perf_counter()
     source = open_source(cfg)
-    target = _target(cfg)
-    old = _old_map(target, cfg)
+    old = _old_map(target, cfg, source)
     if old is not None and old.info.source.get("dim") != source.dim:
         raise LatentError(
             f"map.mode=append: the map holds {old.info.source.get('dim')}-d rows, the source {source.dim}-d"
@@ -296,6 +317,24 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
     staging = _staging(target, _run_key(source, cfg))
     output = points_output(staging)
     output.prepare()
+    try:
+        summary = _stage_and_publish(cfg, source, target, old, staging, output, total_started)
+    except Exception:
+        if not list_shards(str(staging / POINTS_DIR)):  # nothing placed to resume from: leave no staging folder
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _stage_and_publish(
+    cfg: MapCommandConfig,
+    source: MapSource,
+    target: Path,
+    old: MapDirectory | None,
+    staging: Path,
+    output: JobOutput,
+    total_started: float,
+) -> dict[str, Any]:
     with output.lock():  # a second `latent map` of the same source and parameters is refused
         (staging / "owner.pid").write_text(str(os.getpid()))
         timings: dict[str, Any] = {}
@@ -322,7 +361,7 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(staging / POINTS_DIR / ".tmp", ignore_errors=True)
         (staging / INFO_FILE).write_text(info.to_json())
-        publish_directory(staging, target)
+        publish_directory(staging, target, create="output.path" if cfg.map.mode == MapMode.create else None)
     quality = info.quality
     summary = {
         "map": str(target),
@@ -334,10 +373,10 @@ def run_map(cfg: MapCommandConfig) -> dict[str, Any]:
         "timings": info.timings,
     }
     print(
-        f"latent map: {info.rows:,} rows -> {target} ({' / '.join(map(str, info.clusters))} regions, "
-        f"labels: {method}); preservation {quality.get('preservation', float('nan')):.3f}"
-        f" (umap-learn: {quality.get('reference_preservation', float('nan')):.3f}); {timings['total_s']:.1f} s"
-        + (f"; {errors:,} rows not placed (see {target / ERRORS_DIR})" if errors else "")
+        f"latent map: {_count(info.rows, 'row')} -> {target} ({' / '.join(map(str, info.clusters))} regions, "
+        f"labels: {method}); preservation {_figure(quality.get('preservation'))}"
+        f" (umap-learn: {_figure(quality.get('reference_preservation'))}); {timings['total_s']:.1f} s"
+        + (f"; {_count(errors, 'row')} not placed (see {target / ERRORS_DIR})" if errors else "")
     )
     return summary
 
@@ -392,6 +431,15 @@ def _finish(
         created_by=code_version(),
         history=history,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _figure(value: float | None) -> str:
+    """A measured figure, or why there is none (too few rows to compare k neighbours, or not measured)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and np.isfinite(value) else "not measured"
 
 
 def _plain(value: Any) -> Any:

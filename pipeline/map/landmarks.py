@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.config import LabelMethod, MapCommandConfig, MapMethod
 from pipeline.errors import LatentError
+from pipeline.io.vectors import usable
 from pipeline.map import labels as labelling
 from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
 from pipeline.map.regions import find_regions
@@ -88,6 +89,11 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
     started = time.perf_counter()
     rows = sample_rows(source.rows, size, m.seed)
     vectors, texts = source.take(rows)
+    ok = usable(vectors, source.metric)  # NaN and (cosine) zero rows: left out here, recorded by placement
+    if not ok.all():
+        rows, vectors, texts = rows[ok], vectors[ok], [t for t, keep in zip(texts, ok) if keep]
+    if len(rows) < 3:
+        raise LatentError(f"{source.path}: fewer than 3 rows with a usable vector (NaN, infinite or zero vectors)")
     timings["sample_s"] = time.perf_counter() - started
     started = time.perf_counter()
     graph, distances = knn_graph(vectors, m.neighbors + 1, source.metric)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.io.shards import ERRORS_DIR, arrow_to_vectors, commit_table
+from pipeline.io.vectors import vector_errors
 from pipeline.map.layout import PLACE_EPOCHS, LandmarkIndex, PcaProjection
 from pipeline.map.regions import vote
 from pipeline.map.source import MapSource, Unit
@@ -90,23 +91,31 @@ class Placer:
 # -- the stages ---------------------------------------------------------------------------------------
 
 
-def read_unit(unit: dict, done: pa.Array | None, source: MapSource) -> Iterator[pa.Table]:
-    """Stage 1 (CPU task): a unit's rows as records ``row``, ``id``, ``vector``, ``error`` (NaN/inf vectors),
-    without the rows in ``done`` (placed by an earlier run)."""
+ALREADY_MAPPED = "id already on the map (not placed twice)"
+
+
+def read_unit(
+    unit: dict, done: pa.Array | None, source: MapSource, mapped: pa.Array | None = None
+) -> Iterator[pa.Table]:
+    """Stage 1 (CPU task): a unit's rows as records ``row``, ``id``, ``vector``, ``error`` (``vector_errors``;
+    an append: ids in ``mapped``, already on the map), without the rows in ``done`` (placed by an earlier run)."""
     skip = None if done is None else pc.cast(done, pa.int64())
     part = Unit(unit["name"], unit["start"], unit["rows"], unit["shard"])
     shift = unit["first_row"] - part.start  # the map's row numbers (append: after the mapped rows)
     for first, vectors, items in source.read(part, items=True):
         n, dim = vectors.shape
-        finite = pa.array(np.isfinite(vectors).all(axis=1))
         records = pa.table(
             {
                 "row": pa.array(np.arange(first + shift, first + shift + n, dtype=np.int64)),
                 "id": items.column("id"),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
-                "error": pc.if_else(finite, pa.scalar(None, pa.string()), pa.scalar("NaN or infinite vector")),
+                "error": pa.array(vector_errors(vectors, source.metric), pa.string()),
             }
         )
+        if mapped is not None and len(mapped):
+            again = pc.is_in(records.column("id"), value_set=mapped)
+            error = pc.if_else(again, pa.scalar(ALREADY_MAPPED), records.column("error"))
+            records = records.set_column(records.schema.get_field_index("error"), "error", error)
         if skip is not None:
             records = records.filter(pc.invert(pc.is_in(records.column("row"), value_set=skip)))
         yield records
@@ -173,12 +182,14 @@ def place_job(
     output: JobOutput | None = None,
     rows: list[int] | None = None,
     placement: str | None = None,
+    mapped: pa.Array | None = None,
 ) -> Job:
     """The placement job of ``units`` of ``source`` into ``staging``, from the landmarks staged there.
 
     ``rows``: each unit's first row number on the map (default: its row in the source; an append
-    numbers new units after the mapped rows); ``output``: the staging directory's ``points_output``,
-    when the caller holds its lock; ``placement``: default ``map.place`` (an append: the map's own)."""
+    numbers new units after the mapped rows; ``mapped``: the ids already on its map); ``output``: the staging
+    directory's ``points_output``, when the caller holds its lock; ``placement``: default ``map.place`` (an
+    append: the map's own)."""
     from pipeline.runner import ActorStage, Job, ReadStage, WriteStage, actor_resources
 
     res = cfg.resources
@@ -202,7 +213,9 @@ def place_job(
         ],
         total_rows=sum(u.rows for u in units),
         # memory declared: Ray Data then keeps reading in its own tasks, not fused into the actor (ray#54433)
-        read=ReadStage(partial(read_unit, source=source), cpus=res.cpus_per_reader, memory=READER_MEMORY),
+        read=ReadStage(
+            partial(read_unit, source=source, mapped=mapped), cpus=res.cpus_per_reader, memory=READER_MEMORY
+        ),
         process=ActorStage(
             PlaceBatches,
             placer,

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from pipeline.index.recall import GroundTruth, without_self
+from pipeline.io.vectors import usable
 from pipeline.map.layout import _flat_index, umap_layout
 
 
@@ -39,11 +40,11 @@ def preservation_among_all(
 ) -> float:
     """Mean share of each query row's ``k`` nearest among all rows in latent space (``batches``: every row's
     (global rows, vectors), streamed: exact search, a running top ``k``) found among its ``k`` nearest among
-    all the map's points (``point_rows``, ``point_xy``). Non-finite vectors are left out, like their rows."""
+    all the map's points (``point_rows``, ``point_xy``). Unusable vectors are left out, like their rows."""
     truth = GroundTruth(query_vectors, k, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     for rows, vectors in batches:
-        finite = np.isfinite(vectors).all(axis=1)
-        truth.add(vectors[finite], rows[finite])
+        ok = usable(vectors, metric)
+        truth.add(vectors[ok], rows[ok])
     on_map = _flat_index(2, "l2")
     on_map.add(np.ascontiguousarray(point_xy, dtype=np.float32))
     at = np.searchsorted(point_rows, query_rows)

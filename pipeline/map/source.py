@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipeline.errors import LatentError
 from pipeline.index.input.read import iter_batches, scan
 from pipeline.io.shards import EmbeddingInfo
+from pipeline.io.vectors import usable
 
 INDEX_UNIT_ROWS = 65536  # rows per placement unit of an index
 READ_BATCH = 16384
@@ -73,7 +74,8 @@ class MapSource:
             yield start, vectors, table
 
     def take(self, rows: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Vectors and texts of the global ``rows`` (sorted, unique), in one pass over the units holding them."""
+        """Vectors and texts of the global ``rows`` (sorted, unique), in one pass over the units holding them
+        (unusable vectors too: ``pipeline.io.vectors.usable`` tells them)."""
         rows = np.asarray(rows, dtype=np.int64)
         vectors = np.empty((len(rows), self.dim), dtype=np.float32)
         texts: list[str | None] = [None] * len(rows)
@@ -88,20 +90,39 @@ class MapSource:
                 local = rows[a:b] - first
                 vectors[a:b] = batch[local]
                 texts[a:b] = table.column("text").take(pa.array(local)).to_pylist()
-        check_finite(vectors, self.path)
         return vectors, texts
 
 
-def check_finite(vectors: np.ndarray, where: str) -> None:
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise LatentError(f"{where}: a row has NaN or infinite values (row {int(np.flatnonzero(bad)[0])} of a sample)")
+class _ShardVectors:
+    """``reconstruct_n`` over a sharded index's parts (FAISS's IndexShards cannot reconstruct)."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.firsts = np.concatenate([[0], np.cumsum([p.ntotal for p in parts])])
+
+    def reconstruct_n(self, start: int, n: int) -> np.ndarray:
+        out = []
+        for part, first in zip(self.parts, self.firsts[:-1]):
+            lo, hi = max(start, first), min(start + n, first + part.ntotal)
+            if lo < hi:
+                out.append(part.reconstruct_n(int(lo - first), int(hi - lo)))
+        return np.concatenate(out)
 
 
 def _reconstructable(directory):
     import faiss
 
+    from pipeline.index.store import shards
+
     index = directory.index
+    if shards.is_sharded(index):
+        parts = shards.shard_parts(index)
+        try:
+            for part in parts:
+                shards.reconstruct_local(part, 0)  # IVF: builds the direct map
+            return _ShardVectors(parts)
+        except (RuntimeError, AttributeError) as err:
+            raise _cannot(directory) from err
     try:
         index.reconstruct(0)
         return index
@@ -112,16 +133,20 @@ def _reconstructable(directory):
         index.reconstruct(0)
         return index
     except (RuntimeError, AttributeError) as err:
-        raise LatentError(
-            f"index.path={directory.path}: FAISS cannot give back the vectors of this index "
-            f"({directory.info.factory}); map its embedding dataset instead (input.path=EMBEDDINGS)"
-        ) from err
+        raise _cannot(directory) from err
+
+
+def _cannot(directory) -> LatentError:
+    return LatentError(
+        f"index.path={directory.path}: FAISS cannot give back the vectors of this index ({directory.info.factory}): "
+        f"map the embedding dataset it was built from instead, `latent map input.path=EMBEDDINGS output.path=MAP`"
+    )
 
 
 def _metric_of(embedding: EmbeddingInfo | None, first: np.ndarray) -> str:
     if embedding is not None:
         return "ip" if embedding.normalized else "l2"
-    norms = np.linalg.norm(first, axis=1)
+    norms = np.linalg.norm(first[usable(first, "ip")], axis=1)  # NaN and zero rows aside
     return "ip" if len(norms) and np.all(np.abs(norms - 1) < 1e-2) else "l2"
 
 

@@ -11,6 +11,7 @@ the next run with the same source and parameters resumes from it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ class MapInfo:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """Strict JSON: a figure that could not be measured (NaN, e.g. too few rows) is null."""
+        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False)
 
     @property
     def placement(self) -> str:
@@ -98,6 +100,16 @@ class MapInfo:
         check_format_version(data, FORMAT_VERSION, "map")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def default_map_path(index_path: str | Path) -> Path:

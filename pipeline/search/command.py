@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -69,14 +70,39 @@ def render_table(result: SearchResult) -> str:
 def render_json(result: SearchResult, kind: str, cfg: SearchCommandConfig) -> str:
     hits = [{"rank": rank, **hit} for rank, hit in enumerate(result.items[0], start=1)]
     document = {"index": cfg.index.path, "query": {"kind": kind}, "k": cfg.k, "hits": hits}
+    if cfg.where is not None:
+        document["where"] = cfg.where
+    if result.plan is not None and cfg.verbose:
+        document["plan"] = result.plan
     return json.dumps(document, indent=2, default=str)  # passed-through metadata may hold dates, decimals…
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """One line: which plan a filtered search ran, and why (pipeline.search.plan)."""
+    params = ", ".join(f"{key}={value}" for key, value in plan["params"].items()) if plan["kind"] == "filtered" else ""
+    cost = plan.get("cost") or {}
+    costs = f"; estimated exact {cost['exact']:.3g} vs filtered {cost['filtered']:.3g} {cost['unit']}" if cost else ""
+    return (
+        f"plan: {plan['kind']}{f' ({params})' if params else ''}: {plan['matched']} of {plan['rows']} items match "
+        f"({100 * plan['selectivity']:.3g} %){costs}"
+    )
 
 
 def run_search(cfg: SearchCommandConfig) -> SearchResult:
     """Search ``cfg.index.path`` for ``cfg.query`` and print the ranked hits."""
     searcher = Searcher.open(cfg.index.path, cfg.model)
-    kind, query = _query(cfg, searcher)
-    result = searcher.search(**query, k=cfg.k)
+    from pipeline.search.hybrid import check_mode
+
+    check_mode(cfg.mode, True, {} if cfg.mode == "vector" else searcher.info.text)  # a bad mode before any query
+    if cfg.mode == "keyword" and cfg.keywords is None and cfg.query.text is None:
+        raise QueryError("mode=keyword: set keywords=... or query.text=...")
+    kind, query = ("keywords", {}) if cfg.mode == "keyword" and cfg.query.text is None else _query(cfg, searcher)
+    hybrid = {"mode": cfg.mode, "keyword_weight": cfg.keyword_weight}
+    if cfg.keywords is not None:
+        hybrid["keywords"] = [cfg.keywords]
+    result = searcher.search(**query, k=cfg.k, where=cfg.where, **hybrid)
+    if result.plan is not None and cfg.verbose:
+        print(describe_plan(result.plan), file=sys.stderr)
     print(render_json(result, kind, cfg) if cfg.output == SearchOutput.json else render_table(result))
     return result
 

@@ -26,6 +26,7 @@ from pipeline.config import Device, KnnCommandConfig, Precision
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
 from pipeline.index.store.directory import IndexDirectory
+from pipeline.io.publish import refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, commit_table, filesystem, list_shards
 from pipeline.runner import (
     ActorStage,
@@ -77,7 +78,13 @@ def knn_job(
         read=ReadStage(partial(read_queries, rows=cfg.batch_size), cpus=res.cpus_per_reader, memory=READER_MEMORY),
         process=ActorStage(
             KnnBatches,
-            {"index_path": os.path.abspath(cfg.index.path), "spec": spec, "k": cfg.k, "kind": queries.kind},
+            {
+                "index_path": os.path.abspath(cfg.index.path),
+                "spec": spec,
+                "k": cfg.k,
+                "kind": queries.kind,
+                "where": cfg.where,
+            },  # fmt: skip
             actor_resources(res.actors, res.cpus_per_actor, res.gpus_per_actor, device, inline),
             batch_size=cfg.batch_size,
         ),
@@ -134,6 +141,10 @@ def _check_config(cfg: KnnCommandConfig, directory: IndexDirectory) -> None:
     cfg.k = check_k(cfg.k, directory.info.ntotal)
     if cfg.batch_size <= 0:
         raise LatentError(f"batch_size={cfg.batch_size}: must be a positive integer")
+    if cfg.where is not None:  # a bad predicate stops the job here, before any worker starts
+        from pipeline.search.columns import ItemColumns
+
+        ItemColumns(directory).compile(cfg.where)
     if cfg.threshold is not None:
         if not -1.0 <= cfg.threshold <= 1.0:
             raise LatentError(f"threshold={cfg.threshold}: a cosine similarity, in [-1, 1]")
@@ -148,6 +159,9 @@ def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
     """Search ``cfg.index.path`` for every query of ``cfg.input.path``; write neighbours (and groups).
 
     A killed run, rerun with the same command, keeps what it committed and answers each query once."""
+    refuse_output_inside_inputs(
+        {"output.path": cfg.output.path}, {"input.path": cfg.input.path, "index.path": cfg.index.path}
+    )
     directory = IndexDirectory.open(cfg.index.path)
     _check_config(cfg, directory)
     output = knn_output(cfg)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
 from pipeline.io.shards import arrow_to_vectors, commit_table, filesystem, list_shards
+from pipeline.io.vectors import vector_errors
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image
 
 NEIGHBORS_DIR = "neighbors"
@@ -53,7 +54,9 @@ def neighbours_to_arrow(ids: np.ndarray, scores: np.ndarray) -> tuple[pa.ListArr
 class KnnBatches:
     """Ray Data actor: query records in, neighbour rows (and error rows) out. Opens the index once."""
 
-    def __init__(self, index_path: str, spec: ModelSpec | None, k: int, kind: str, threads: int | None) -> None:
+    def __init__(
+        self, index_path: str, spec: ModelSpec | None, k: int, kind: str, threads: int | None, where: str | None = None
+    ) -> None:
         if threads:
             import faiss
             import torch
@@ -61,7 +64,7 @@ class KnnBatches:
             faiss.omp_set_num_threads(threads)
             torch.set_num_threads(threads)
         self.searcher = Searcher.open(index_path, query_model=spec)
-        self.k, self.kind = k, kind
+        self.k, self.kind, self.where = k, kind, where
 
     def _queries(self, batch: pa.Table, ok: np.ndarray, errors: list[str | None]) -> dict[str, Any]:
         column = batch.column("query")
@@ -73,9 +76,10 @@ class KnnBatches:
                 if found.shape[1] != self.searcher.dim:
                     raise LatentError(f"query vectors are {found.shape[1]}-d, the index holds {self.searcher.dim}-d")
                 vectors[ok] = found
-            norms = np.linalg.norm(vectors, axis=1)
-            for i in np.flatnonzero(ok & ~(np.isfinite(norms) & (norms > 0))):
-                ok[i], errors[i] = False, "zero, NaN or infinite vector"
+            metric = "ip" if self.searcher.info.normalized else "l2"
+            for i, problem in enumerate(vector_errors(vectors, metric)):
+                if ok[i] and problem:
+                    ok[i], errors[i] = False, problem
             return {"vectors": vectors[ok]}
         values = column.to_pylist()
         if self.kind == "text":
@@ -96,7 +100,7 @@ class KnnBatches:
         ids = np.full((n, self.k), None, dtype=object)
         scores = np.full((n, self.k), np.nan, dtype=np.float32)
         if ok.any():
-            result = self.searcher.search(**query, k=self.k, with_items=False)
+            result = self.searcher.search(**query, k=self.k, with_items=False, where=self.where)
             ids[ok], scores[ok] = result.ids, result.scores
         neighbor_ids, hit_scores = neighbours_to_arrow(ids, scores)
         return pa.table(

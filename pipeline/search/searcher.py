@@ -45,6 +45,7 @@ class SearchResult:
     scores: np.ndarray  # (n, min(k, ntotal)) float32; NaN where an approximate search found fewer hits
     ids: np.ndarray  # (n, min(k, ntotal)) object array of str; None where there is no hit
     items: list[list[dict[str, Any]]]  # per query, per hit: the metadata row (id, source, text, …) + "score"
+    plan: dict[str, Any] | None = None  # a filtered search's plan (pipeline.search.plan.Plan.to_dict)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -67,18 +68,24 @@ class Searcher:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         self._direct_map_tried = False
+        self._columns = None  # the filterable columns (pipeline.search.columns), on the first where=
         # items.arrow's record batches, memory-mapped (zero-copy): a search takes its hits from them directly
         self._batches = list(directory.item_batches())
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, model: SearchModelConfig | None = None, query_model: ModelSpec | None = None
+        cls,
+        path: str | os.PathLike,
+        model: SearchModelConfig | None = None,
+        query_model: ModelSpec | None = None,
+        verify: str = "quick",
     ) -> Searcher:
         """Open the index directory at ``path`` (memory-mapped); the encoder is built on first use.
 
         ``query_model``: the encoder's ModelSpec as ``resolve_query_model`` returned it elsewhere (Ray actors
-        get it from the driver, which checked it once); by default it is resolved here from ``model``."""
-        return cls(IndexDirectory.open(path), model, query_model)
+        get it from the driver, which checked it once); by default it is resolved here from ``model``.
+        ``verify``: "quick" (sizes; files up to 16 MiB hashed) or "full" (every file hashed now)."""
+        return cls(IndexDirectory.open(path, verify=verify), model, query_model)
 
     # --- what the index is ---------------------------------------------------------------------
 
@@ -135,47 +142,90 @@ class Searcher:
         terms: Sequence[Any] | str | None = None,
         k: int = 10,
         with_items: bool = True,
+        where: str | None = None,
+        mode: str = "vector",
+        keywords: Sequence[str] | None = None,
+        keyword_weight: float = 1.0,
     ) -> SearchResult:
         """The ``k`` nearest items to each query; exactly one of ``vectors``, ``texts``, ``images``, ``terms``.
+
+        ``where``: only items whose metadata satisfy this predicate (docs/search.md#filters); checked before
+        any query is encoded (a FilterError, a LatentError, when it is malformed or does not fit the columns).
+        ``mode``: ``vector`` (default), ``keyword`` (BM25 over the items' text) or ``hybrid`` (both, fused by
+        reciprocal rank fusion, the keyword list weighing ``keyword_weight``; pipeline.search.hybrid); the
+        words are ``keywords`` (one string per query) or else ``texts``. Needs an index built with index.text.
 
         ``terms``: one query weighing several terms (pipeline.search.terms: a list of Term, or the expression
         ``"id:ID + 'text' - 0.5*'text'"``). ``with_items=False`` skips reading the hits' metadata rows (``items``
         is then a list of empty lists)."""
-        given = [
-            name
-            for name, value in (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
-            if value is not None
-        ]
+        pairs = (("vectors", vectors), ("texts", texts), ("images", images), ("terms", terms))
+        given = {name: value for name, value in pairs if value is not None}
+        if mode != "vector" or keywords is not None:
+            from pipeline.search.hybrid import hybrid_search
+
+            words = keywords if keywords is not None else texts
+            return hybrid_search(self, mode, words, given, k, with_items, where, keyword_weight)
         if len(given) != 1:
             raise QueryError(f"give exactly one of vectors, texts, images or terms (got {', '.join(given) or 'none'})")
         k = check_k(k, self.ntotal, error=QueryError)  # before anything is encoded or allocated
-        if terms is not None:
-            from pipeline.search.terms import combine_terms, parse_terms
+        if where is not None:
+            self.columns.mask(where)  # checked (and its mask computed) before anything is encoded
+        queries = self.encode(vectors, texts, images, terms)
+        return self.search_vectors(queries, k, with_items, where)
 
-            queries = combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
-        elif vectors is not None:
-            queries = self._check_vectors(vectors)
-        elif texts is not None:
-            queries = self.encode_texts(texts)
-        else:
-            queries = self.encode_images(images)
-        return self.search_vectors(queries, k, with_items)
+    @property
+    def columns(self):
+        """The index's filterable metadata columns (pipeline.search.columns.ItemColumns), opened on first use."""
+        with self._encoder_lock:
+            if self._columns is None:
+                from pipeline.search.columns import ItemColumns
 
-    def search_vectors(self, queries: np.ndarray, k: int, with_items: bool = True) -> SearchResult:
+                self._columns = ItemColumns(self.directory)
+            return self._columns
+
+    def search_vectors(
+        self, queries: np.ndarray, k: int, with_items: bool = True, where: str | None = None
+    ) -> SearchResult:
         """FAISS search of an n x dim float32 array already checked (and normalised) by ``search``; ``k`` is
-        bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal)."""
-        n = len(queries)
+        bounded here too (1..MAX_K, and the index size), so results are at most n x min(MAX_K, ntotal).
+        ``where``: the planner (pipeline.search.plan) searches only the rows that satisfy it."""
         k = check_k(k, self.ntotal, error=QueryError)
-        if n and k:
+        scores, labels, plan = self.search_labels(queries, k, where)
+        return self.result(scores, labels, with_items, plan)
+
+    def search_labels(
+        self, queries: np.ndarray, k: int, where: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+        """(scores, labels, the filtered plan) of ``search_vectors``, before the hits' rows are read."""
+        n = len(queries)
+        plan = None
+        if where is not None and n and k:
+            from pipeline.search.plan import plan_search, run_plan
+
+            checked, mask = self.columns.mask(where)
+            chosen = plan_search(self.directory.index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
+            with self._encoder_lock:  # an exact plan may build an IVF direct map once
+                queries = np.ascontiguousarray(queries, dtype=np.float32)
+                scores, labels = run_plan(chosen, self.directory.index, mask, queries, k, self.info.metric)
+            scores = self.directory.check_scores(scores, labels)
+            plan = chosen.to_dict()
+        elif n and k:
             scores, labels = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
             scores = self.directory.check_scores(scores, labels)
         else:
             scores, labels = np.full((n, k), _MISSING_SCORE, np.float32), np.full((n, k), -1, np.int64)
         scores[labels < 0] = _MISSING_SCORE
+        return scores, labels, plan
+
+    def result(
+        self, scores: np.ndarray, labels: np.ndarray, with_items: bool = True, plan: dict[str, Any] | None = None
+    ) -> SearchResult:
+        """A SearchResult of (n, k) ``scores`` and FAISS ``labels`` (-1: no hit): ids and metadata rows."""
+        n, k = labels.shape
         if not with_items:
             ids = np.empty(labels.size, dtype=object)
             ids[:] = self._rows(labels, ["id"]).column("id").to_pylist()
-            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)])
+            return SearchResult(scores=scores, ids=ids.reshape(n, k), items=[[] for _ in range(n)], plan=plan)
         table = self._rows(labels)  # one pass over items.arrow for all n x k hits
         names = [*table.column_names, "score"]
         columns = [table.column(name).to_pylist() for name in table.column_names]  # column-wise: 2x faster
@@ -184,7 +234,7 @@ class Searcher:
         ids = np.empty(labels.size, dtype=object)
         ids[:] = [row["id"] if ok else None for row, ok in zip(rows, hit)]
         items = [[rows[p] for p in range(q * k, (q + 1) * k) if hit[p]] for q in range(n)]
-        return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items)
+        return SearchResult(scores=scores, ids=ids.reshape(n, k), items=items, plan=plan)
 
     def _rows(self, labels: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Metadata rows of FAISS ``labels`` (flattened, in order; null rows for -1): IndexDirectory.items
@@ -209,6 +259,18 @@ class Searcher:
         position = np.zeros(len(labels), dtype=np.int64)
         position[where[order]] = np.arange(len(order))  # row j of ``table`` answers position where[order[j]]
         return table.take(pa.array(position, mask=~valid))
+
+    def encode(self, vectors: Any = None, texts: Any = None, images: Any = None, terms: Any = None) -> np.ndarray:
+        """The query vectors of exactly one of ``vectors``, ``texts``, ``images``, ``terms`` (as ``search``)."""
+        if terms is not None:
+            from pipeline.search.terms import combine_terms, parse_terms
+
+            return combine_terms(self, parse_terms(terms) if isinstance(terms, str) else terms)
+        if vectors is not None:
+            return self._check_vectors(vectors)
+        if texts is not None:
+            return self.encode_texts(texts)
+        return self.encode_images(images)
 
     def _check_vectors(self, vectors: Any) -> np.ndarray:
         try:
@@ -237,10 +299,15 @@ class Searcher:
 
     def vector(self, id: str) -> np.ndarray | None:
         """The stored vector of ``id`` when FAISS can reconstruct it (exact for flat codes, approximate for
-        PQ), for "search by this result"; None when the id is unknown or the index cannot reconstruct."""
+        PQ), for "search by this result"; None when the id is unknown or the index cannot reconstruct.
+        A stored vector damaged on disk (off unit length on a normalised index) is an IndexCorrupted."""
         label = self.directory.label_of(id)
         if label is None:
             return None
+        vector = self._reconstruct(int(label))
+        return None if vector is None else self.directory.check_stored(int(label), vector)
+
+    def _reconstruct(self, label: int) -> np.ndarray | None:
         index = self.directory.index
         if shards.is_sharded(index):  # from the shard that holds it
             with self._encoder_lock:

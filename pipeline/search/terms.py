@@ -119,7 +119,8 @@ def combine_terms(searcher: Searcher, terms: Sequence[Term]) -> np.ndarray:
     """The query vector of ``terms``: the normalised weighted sum of their unit vectors (1 x dim float32)."""
     terms = check_terms(terms)
     vectors = term_vectors(searcher, terms)
-    weights = np.array([t.weight for t in terms], dtype=np.float32)
+    weights = np.array([t.weight for t in terms], dtype=np.float64)
+    weights /= np.abs(weights).max()  # the direction is the same; huge weights (1e38) no longer overflow float32
     combined = (weights[:, None] * vectors).sum(axis=0)
     if np.linalg.norm(combined) < 1e-6:
         raise TermError("terms: the weighted terms cancel out (their sum has no direction)")
@@ -142,9 +143,14 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
 def find_path(searcher: Searcher, start: str, end: str, steps: int = 8, k: int = 8) -> list[dict[str, Any]]:
     """The route from item ``start`` to item ``end``: the two items at its ends and, for each of the ``steps - 2``
     points of the great circle between their vectors, the nearest item not already on the route (so the
-    route holds at most ``steps`` distinct items; "score" is the item's similarity to its point)."""
+    route holds at most ``steps`` distinct items; "score" is the item's similarity to its point). From an
+    item to itself the route is that item alone."""
     if not 2 <= steps <= MAX_STEPS:
         raise TermError(f"steps={steps}: must be in 2..{MAX_STEPS}")
+    if str(start) == str(end):
+        if searcher.directory.label_of(str(start)) is None:
+            raise TermError(f"from={start}: not in the index")
+        return [{"step": 0, **(searcher.item(str(start)) or {"id": str(start)}), "score": 1.0}]
     ends = []
     for key, id in (("from", start), ("to", end)):
         vector = searcher.vector(str(id))

@@ -23,6 +23,12 @@ class SearchQuery(BaseModel):
     vector: list[float] | None = Field(None, description="search by a vector of the index's dimension")
     id: str | None = Field(None, description="search by the stored vector of an indexed item")
     k: int = Field(10, ge=1, le=MAX_K, description="number of hits, at most the server's max_k")
+    where: str | None = Field(
+        None,
+        max_length=1_000_000,
+        description="only items whose metadata match this predicate, e.g. \"license = 'cc-by' AND year >= 2024\" "
+        "(docs/search.md#filters); malformed or not fitting the index's columns: 400",
+    )
 
 
 def search_query_model(max_k: int, default_k: int, dim: int) -> type[SearchQuery]:
@@ -81,6 +87,11 @@ class Health(BaseModel):
     )
     batches: dict[str, int] = Field(description="micro-batches run since start, per query kind")
     batched_queries: dict[str, int] = Field(description="queries answered since start, per query kind")
+    files: dict[str, Any] | None = Field(
+        None,
+        description='the background sha256 check of every index file since start: state ("checking", "ok", '
+        '"damaged", "no checksums"), checked, files, error (the damaged file; queries then get 503)',
+    )
 
 
 class ErrorBody(BaseModel):

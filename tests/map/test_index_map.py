@@ -7,10 +7,13 @@ import pytest
 from index.helpers import build, dataset, run_cli, vectors
 
 from map.conftest import map_config
+from pipeline.cli import compose
 from pipeline.errors import LatentError
 from pipeline.map.job import run_map
 from pipeline.map.source import open_index
 from pipeline.map.store import MapDirectory, default_map_path
+from pipeline.search import Searcher
+from pipeline.serve.routes.map import find_map
 
 
 def test_index_map_goes_stale_when_the_index_grows_and_append_brings_it_back(tmp_path, local_ray):
@@ -30,6 +33,9 @@ def test_index_map_goes_stale_when_the_index_grows_and_append_brings_it_back(tmp
         MapDirectory(default_map_path(idx)).check_fresh(open_index(str(idx)).fingerprint(), "the index")
     proc = run_cli("serve", f"index.path={idx}", f"map.path={default_map_path(idx)}", "port=0")
     assert proc.returncode == 2 and "map.mode=append" in proc.stderr, proc.stderr
+    why: list[str] = []  # found by itself: left out, and /map says to append (create would be refused)
+    assert find_map(Searcher.open(idx), compose("serve", [f"index.path={idx}"]), why) is None
+    assert "stale" in why[0] and "map.mode=append" in why[0]
 
     run_map(map_config(f"index.path={idx}", "map.mode=append", "image=false"))
     after = MapDirectory(default_map_path(idx))

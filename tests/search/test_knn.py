@@ -213,3 +213,21 @@ def test_null_query_vectors_are_recorded_as_error_rows_without_ray(tmp_path, fla
     expected = Searcher.open(flat_index).search(vectors=texts[captioned], k=3, with_items=False)
     order = np.argsort([int(i[1:]) for i in hits.column("query_id").to_pylist()])
     assert [hits.column("neighbor_ids")[int(o)].as_py() for o in order] == expected.ids.tolist()
+
+
+def test_zero_and_nan_query_vectors_are_error_rows_named_as_in_the_map(flat_index):
+    """The same reasons as a map's _errors (pipeline/io/vectors.py): one message a kind, in every job."""
+    from pipeline.io.vectors import NOT_FINITE, ZERO
+    from pipeline.search.neighbours import KnnBatches
+
+    q = vectors(4, seed=9)
+    q[1], q[2] = 0, np.nan
+    batch = pa.table(
+        {
+            "query_id": ["a", "b", "c", "d"],
+            "query": pa.FixedSizeListArray.from_arrays(pa.array(q.reshape(-1)), q.shape[1]),
+            "error": pa.array([None] * 4, pa.string()),
+        }
+    )
+    answered = KnnBatches(str(flat_index), None, k=3, kind="vector", threads=None)(batch)
+    assert answered.column("error").to_pylist() == [None, ZERO, NOT_FINITE, None]

@@ -40,6 +40,8 @@ def test_combined_vector_is_the_normalised_weighted_sum(flat_index, vector_corpu
         combine_terms(searcher, [Term("id", "v3", 1.0), Term("id", "v3", -1.0)])
     with pytest.raises(TermError, match="not in the index"):
         combine_terms(searcher, [Term("id", "nope", 1.0)])
+    huge = combine_terms(searcher, [Term("id", "v3", 1e38), Term("id", "v7", -5e37), Term("vector", x[9], 2e38)])
+    np.testing.assert_allclose(huge[0], got[0], atol=1e-5)  # weights past float32's range: the same direction
 
 
 def test_slerp_stays_on_the_sphere_between_its_ends():
@@ -61,6 +63,13 @@ def test_route_goes_from_one_item_to_the_other_without_repeating(flat_index):
     assert ids[0] == "v1" and ids[-1] == "v1500" and len(set(ids)) == len(ids) == 6
     with pytest.raises(TermError, match="steps"):
         find_path(searcher, "v1", "v2", steps=1)
+
+
+def test_a_route_from_an_item_to_itself_is_that_item(flat_index):
+    searcher = Searcher.open(flat_index)
+    assert [r["id"] for r in find_path(searcher, "v7", "v7", steps=6)] == ["v7"]
+    with pytest.raises(TermError, match="nope"):
+        find_path(searcher, "nope", "nope")
 
 
 @pytest.mark.slow  # three `latent` processes (~19 s of CPU): out of `make test-fast`

@@ -62,11 +62,11 @@ class Gate:
                 assert gate.release.wait(120), "the other requests never reached the batcher"
             return run(batcher, batch)
 
-        async def counted_search(batcher, kind, query, k):
+        async def counted_search(batcher, kind, query, k, where=None):
             gate.arrived += 1  # on the event loop: the request is queued before the collector can run again
             if gate.expected and gate.arrived >= gate.expected:
                 gate.release.set()
-            return await search(batcher, kind, query, k)
+            return await search(batcher, kind, query, k, where)
 
         monkeypatch.setattr(MicroBatcher, "_run", held_run)
         monkeypatch.setattr(MicroBatcher, "search", counted_search)

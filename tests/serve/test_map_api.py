@@ -157,6 +157,10 @@ def test_selection_and_route(map_server, photo_map):
         sel = client.post("/map/selection", json={"indices": [0, 3, 5], "items": 2}).json()
         assert sel["count"] == 3 and sel["ids"] == [ids[0], ids[3], ids[5]] and len(sel["items"]) == 2
         assert client.post("/map/selection", json={"indices": [6]}).status_code == 400
+        repeated = client.post("/map/selection", json={"indices": [3, 0, 3, 3, 0], "items": 5}).json()
+        assert repeated["count"] == 2 and repeated["ids"] == [ids[0], ids[3]] and len(repeated["items"]) == 2
+        itself = client.post("/map/path", json={"from": ids[2], "to": ids[2], "steps": 6}).json()["route"]
+        assert [r["id"] for r in itself] == [ids[2]]
         route = client.post("/map/path", json={"from": ids[0], "to": ids[4], "steps": 4}).json()["route"]
         assert route[0]["id"] == ids[0] and route[-1]["id"] == ids[4] and len({r["id"] for r in route}) == len(route)
         unknown = client.post("/map/path", json={"from": "nope", "to": ids[4]})
@@ -168,6 +172,10 @@ def test_terms_search_without_the_map(vector_server):
         first = client.post("/search", json={"vector": [1.0] + [0.0] * 31, "k": 1}).json()["hits"][0]["id"]
         got = client.post("/search/terms", json={"terms": [{"id": first, "weight": 1.0}], "k": 2}).json()
         assert got["hits"][0]["id"] == first
+        big = 10**6  # the same fault, the same status on both routes
+        for route, body in (("/search", {"vector": [1.0] + [0.0] * 31}), ("/search/terms", {"id": first})):
+            answer = client.post(route, json={**body, "k": big})
+            assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "k", (route, answer.text)
         assert client.get("/map/points").status_code == 404  # this index has no map: a clear 404
         page = client.get("/map")
         assert page.status_code == 404 and "latent map index.path=" in page.text

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig, IndexMode
 from pipeline.errors import LatentError
+from pipeline.index import keywords
 from pipeline.index.builder import parallel
 from pipeline.index.builder.add import fill
 from pipeline.index.builder.gpu import coarse_quantizer_on
@@ -54,6 +55,7 @@ from pipeline.index.plan.shard_layout import plan_layout
 from pipeline.index.recall import GroundTruth
 from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory, is_index_directory
 from pipeline.index.store.format import ITEMS_FILE, METRICS
+from pipeline.io.publish import hold_target, refuse_output_inside_inputs
 from pipeline.runtime import RunRecord, resolve_device
 
 # --- the edge ------------------------------------------------------------------------------------
@@ -75,13 +77,15 @@ def run_index(cfg: IndexCommandConfig) -> IndexSummary:
     _check_config(cfg)
     device = resolve_device(cfg.index.device, faiss.get_num_gpus(), key="index.device")
     budget = parse_memory(cfg.index.max_memory)
-    source = scan(cfg.input.path, cfg.input.column)
-    if cfg.index.mode == IndexMode.append:
-        summary = append_index(cfg, source, device, budget)
-    else:
-        summary = build_index(cfg, source, device, budget)
-    # the run's record lives in the published index directory (older runs' records are carried over)
-    RunRecord.start(cfg.index.path, cfg).finish(asdict(summary))
+    refuse_output_inside_inputs({"index.path": cfg.index.path}, {"input.path": cfg.input.path})
+    with hold_target(Path(cfg.index.path), "index.path"):  # up to the publish: a second writer is refused
+        source = scan(cfg.input.path, cfg.input.column)
+        if cfg.index.mode == IndexMode.append:
+            summary = append_index(cfg, source, device, budget)
+        else:
+            summary = build_index(cfg, source, device, budget)
+        # the run's record lives in the published index directory (older runs' records are carried over)
+        RunRecord.start(cfg.index.path, cfg).finish(asdict(summary))
     print(summary.text())
     return summary
 
@@ -193,6 +197,7 @@ def build_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, b
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "held-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, exact_qps)
+        info.text = keywords.requested(cfg.index.text, source.item_schema.names)
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 

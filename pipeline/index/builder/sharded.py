@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import IndexCommandConfig
+from pipeline.index import keywords
 from pipeline.index.builder.add import fill
 from pipeline.index.builder.steps import (
     Rows,
@@ -128,6 +129,7 @@ def _build_candidate(
         seconds = round(time.perf_counter() - started, 2)
         recall = recall_of(result, cfg, len(queries), "leave-one-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, truth.exact_qps)
+        info.text = keywords.requested(cfg.index.text, source.item_schema.names)
         shards.describe(info, entries, layout.storage, -(-n // layout.count))
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)

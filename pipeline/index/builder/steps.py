@@ -21,6 +21,8 @@ from pipeline.index.builder.summary import Clock, IndexSummary, progress_bar, su
 from pipeline.index.builder.tune import TuneResult, tune
 from pipeline.index.input.embeddings import EmbeddingSource
 from pipeline.index.input.read import read_rows
+from pipeline.index.keywords import TEXT_DIR, build_keyword_index
+from pipeline.index.metadata import describe_items, read_items
 from pipeline.index.plan.choose import (
     Choice,
     build_bytes,
@@ -34,7 +36,7 @@ from pipeline.index.plan.choose import (
 from pipeline.index.recall import without_self
 from pipeline.index.store import shards
 from pipeline.index.store.directory import ItemsWriter, StagedIndexDirectory, write_id_map
-from pipeline.index.store.format import IDS_FILE, INDEX_FILE, IndexInfo, Recall
+from pipeline.index.store.format import IDS_FILE, INDEX_FILE, ITEMS_FILE, IndexInfo, Recall
 from pipeline.runtime import RUNS_DIR
 
 
@@ -76,6 +78,9 @@ class Rows:
 def finish(stage: StagedIndexDirectory, index: faiss.Index, ids: pa.ChunkedArray, info: IndexInfo) -> int:
     """Write the id map, the FAISS index and index.json (with every file's checksum); publish."""
     write_id_map(stage.file(IDS_FILE), ids)
+    info.metadata = describe_items(stage.file(ITEMS_FILE))  # the schema where= checks against
+    if info.text is not None:  # the keyword index, rebuilt over every row (build and append alike)
+        info.text = build_keyword_index(read_items(stage.file(ITEMS_FILE)), stage.file(TEXT_DIR), info.text)
     if info.shards:  # the shard files are in the staging directory already
         info.memory_bytes = shards.files_bytes(stage.dir, info)
     else:

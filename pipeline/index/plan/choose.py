@@ -2,8 +2,9 @@
 
 The rules (measured on this project's 2-core CI machine, docs/benchmarks.md):
 - up to FLAT_MAX_VECTORS: exact search (``Flat``); brute force is then as fast as anything else.
-- up to HNSW_MAX_VECTORS, when it fits: ``HNSW32,Flat``, high recall at small efSearch; beyond that its
-  build time (graph insertion) dominates the whole job.
+- while its estimated build time (``hnsw_build_seconds``: per vector, a fixed part plus a part per
+  dimension) stays within what HNSW_MAX_VECTORS 512-d vectors cost, when it fits: ``HNSW32,Flat``, high
+  recall at small efSearch; beyond that its build time (graph insertion) dominates the whole job.
 - larger: IVF with a 4-bit fast-scan PQ (``IVF<nlist>,PQ<d/4>x4fs``) to find candidates cheaply, then a
   re-rank of ``k_factor_rf * k`` of them against float16 copies of the vectors (``Refine(SQfp16)``): half
   the memory of float32 copies (``RFlat``, chosen only for targets above 0.999) for the same measured
@@ -30,7 +31,10 @@ from pipeline.errors import LatentError
 from pipeline.index.nodes import chain
 
 FLAT_MAX_VECTORS = 20_000
-HNSW_MAX_VECTORS = 100_000
+HNSW_MAX_VECTORS = 100_000  # at 512-d: the size whose graph build set the budget below
+# HNSW32 insertion costs about A + B * dim microseconds per vector (measured on the 2-core CI-class machine,
+# 20k-40k vectors of 32..256 dims, docs/benchmarks.md): most of it is graph bookkeeping, not distances
+HNSW_BUILD_US = (245.0, 0.58)
 HNSW_FALLBACK_MAX_VECTORS = 2_000_000  # beyond this a graph's build (hours on few cores) is no fallback
 HNSW_M = 32
 ID_BYTES = 64  # per row, while building: the id column, its sort order and the id map
@@ -138,6 +142,17 @@ def pq_subquantizers(dim: int, ratio: int = 4) -> int:
 _CEILING = {"Flat": 1.0, "HNSW": 0.999, "RFlat": 1.0, "Refine(SQfp16)": 0.999, "Refine(SQ8)": 0.98, "PQ": 0.85}
 
 
+def hnsw_build_seconds(n: int, dim: int) -> float:
+    """Estimated build time of ``HNSW32,Flat`` over ``n`` ``dim``-d vectors on the reference machine."""
+    per_vector, per_dim = HNSW_BUILD_US
+    return n * (per_vector + per_dim * dim) * 1e-6
+
+
+# a graph is a first choice while its build costs no more than HNSW_MAX_VECTORS 512-d vectors' (~54 s):
+# low-dimensional corpora get a graph at more rows (about 2x at 50-d), 512-d ones exactly as before
+HNSW_BUILD_BUDGET_S = hnsw_build_seconds(HNSW_MAX_VECTORS, 512)
+
+
 def candidates(n: int, dim: int, target_recall: float = 0.95) -> list[tuple[str, str, float]]:
     """(factory, why, recall ceiling) in order of preference: first choices, then the fallbacks tried when
     the data defeats them (finer codes, a graph, IVF-Flat, exact search), then what fits a tight budget."""
@@ -145,7 +160,8 @@ def candidates(n: int, dim: int, target_recall: float = 0.95) -> list[tuple[str,
     if n <= FLAT_MAX_VECTORS:
         found.append(("Flat", f"exact search: {n} vectors is a small corpus", _CEILING["Flat"]))
     hnsw = (f"HNSW{HNSW_M},Flat", f"graph index: {n} vectors fit in memory", _CEILING["HNSW"])
-    if n <= HNSW_MAX_VECTORS:
+    first_graph = hnsw_build_seconds(n, dim) <= HNSW_BUILD_BUDGET_S
+    if first_graph:
         found.append(hnsw)
     nlist, m, fine = nlist_for(n), pq_subquantizers(dim), pq_subquantizers(dim, 2)
     coarse = f"IVF{nlist},PQ{m}x4fs"
@@ -156,7 +172,7 @@ def candidates(n: int, dim: int, target_recall: float = 0.95) -> list[tuple[str,
     found.append((f"{coarse},Refine(SQfp16)", "IVF + fast-scan PQ candidates, float16 re-rank", _CEILING[rerank]))
     if fine != m:
         found.append((f"IVF{nlist},PQ{fine}x4fs,{rerank}", "finer codes: twice the PQ sub-quantizers", 1.0))
-    if HNSW_MAX_VECTORS < n <= HNSW_FALLBACK_MAX_VECTORS:
+    if not first_graph and n <= HNSW_FALLBACK_MAX_VECTORS:
         found.append(hnsw)
     found.append((f"IVF{nlist},Flat", "IVF over exact vectors", 1.0))
     if n > FLAT_MAX_VECTORS:

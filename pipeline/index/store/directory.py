@@ -54,13 +54,17 @@ _STAGING_MARK = ".tmp-"
 class IndexDirectory:
     """A committed index directory, opened read-only. Safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True, index: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, info: IndexInfo, mmap: bool = True, index: Any = None, verify: str = "quick"
+    ) -> None:
+        if verify not in ("quick", "full"):
+            raise LatentError(f"verify={verify!r}: quick (sizes, files up to 16 MiB hashed) or full (every file)")
         self.path = Path(path)
         self.info = info
         self.mmap = mmap
         self._lock = threading.Lock()
         # read now, not on first use: a later replacement of the directory must not change what we serve
-        check_files(self.path, info.files, info.data_files(), full=False)  # sizes always; small files' checksums
+        check_files(self.path, info.files, info.data_files(), full=verify == "full")  # quick: sizes, small files
         if index is not None:  # searched elsewhere (Ray Serve shard deployments): anything with search/ntotal
             self._index = index
         else:
@@ -81,14 +85,17 @@ class IndexDirectory:
         self._score_bound = 1.0 + (LOSSY_SCORE_TOLERANCE if lossy_scores(info.factory) else SCORE_TOLERANCE)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mmap: bool = True, index: Any = None) -> IndexDirectory:
+    def open(
+        cls, path: str | os.PathLike, mmap: bool = True, index: Any = None, verify: str = "quick"
+    ) -> IndexDirectory:
         """Open the index directory at ``path``; ``mmap``: map the FAISS index instead of reading it;
-        ``index``: search this instead of reading the FAISS index (a remote one)."""
+        ``index``: search this instead of reading the FAISS index (a remote one); ``verify``: "quick" checks
+        every file's size and hashes files up to 16 MiB, "full" hashes every file (docs/index-directory.md)."""
         root = Path(path)
         info_path = root / INFO_FILE
         if not info_path.is_file():
             raise LatentError(f"{root} is not an index directory (no {INFO_FILE})")
-        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap, index=index)
+        return cls(root, IndexInfo.from_json(info_path.read_bytes()), mmap=mmap, index=index, verify=verify)
 
     @property
     def index(self) -> faiss.Index:
@@ -112,12 +119,33 @@ class IndexDirectory:
         bad = hit & ~(np.abs(scores) <= self._score_bound)  # NaN counts as bad
         if bad.any():
             row, col = (int(v[0]) for v in np.nonzero(bad))
+            label = int(labels[row, col])
             raise IndexCorrupted(
-                f"{self.path / INDEX_FILE}: a search returned cosine {float(scores[row, col]):.6g} for label "
-                f"{int(labels[row, col])} on a normalised index (cosines lie in [-1, 1]): the index data is corrupted; "
+                f"{self.file_of(label)}: a search returned cosine {float(scores[row, col]):.6g} for label "
+                f"{label} on a normalised index (cosines lie in [-1, 1]): the index data is corrupted; "
                 f"check it with `latent verify index.path={self.path}` and rebuild it with index.mode=overwrite"
             )
         return np.clip(scores, -1.0, 1.0, out=scores)
+
+    def file_of(self, label: int) -> Path:
+        """The FAISS file that stores ``label``'s vector (its shard's, in a sharded directory)."""
+        for entry in self.info.shards or []:
+            if entry["first"] <= label < entry["first"] + entry["ntotal"]:
+                return self.path / entry["file"]
+        return self.path / INDEX_FILE
+
+    def check_stored(self, label: int, vector: np.ndarray) -> np.ndarray:
+        """A stored vector read back (an id query, a route's end): on a normalised index whose codes keep
+        the norm, one far from unit length was damaged on disk; refused, naming the file, not the query."""
+        if self.info.normalized and not lossy_scores(self.info.factory):
+            norm = float(np.linalg.norm(vector))
+            if not abs(norm - 1.0) <= self._score_bound - 1.0:
+                raise IndexCorrupted(
+                    f"{self.file_of(label)}: the stored vector of label {label} has norm {norm:.6g} on a normalised "
+                    f"index: the index data is damaged; check it with `latent verify index.path={self.path}` and "
+                    f"rebuild it with index.mode=overwrite"
+                )
+        return vector
 
     def items(self, labels: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         """Metadata rows of FAISS ``labels`` (flattened), in their order; a label of -1 gives a null row."""

@@ -72,16 +72,21 @@ class IndexInfo:
     shards: list[dict[str, Any]] | None = None
     storage: str = "memory"
     shard_capacity: int | None = None  # rows a shard takes before append opens a new one
+    # the filterable columns of items.arrow (pipeline.index.metadata.describe_items); None: older indexes
+    metadata: dict[str, Any] | None = None
+    # the keyword index (pipeline.index.keywords): kind, column, dir, rows, library, files; None: none
+    text: dict[str, Any] | None = None
 
     def data_files(self) -> list[str]:
         """The files of the directory index.json records a checksum of: the FAISS index (or every shard file
         and its on-disk lists), items and ids."""
+        keyword_files = [f"{self.text['dir']}/{name}" for name in self.text.get("files", [])] if self.text else []
         if not self.shards:
-            return list(CHECKED_FILES)
+            return [*CHECKED_FILES, *keyword_files]
         names = [entry["file"] for entry in self.shards]
         if self.storage == ONDISK:  # every shard's inverted lists, in its .ivfdata file
             names += [lists_file(Path(name)).name for name in names]
-        return [*names, ITEMS_FILE, IDS_FILE]
+        return [*names, ITEMS_FILE, IDS_FILE, *keyword_files]
 
     @property
     def faiss_metric(self) -> int:

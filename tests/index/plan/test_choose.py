@@ -7,8 +7,10 @@ from index.helpers import vectors
 from pipeline.errors import LatentError
 from pipeline.index.builder.gpu import train
 from pipeline.index.plan.choose import (
+    HNSW_BUILD_BUDGET_S,
     choose_factory,
     estimate_index_bytes,
+    hnsw_build_seconds,
     make_index,
     nlist_for,
     parse_memory,
@@ -40,6 +42,16 @@ def test_auto_choice_by_size_and_memory(n, budget, factory):
     choice = choose(n, budget)
     assert choice.factory == factory
     assert choice.index_bytes + choice.build_bytes <= budget and choice.warning is None
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "graph"),
+    [(100_000, 512, True), (110_000, 512, False), (180_000, 64, True), (190_000, 50, True), (260_000, 50, False)],
+)
+def test_graph_cut_off_weighs_dimension(n, dim, graph):
+    """HNSW is a first choice while its estimated build time fits, so low-dimensional corpora get it at more rows."""
+    assert (choose(n, 64 * GiB, dim=dim).factory == "HNSW32,Flat") == graph
+    assert (hnsw_build_seconds(n, dim) <= HNSW_BUILD_BUDGET_S) == graph
 
 
 def test_fallbacks_follow_the_first_choice_finer_codes_graph_ivf_flat_exact():

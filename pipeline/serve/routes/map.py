@@ -3,23 +3,26 @@ point's item, its neighbours, where a query lands, the ids of a selection, a rou
 
 The map is found at ``map.path`` or beside the index (``<index>.map``); an explicit map that is not a
 map, or whose index changed since it was built, stops the server with a clear message (exit 2); a
-stale map found by itself is left out with a warning. Without a map, /map says how to make one.
+stale map found by itself is left out with a warning, and /map says how to bring it up to date (append).
+Without a map, /map says how to make one.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the request models' real types
+import html
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import LatentError
 from pipeline.map.place import Placer
 from pipeline.map.store import MapDirectory, default_map_path, is_map_directory, level_column
+from pipeline.serve.context import ServeContext, metadata_of
 from pipeline.serve.models import ERRORS, ErrorBody
 
 if TYPE_CHECKING:
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent.parent / "static"
 MAX_SELECTION = 1_000_000
 NO_MAP = "this index has no map: make one with `latent map index.path=INDEX` (or serve map.path=MAP)"
 # documented answers besides 200 (OpenAPI), so clients and the fuzz tests know them
@@ -60,7 +63,7 @@ class LocateQuery(BaseModel):
 
 class Selection(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    indices: list[int] = Field(description="point indices (positions in /map/points)")
+    indices: list[int] = Field(description="point indices (positions in /map/points; a repeated one counts once)")
     items: int = Field(50, ge=0, le=500, description="how many of them to return with their metadata")
 
 
@@ -71,8 +74,9 @@ class RouteQuery(BaseModel):
     steps: int = Field(8, ge=2, le=1000)
 
 
-def find_map(searcher: "Searcher", cfg: "ServeConfig") -> MapDirectory | None:
-    """The map to serve with ``searcher``'s index (see the module's docstring)."""
+def find_map(searcher: "Searcher", cfg: "ServeConfig", why: list[str] | None = None) -> MapDirectory | None:
+    """The map to serve with ``searcher``'s index (see the module's docstring); ``why`` gets the reason a map
+    found beside the index was left out (stale: what to do about it)."""
     from pipeline.map.source import open_index
 
     explicit = getattr(getattr(cfg, "map", None), "path", None)
@@ -94,8 +98,16 @@ def find_map(searcher: "Searcher", cfg: "ServeConfig") -> MapDirectory | None:
         if explicit:
             raise
         log.warning("the map beside the index is left out: %s", err)
+        if why is not None:
+            why.append(str(err))
         return None
     return found
+
+
+def load_map(searcher: "Searcher", cfg: "ServeConfig", why: list[str] | None = None) -> "MapState | None":
+    """The map served with ``searcher``'s index, loaded in memory (None: there is none; ``why`` as find_map's)."""
+    found = find_map(searcher, cfg, why)
+    return MapState(found) if found is not None else None
 
 
 class MapState:
@@ -142,16 +154,17 @@ class MapState:
         return float(xy[0, 0]), float(xy[0, 1])
 
 
-def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: Any, helpers: dict[str, Any]) -> None:
-    """Add the map's routes to ``app`` (``helpers``: the app's thumbnail_url, metadata_of, decode_image)."""
-    found = find_map(searcher, cfg)
-    state = MapState(found) if found is not None else None
-    app.state.map = state
-    thumbnail_url, metadata_of = helpers["thumbnail_url"], helpers["metadata_of"]
+def router(ctx: ServeContext) -> APIRouter:
+    """The map's routes; the map itself (``ctx.map``) is found and loaded by ``load_map``."""
+    api = APIRouter()
+    searcher, cfg, batcher = ctx.searcher, ctx.cfg, ctx.batcher
+    state = ctx.map
+    missing = ctx.map_missing or NO_MAP  # a stale map: append to it (create would be refused), not "make one"
+    thumbnail_url = ctx.thumbnail_url
 
     def need() -> MapState:
         if state is None:
-            raise HTTPException(404, NO_MAP)
+            raise HTTPException(404, missing)
         return state
 
     def hit_rows(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,13 +187,14 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             )
         return out
 
-    @app.get("/map", include_in_schema=False)
+    @api.get("/map", include_in_schema=False)
     def map_page() -> Response:
         if state is None:
-            return HTMLResponse(f"<!doctype html><title>latent map</title><p id='no-map'>{NO_MAP}</p>", 404)
+            page = f"<!doctype html><title>latent map</title><p id='no-map'>{html.escape(missing)}</p>"
+            return HTMLResponse(page, 404)
         return FileResponse(STATIC_DIR / "map.html")
 
-    @app.get(
+    @api.get(
         "/map/info",
         responses=NOT_FOUND,
         summary="The served map: rows, levels, regions per level, bounds, quality, labels",
@@ -200,7 +214,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             "points_format": "x float32[n], y float32[n], finest-level cluster cluster_type[n]; little-endian",
         }
 
-    @app.get(
+    @api.get(
         "/map/points",
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
@@ -211,7 +225,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         headers = {"X-Points": str(s.n), "X-Cluster-Type": s.cluster_type, "Cache-Control": "no-cache"}
         return Response(s.body, media_type="application/octet-stream", headers=headers)
 
-    @app.get(
+    @api.get(
         "/map/clusters",
         responses=NOT_FOUND,
         summary="Regions at every level: level, cluster, parent, label, size, x, y",
@@ -219,7 +233,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
     def map_clusters() -> list[dict[str, Any]]:
         return need().clusters
 
-    @app.get(
+    @api.get(
         "/map/points/{index}", responses=NOT_FOUND, summary="The item at a point index, with its position and regions"
     )
     def map_point(index: int, request: Request) -> dict[str, Any]:
@@ -230,7 +244,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         row = searcher.item(id) or {"id": id}
         return {**hit_rows(request, [row])[0], "cluster": int(s.fine[index])}
 
-    @app.get(
+    @api.get(
         "/map/neighbors/{index}",
         responses={**ERRORS, **NOT_FOUND},
         summary="The k nearest items (in latent space) of the item at a point",
@@ -250,8 +264,11 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         given = [f for f in ("text", "image", "id", "vector", "terms", "expression") if getattr(body, f) is not None]
         if len(given) != 1:
             raise HTTPException(400, f"give exactly one of text, image, id, vector, terms, expression (got {given})")
-        if body.k > cfg.max_k:
-            raise HTTPException(400, f"k={body.k}: at most {cfg.max_k}")
+        if body.k > cfg.max_k:  # 422 as /search answers it (there the bound is in the request model)
+            from fastapi.exceptions import RequestValidationError
+
+            message = f"Input should be less than or equal to {cfg.max_k}"
+            raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", "k"), "msg": message}])
         field = given[0]
         if field == "expression":
             terms = parse_terms(body.expression)
@@ -266,10 +283,10 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             terms = [Term(field, getattr(body, field))]
         for t in terms:
             if t.kind == "image":
-                t.value = await helpers["decode_image"](t.value)
+                t.value = await ctx.decode_query_image(t.value)
         return await batcher.call(combine_terms, searcher, terms)
 
-    @app.post(
+    @api.post(
         "/map/locate",
         responses={**ERRORS, **NOT_FOUND},
         summary="Where a query lands on the map, and its hits (text, image, id, vector, terms)",
@@ -281,7 +298,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         rows = await batcher.search("vectors", vector[0], body.k)
         return {"x": x, "y": y, "hits": hit_rows(request, rows)}
 
-    @app.post(
+    @api.post(
         "/search/terms",
         responses={**ERRORS, **NO_ITEM},
         summary="The k nearest items to weighted terms (works without a map)",
@@ -295,7 +312,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         ]
         return {"k": body.k, "hits": hits}
 
-    @app.post(
+    @api.post(
         "/map/selection",
         responses={**ERRORS, **NOT_FOUND},
         summary="The ids of a set of points (a box selection), and the first items",
@@ -306,12 +323,12 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             raise HTTPException(400, f"at most {MAX_SELECTION} indices")
         if body.indices and not 0 <= min(body.indices) <= max(body.indices) < s.n:  # before any int64 cast
             raise HTTPException(400, f"indices must be in 0..{s.n - 1}")
-        indices = np.asarray(body.indices, dtype=np.int64)
+        indices = np.unique(np.asarray(body.indices, dtype=np.int64))  # each point once, however often named
         ids = s.ids.take(indices).to_pylist() if len(indices) else []
         items = [searcher.item(id) or {"id": id} for id in ids[: body.items]]
         return {"count": len(ids), "ids": ids, "items": hit_rows(request, items)}
 
-    @app.post(
+    @api.post(
         "/map/path",
         responses={**ERRORS, **NO_ITEM},
         summary="A route between two items: the items nearest the great circle between them",
@@ -321,3 +338,5 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
 
         route = await batcher.call(find_path, searcher, body.start, body.end, body.steps)
         return {"from": body.start, "to": body.end, "steps": body.steps, "route": hit_rows(request, route)}
+
+    return api
