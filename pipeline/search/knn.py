@@ -94,6 +94,7 @@ def knn_job(
             errors_schema=KNN_ERRORS_SCHEMA,
         ),
         stall_timeout_s=cfg.ray.stall_timeout_s,
+        commit_every_s=cfg.output.commit_every_s,
         progress=cfg.progress,
         row_label="queries",
         inline=inline,
