@@ -1,14 +1,17 @@
-"""`make bench-serve`: `latent serve` latency and throughput with concurrent clients on loopback.
+"""`make bench-serve`: `latent serve` latency and throughput with concurrent clients on loopback, side by side
+in one run: the one-process server and Ray Serve (1 and 2 replicas per shard), 1/8/32 clients, the native API
+(`POST /search`) and clip-retrieval's (`POST /knn-service`), against the index's batch QPS in one process.
 
-    python bench/bench_serve.py                       # 200k x 512 vector index + a ViT-B-32 text index
-    python bench/bench_serve.py --n 1000000           # the 1M x 512 index of bench-index
-    python bench/bench_serve.py --index IDX --text-index IDX2 --clients 32 --seconds 20
+    python bench/bench_serve.py --n 100000 --skip-text         # 100k x 512 Flat (this 2-core machine)
+    python bench/bench_serve.py --n 1000000                     # the 1M x 512 index of bench-index
+    python bench/bench_serve.py --index IDX --backends single --clients 1,32 --seconds 20
 
 Steps: write seeded clustered unit vectors (tests/synthetic.py) and build them with
-`latent index` (factory auto, as bench-index does), unless --index is given; for text queries, an
-index of 20k vectors carrying the fingerprint of ViT-B-32 with seeded random weights (so the server
-builds and runs the real ViT-B-32 text tower, offline). Start `latent serve` on a free loopback port
-in a subprocess, then `--clients` concurrent asyncio clients (httpx, keep-alive) send queries for
+`latent index` (index.factory, Flat by default: search dominates), unless --index is given; for text
+queries, an index of 20k vectors carrying the fingerprint of ViT-B-32 with seeded random weights (so the
+server builds and runs the real ViT-B-32 text tower, offline). For each backend, start `latent serve` on
+a free loopback port in a subprocess (backend=ray: a private Ray of --ray-cpus CPUs, replica_cpus sized so
+every replica fits), then `--clients` concurrent asyncio clients (httpx, keep-alive) send queries for
 `--seconds` after a warm-up: p50/p99 latency as the clients see it, throughput, and the server's mean
 micro-batch size (from /healthz). JSON to bench/results/serve-<time>.json. The clients share the
 machine's cores with the server: on a 2-core machine they cost it throughput.
@@ -45,8 +48,8 @@ TEXTS = [
 ]
 
 
-def build_vector_index(work: Path, n: int, dim: int) -> Path:
-    index = work / f"serve-idx-{n}-{dim}"
+def build_vector_index(work: Path, n: int, dim: int, factory: str) -> Path:
+    index = work / f"serve-idx-{n}-{dim}-{factory.replace(',', '_')}"
     if (index / "index.json").is_file():
         return index
     data = work / f"serve-emb-{n}-{dim}"
@@ -55,8 +58,21 @@ def build_vector_index(work: Path, n: int, dim: int) -> Path:
             clustered_unit_vectors(min(100_000, n - s), ClusteredSpec(dim=dim, seed=s)) for s in range(0, n, 100_000)
         )
         write_embedding_dataset(data, chunks, dtype="float32", rows_per_shard=100_000)
-    run_index(compose("index", [f"input.path={data}", f"index.path={index}", "progress=false"]))
+    run_index(
+        compose("index", [f"input.path={data}", f"index.path={index}", f"index.factory={factory}", "progress=false"])
+    )
     return index
+
+
+def batch_qps(index: Path, queries: np.ndarray) -> float:
+    """The index's batch QPS in this process: every query in one Searcher call (what HTTP is measured against)."""
+    from pipeline.search import Searcher
+
+    searcher = Searcher.open(index)
+    searcher.search(vectors=queries[:100], k=K)
+    started = time.perf_counter()
+    searcher.search(vectors=queries, k=K)
+    return round(len(queries) / (time.perf_counter() - started), 1)
 
 
 def build_text_index(work: Path, model: str, n: int = 20_000) -> Path:
@@ -111,7 +127,7 @@ class Server:
             self.process.kill()
 
 
-async def _load(url: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
+async def _load(url: str, path: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -125,7 +141,7 @@ async def _load(url: str, bodies: list[dict], clients: int, warmup: float, secon
             nonlocal errors
             i = c
             while (now := time.perf_counter()) < stop_at:
-                response = await client.post("/search", json=bodies[i % len(bodies)])
+                response = await client.post(path, json=bodies[i % len(bodies)])
                 done = time.perf_counter()
                 i += clients
                 if now >= measure_from:
@@ -147,54 +163,81 @@ async def _load(url: str, bodies: list[dict], clients: int, warmup: float, secon
     }
 
 
-def measure_service(index: Path, kind: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
-    """Latency/throughput of ``bodies`` sent by ``clients`` concurrent clients to a fresh `latent serve`."""
-    server = Server(index)
+def backend_overrides(backend: str, ray_cpus: int) -> list[str]:
+    """`latent serve` keys of a backend: ``single``, or ``rayN`` (Ray Serve, N replicas per shard)."""
+    if backend == "single":
+        return []
+    replicas = int(backend[3:])
+    # every replica fits: N per shard (1 shard here) + the ingress (+ an encoder replica, counted to be safe)
+    cpus = int(ray_cpus / (replicas + 2) * 100) / 100
+    return ["backend=ray", f"replicas={replicas}", f"replica_cpus={cpus}", f"ray.num_cpus={ray_cpus}"]
+
+
+def measure_backend(index: Path, backend: str, loads: list[tuple], ray_cpus: int) -> dict:
+    """Each of ``loads`` (name, path, kind, bodies, clients, warmup, seconds) against one fresh server."""
+    server = Server(index, *backend_overrides(backend, ray_cpus))
+    out = {}
     try:
-        result = asyncio.run(_load(server.url, bodies, clients, warmup, seconds))
-        health = server.health()
-        batches = health["batches"][kind]
-        result["mean_batch"] = round(health["batched_queries"][kind] / batches, 2) if batches else None
-        result["index"] = {"ntotal": health["ntotal"], "dim": health["dim"], "factory": health["factory"]}
+        for name, path, kind, bodies, clients, warmup, seconds in loads:
+            before = server.health()
+            result = asyncio.run(_load(server.url, path, bodies, clients, warmup, seconds))
+            after = server.health()
+            batches = after["batches"][kind] - before["batches"][kind]
+            queries = after["batched_queries"][kind] - before["batched_queries"][kind]
+            result["mean_batch"] = round(queries / batches, 2) if batches else None
+            out[f"{name}_{clients}"] = result
+            print(f"{backend} {name}, {clients} clients: {json.dumps(result)}", flush=True)
     finally:
         server.stop()
-    return result
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", help="an index directory for vector queries (default: build --n x --dim)")
-    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--factory", default="Flat")
     parser.add_argument("--text-index", help="an index with a model fingerprint for text queries")
     parser.add_argument("--text-model", default="ViT-B-32", help="model of the built text index (random weights)")
     parser.add_argument("--skip-text", action="store_true")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--skip-clip", action="store_true", help="leave out clip-retrieval's /knn-service path")
+    parser.add_argument("--backends", default="single,ray1,ray2", help="single, rayN (N replicas per shard)")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--ray-cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "work"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    clients = [int(c) for c in args.clients.split(",")]
+    timing = (args.warmup, args.seconds)
 
+    index = Path(args.index) if args.index else build_vector_index(work, args.n, args.dim, args.factory)
+    info = json.loads((index / "index.json").read_text())
+    queries = clustered_unit_vectors(2000, ClusteredSpec(dim=info["dim"], seed=12345))
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "load_average": os.getloadavg(),
         "k": K,
+        "index": {"ntotal": info["ntotal"], "dim": info["dim"], "factory": info["factory"]},
+        "batch_qps": batch_qps(index, queries),
     }
-    index = Path(args.index) if args.index else build_vector_index(work, args.n, args.dim)
-    dim = json.loads((index / "index.json").read_text())["dim"]
-    queries = clustered_unit_vectors(1000, ClusteredSpec(dim=dim, seed=12345))
-    bodies = [{"vector": q.round(6).tolist(), "k": K} for q in queries]
-    timing = (args.warmup, args.seconds)
-    for clients in sorted({1, args.clients}):
-        results[f"vector_{clients}"] = measure_service(index, "vectors", bodies, clients, *timing)
-        print(f"vector queries, {clients} clients: {json.dumps(results[f'vector_{clients}'])}", flush=True)
+    print(f"batch search in one process: {results['batch_qps']} QPS", flush=True)
+    vectors = [{"vector": q.round(6).tolist(), "k": K} for q in queries]
+    clip = [{"embedding_input": q.round(6).tolist(), "num_images": K, "modality": "image", "deduplicate": False,
+             "use_safety_model": False, "use_violence_detector": False} for q in queries]  # fmt: skip
+    loads = [("vector", "/search", "vectors", vectors, c, *timing) for c in clients]
+    if not args.skip_clip:
+        loads += [("clip_vector", "/knn-service", "vectors", clip, c, *timing) for c in clients]
+    for backend in args.backends.split(","):
+        results[backend] = measure_backend(index, backend, loads, args.ray_cpus)
     if not args.skip_text:
         text_index = Path(args.text_index) if args.text_index else build_text_index(work, args.text_model)
-        bodies = [{"text": t, "k": K} for t in TEXTS]
-        for clients in sorted({1, args.clients}):
-            results[f"text_{clients}"] = measure_service(text_index, "texts", bodies, clients, *timing)
-            print(f"text queries, {clients} clients: {json.dumps(results[f'text_{clients}'])}", flush=True)
+        texts = [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]
+        results["single_text"] = measure_backend(text_index, "single", texts, args.ray_cpus)
+    results["load_average_after"] = os.getloadavg()
     out = REPO / "bench" / "results" / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"results: {out}")

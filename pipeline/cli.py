@@ -193,6 +193,14 @@ def compose(name: str, overrides: list[str] | None = None) -> Any:
     return to_dataclass(compose_dictconfig(name, overrides))
 
 
+def serve_application(args: dict[str, str]) -> Any:
+    """``serve run pipeline.cli:serve_application index.path=… [key=value …]`` (and KubeRay's RayService
+    ``serveConfigV2``): the Ray Serve application from `latent serve` keys, composed as the CLI does."""
+    from pipeline.serve.ray_app import application_of
+
+    return application_of(compose("serve", [f"{key}={value}" for key, value in args.items()]))
+
+
 def check_values(name: str, overrides: list[str]) -> None:
     """Compose once before Hydra runs the app, so that a bad value exits 2 with the key it names."""
     from hydra.errors import HydraException

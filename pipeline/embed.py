@@ -50,6 +50,8 @@ from pipeline.runtime import (
 log = logging.getLogger(__name__)
 
 READ_BYTES_PER_ROW = 256 * 1024  # a typical web JPEG plus its sidecars
+GPU_BATCH = 256  # batch_size null on CUDA
+CPU_BATCH = 32  # ... and on a CPU: 256 rows of ViT-B-32 were ~100 s on 2 cores (1.5-2.5 rows/s), 32 are ~15 s
 READER_BASE_MEMORY = 768 * 1024**2  # a decode worker's own footprint (torch, torchvision, PIL, pyarrow)
 
 
@@ -169,6 +171,7 @@ def embed_job(
     ``inline``: the stages run in this process, without Ray (``Job.inline``)."""
     res = cfg.resources
     row_bytes = _row_bytes(prep, decode_on_encoder)
+    batch = cfg.batch_size or (GPU_BATCH if spec.device == "cuda" else CPU_BATCH)
     return Job(
         name="embed",
         output=output or OutputDir(cfg.output.path),
@@ -182,14 +185,14 @@ def embed_job(
                 prep=prep if info.modality in ("image", "both") else None,
                 needs_text=info.modality in ("text", "both") and "text" not in info.optional,
                 max_pixels=cfg.max_image_pixels,
-                rows=cfg.batch_size,
+                rows=batch,
                 keep_bytes=decode_on_encoder,
             ),
             cpus=res.cpus_per_reader,
             # What a decode task holds: its input bytes and the prepared pixels. Declaring it also keeps
             # decoding in its own parallel tasks: Ray Data fuses a task stage into the next actor stage when
             # their resources are equal (ray#54433), which would serialise decode and encode in one actor.
-            memory=READER_BASE_MEMORY + cfg.batch_size * (2 * row_bytes + READ_BYTES_PER_ROW),
+            memory=READER_BASE_MEMORY + batch * (2 * row_bytes + READ_BYTES_PER_ROW),
         ),
         process=ActorStage(
             EmbedBatches,
@@ -202,7 +205,7 @@ def embed_job(
                 "max_pixels": cfg.max_image_pixels,
             },
             actor_resources(res.encoder_actors, res.cpus_per_encoder, res.gpus_per_encoder, spec.device, inline),
-            batch_size=cfg.batch_size,
+            batch_size=batch,
         ),
         write=WriteStage(
             partial(write_shards, output=cfg.output.path, info=info, metadata_fields=source.metadata_fields),
@@ -214,8 +217,9 @@ def embed_job(
         actor_cpus_key="resources.cpus_per_encoder",
         # Ray Data buffers a task's output up to target_max_block_size (128 MiB) before passing it on; a
         # block of one encoder batch lets each stage start as soon as one batch is ready (steady progress).
-        block_bytes=max(1 << 20, cfg.batch_size * row_bytes),
+        block_bytes=max(1 << 20, batch * row_bytes),
         stall_timeout_s=cfg.ray.stall_timeout_s,
+        commit_every_s=cfg.output.commit_every_s,
         progress=cfg.progress,
         inline=inline,
     )

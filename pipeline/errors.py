@@ -9,6 +9,11 @@ class LatentError(Exception):
     exit_code = 2
 
 
+class QueryError(LatentError):
+    """A query the searcher cannot answer: wrong vector dimension, empty text, bytes that are not an image, a k
+    outside 1..MAX_K."""
+
+
 def check_format_version(data: dict, supported: int, what: str) -> None:
     """Refuse a file written by a newer latent (``what``: "index", "map", …), rather than misread it."""
     if data.get("format_version", 0) > supported:

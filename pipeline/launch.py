@@ -290,9 +290,50 @@ def submit_job(cfg: JobConfig, log_to: Any = None) -> Submission:
 # --- the commands ----------------------------------------------------------------------------------
 
 
-def render_job(cfg: JobConfig) -> str:
-    from pipeline.serve.rayservice import render_rayservice, serve_args, serve_run_line
+# --- `latent serve … backend=ray` as a Ray Serve application ------------------------------------------
 
+SERVE_IMPORT_PATH = "pipeline.cli:serve_application"  # builds the application from `latent serve` keys
+SERVE_APP_NAME = "latent"
+_PLACED_BY_RAY = ("backend", "ray.address", "host", "port")  # the cluster decides these
+
+
+def serve_args(command: str) -> dict[str, str] | None:
+    """The `latent serve` keys of a ``latent serve … backend=ray`` command (None for any other command)."""
+    words = shlex.split(command)
+    if words[:2] != ["latent", "serve"] or "backend=ray" not in words[2:]:
+        return None
+    pairs = [w.split("=", 1) for w in words[2:] if "=" in w]
+    return {key.lstrip("+"): value for key, value in pairs if key.lstrip("+") not in _PLACED_BY_RAY}
+
+
+def serve_run_line(args: dict[str, str]) -> str:
+    """The ``serve run`` command that deploys the application on a running cluster (``RAY_ADDRESS``)."""
+    words = ["serve", "run", "--route-prefix", "/", SERVE_IMPORT_PATH, *(f"{k}={v}" for k, v in args.items())]
+    return shlex.join(words)
+
+
+def render_rayservice(cfg: JobConfig, args: dict[str, str]) -> dict[str, Any]:
+    """A KubeRay ``RayService`` (ray.io/v1): the cluster of the job's RayJob, serving the application."""
+    import yaml
+
+    job = render_rayjob(cfg)
+    application: dict[str, Any] = {
+        "name": SERVE_APP_NAME,
+        "import_path": SERVE_IMPORT_PATH,
+        "route_prefix": "/",
+        "args": args,
+    }
+    env = runtime_env(cfg, local=False)
+    if env:
+        application["runtime_env"] = env
+    spec = {
+        "serveConfigV2": yaml.safe_dump({"applications": [application]}, sort_keys=False),
+        "rayClusterConfig": job["spec"]["rayClusterSpec"],
+    }
+    return {"apiVersion": RAYJOB_API, "kind": "RayService", "metadata": job["metadata"], "spec": spec}
+
+
+def render_job(cfg: JobConfig) -> str:
     if (args := serve_args(cfg.command)) is not None:  # a Ray Serve application, not a job
         if cfg.kind == JobKind.k8s:
             import yaml

@@ -320,6 +320,16 @@ class RunRecord:
             fs.pipe_file(f"{directory}/ray.json", json.dumps(ray, indent=2, default=str).encode())
         return cls(directory)
 
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append one event (a node lost or joined, ...) to the run's ``events.jsonl``, with its time."""
+        from pipeline.io.shards import filesystem
+
+        fs, _ = filesystem(self.directory)
+        path = f"{self.directory}/events.jsonl"
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}, default=str)
+        before = fs.cat_file(path) if fs.exists(path) else b""  # object stores have no append
+        fs.pipe_file(path, before + line.encode() + b"\n")
+
     def finish(self, summary: dict[str, Any]) -> None:
         from pipeline.io.shards import filesystem
 

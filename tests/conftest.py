@@ -129,6 +129,7 @@ def embed_overrides(input_path, output_path, model: str, *extra: str) -> list[st
         f"model.name={model}",
         "model.pretrained=null",
         "ray.num_cpus=2",
+        "ray.inline_max_rows=0",  # the Ray path: what these tests are about (small jobs default to inline)
         "progress=false",
         *extra,
     ]

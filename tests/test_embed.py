@@ -302,7 +302,7 @@ def test_decoding_runs_in_its_own_tasks_not_inside_the_encoder(local_ray, tmp_pa
     info = EmbeddingInfo.create(described.fingerprint, "float16", "image")
     job = embed_job(open_corpus(cfg.input), ImagePrep.from_transform(described.image_transform), spec, info, cfg)
     plan = build_plan(job)
-    assert sum(b.column("rows")[0].as_py() for b in plan.iter_batches(batch_size=None, batch_format="pyarrow")) == 4
+    assert sum(b.num_rows for b in plan.iter_batches(batch_size=None, batch_format="pyarrow")) == 4
     stats = plan.stats()
     assert "MapBatches(_read_units)" in stats  # the runner's read stage, running embed's read_and_prepare
     assert "_read_units)->MapBatches(_StageActor)" not in stats  # not fused into the encoder actor

@@ -26,6 +26,7 @@ def start_embed(corpus: Path, out: Path) -> subprocess.Popen:
         f"model.name={TINY_MODEL}",
         "model.pretrained=null",
         "ray.num_cpus=2",
+        "ray.inline_max_rows=0",  # the Ray path: what these tests are about (small jobs default to inline)
         "output.rows_per_shard=16",
         "batch_size=8",
         "input.files_per_task=8",

@@ -34,7 +34,7 @@ def ray_tmpdir():
 
 def run_knn_cli(queries, index, out, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     args = [sys.executable, TINY_CLI, "knn", f"input.path={queries}", f"index.path={index}", f"output.path={out}"]
-    args += ["ray.num_cpus=2", "k=3", "progress=false"]
+    args += ["ray.num_cpus=2", "ray.inline_max_rows=0", "k=3", "progress=false"]
     clean = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**clean, **env})
 
@@ -85,3 +85,18 @@ def test_ray_failing_to_start_is_a_clear_message(tmp_path, knn_inputs):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Ray failed to start" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_small_jobs_run_inline_by_default_up_to_the_measured_threshold_and_never_on_a_named_cluster(monkeypatch):
+    from pipeline.config import RayConfig
+    from pipeline.config.common import INLINE_MAX_ROWS
+    from pipeline.runtime import runs_inline
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    default = RayConfig()
+    assert runs_inline(default, INLINE_MAX_ROWS) and not runs_inline(default, INLINE_MAX_ROWS + 1)
+    assert not runs_inline(default, None)  # rows not counted up front (CSV, JSONL, tar): Ray
+    assert not runs_inline(RayConfig(inline_max_rows=0), 1)  # 0 forces Ray
+    assert not runs_inline(RayConfig(address="auto"), 1)  # a named cluster: always Ray
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert not runs_inline(default, 1)

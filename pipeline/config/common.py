@@ -40,6 +40,17 @@ class Device(str, Enum):
 
 
 PRECISION_HELP = "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16"
+COMMIT_EVERY_S = 60.0  # a batch job's output.commit_every_s: what a kill -9 can lose, at most (docs/cluster.md)
+COMMIT_EVERY_HELP = (
+    "commit processed rows at least this often (the first after 10 s), even before a shard is full: a kill loses "
+    "at most about this much work; null: by rows_per_shard only"
+)
+
+
+# Where a private Ray's start-up (~55 s more than inline on the loaded 2-core machine) stops paying: inline
+# ViT-B-32 embeds 1.5 rows/s there, through Ray 2.6 rows/s (decoding in parallel tasks): equal wall time at
+# ~200 rows (docs/benchmarks.md, Batch jobs).
+INLINE_MAX_ROWS = 200
 
 
 @dataclass
@@ -62,9 +73,10 @@ class RayConfig:
         600.0, "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why"
     )
     inline_max_rows: int = setting(
-        0,
+        INLINE_MAX_ROWS,
         "embed and knn: a job of at most this many rows, with no ray.address or RAY_ADDRESS, runs in this process "
-        "without starting Ray (seconds of start-up instead of ~40 s; one process does all the work); 0: always Ray",
+        "without starting Ray (seconds of start-up instead of ~40-80 s; the crossover measured on 2 CPU cores, "
+        "docs/cluster.md); 0: always Ray",
     )
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from pipeline.config.common import PRECISION_HELP, Device, InputFormat, Modality, Precision, RayConfig
+from pipeline.config.common import (
+    COMMIT_EVERY_HELP,
+    COMMIT_EVERY_S,
+    PRECISION_HELP,
+    Device,
+    InputFormat,
+    Modality,
+    Precision,
+    RayConfig,
+)
 from pipeline.config.settings import REQUIRED, setting
 
 
@@ -43,6 +52,7 @@ class OutputConfig:
     path: str = setting(REQUIRED, "the embedding dataset to write (docs/embedding-dataset.md)")
     dtype: OutputDtype = setting(OutputDtype.float16, "float16 | float32")
     rows_per_shard: int = setting(8192, "rows per Parquet shard")
+    commit_every_s: float | None = setting(COMMIT_EVERY_S, COMMIT_EVERY_HELP)
 
 
 @dataclass
@@ -87,7 +97,11 @@ class EmbedConfig:
     modality: Modality = setting(
         Modality.auto, "auto (images, plus captions where they exist; else texts) | image | text | both"
     )
-    batch_size: int = setting(256, "rows per encoder batch")
+    batch_size: int | None = setting(
+        None,
+        "rows per encoder batch (null: 256 on CUDA, 32 on CPU, where a batch is then seconds of work: progress "
+        "moves and commits come that often)",
+    )
     max_error_fraction: float = setting(0.1, "fail the job once more than this fraction of rows failed")
     max_image_pixels: int = setting(89478485, "larger images are recorded as errors (decompression bombs)")
     progress: bool = setting(True, "show a progress bar")

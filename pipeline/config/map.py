@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from pipeline.config.common import Device, RayConfig, SearchModelConfig
+from pipeline.config.common import COMMIT_EVERY_HELP, COMMIT_EVERY_S, Device, RayConfig, SearchModelConfig
 from pipeline.config.settings import setting
 
 
@@ -53,6 +53,7 @@ class MapIndexConfig:
 class MapOutputConfig:
     path: str | None = setting(None, "the map directory; null with index.path: <index>.map beside the index")
     rows_per_shard: int = setting(65536, "points per Parquet shard")
+    commit_every_s: float | None = setting(COMMIT_EVERY_S, COMMIT_EVERY_HELP)
 
 
 @dataclass

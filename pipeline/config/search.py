@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.config.common import (
+    COMMIT_EVERY_HELP,
+    COMMIT_EVERY_S,
     IndexPathConfig,
     InputFormat,
     RayConfig,
@@ -87,6 +89,7 @@ class KnnInputConfig:
 class KnnOutputConfig:
     path: str = setting(REQUIRED, "neighbors/ (and groups/ with threshold) are written here; see docs/search.md")
     rows_per_shard: int = setting(65536, "rows per Parquet shard")
+    commit_every_s: float | None = setting(COMMIT_EVERY_S, COMMIT_EVERY_HELP)
 
 
 @dataclass

@@ -75,6 +75,14 @@ class ServeConfig:
         "past it gets 503 + Retry-After, a thumbnail waits up to 10 s for a slot",
     )
     decode_retry_after_s: int = setting(1, "the Retry-After (seconds) of that 503")
+    search_threads: int = setting(
+        0, "FAISS threads of the one-process server's searches; 0: every core but one (the event loop's)"
+    )
+    max_threads: int = setting(
+        16,
+        "threads for item, thumbnail, map and image-decoding requests (each reserves stack address space: under "
+        "ulimit -v a request that cannot get a thread gets 503 + Retry-After)",
+    )
     thumbnail_size: int = setting(256, "long side of thumbnails, pixels (JPEG)")
     thumbnail_cache: int = setting(1024, "thumbnails kept in memory")
     warmup: bool = setting(True, "build the query encoder at start, so the first query is fast")

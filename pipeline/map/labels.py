@@ -136,7 +136,7 @@ def text_encoder(cfg: MapCommandConfig, source: MapSource):
     from types import SimpleNamespace
 
     from pipeline.encode.encoder import ClipEncoder
-    from pipeline.search.searcher import resolve_query_model
+    from pipeline.search.query_model import resolve_query_model
 
     spec = resolve_query_model(SimpleNamespace(embedding=source.embedding, dim=source.dim), cfg.model)
     return ClipEncoder(spec).encode_texts

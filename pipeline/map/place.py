@@ -230,5 +230,6 @@ def place_job(
         object_store_budget=max(256 * 1024**2, 8 * block),
         block_bytes=block,
         stall_timeout_s=cfg.ray.stall_timeout_s,
+        commit_every_s=cfg.output.commit_every_s,
         progress=cfg.progress,
     )

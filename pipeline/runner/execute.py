@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -10,15 +11,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import LatentError
+from pipeline.runner.commit import Committer, commit_rows
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
 from pipeline.runner.output import JobOutput, unit_marker_name, writable_error
-from pipeline.runner.plan import build_plan, run_inline, with_ids
+from pipeline.runner.plan import UNIT_COLUMN, ahead, build_plan, run_inline, with_ids
 from pipeline.runtime import RunRecord, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
@@ -35,17 +38,16 @@ def unmet_demand(job: Job, lost_node_hint: bool = True) -> str | None:
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
     res = job.process.resources
-    need_cpus = res.actors * res.cpus + job.read.cpus
+    # The pool is elastic (``plan._pool``): one actor and one read task are enough to go on.
+    need_cpus = res.cpus + job.read.cpus
     problems = []
     if need_cpus > cpus:
         problems.append(
-            f"{need_cpus:g} CPUs ({res.actors} actors x {res.cpus:g} + {job.read.cpus:g} for reading), "
+            f"{need_cpus:g} CPUs (at least 1 actor x {res.cpus:g} + {job.read.cpus:g} for reading), "
             f"the cluster has {cpus:g}"
         )
-    if res.actors * res.gpus > gpus:
-        problems.append(
-            f"{res.actors * res.gpus:g} GPUs ({res.actors} actors x {res.gpus:g}), the cluster has {gpus:g}"
-        )
+    if res.gpus > gpus:
+        problems.append(f"{res.gpus:g} GPUs (at least 1 actor x {res.gpus:g}), the cluster has {gpus:g}")
     if nodes and not any(n.get("CPU", 0) >= res.cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
         problems.append(f"no live node has {res.cpus:g} CPUs and {res.gpus:g} GPUs for one actor")
     if not problems:
@@ -90,9 +92,10 @@ class _Watchdog(threading.Thread):
     """Stops the run (``_Stalled`` in the thread that started it) when no row came for ``timeout`` seconds
     and the stages cannot be scheduled."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, record: RunRecord | None = None) -> None:
         super().__init__(daemon=True, name="latent-stall-watchdog")
-        self.job, self.timeout = job, job.stall_timeout_s
+        self.job, self.timeout, self.record = job, job.stall_timeout_s, record
+        self.nodes: dict[str, float] | None = None  # live node id -> its CPUs, as last seen
         self.job_thread = threading.get_ident()
         self.last_progress = time.monotonic()
         self.reason: str | None = None
@@ -105,9 +108,34 @@ class _Watchdog(threading.Thread):
             if self.reason:  # raised but maybe not delivered yet (the job ended meanwhile): withdraw it
                 _raise_in_thread(self.job_thread, None)
 
+    def watch_nodes(self) -> None:
+        """Say (and record in the run record) when the cluster loses or gains nodes: the pool follows."""
+        import ray
+
+        now = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+        before, self.nodes = self.nodes, now
+        if before is None:
+            return
+        for kind, ids in (("node_lost", before.keys() - now.keys()), ("node_joined", now.keys() - before.keys())):
+            for node in ids:
+                cpus = before.get(node, now.get(node))
+                log.warning(
+                    "%s: node %s (%g CPUs) %s; the actor pool %s (%d live nodes)",
+                    self.job.name,
+                    node[:12],
+                    cpus,
+                    "lost" if kind == "node_lost" else "joined",
+                    "shrinks to what is left; rows in flight there are redone" if kind == "node_lost" else "may grow",
+                    len(now),
+                )
+                if self.record is not None:
+                    self.record.event(kind, node=node, cpus=cpus, live_nodes=len(now))
+
     def run(self) -> None:
         warned = False
         while not self.stopped.wait(min(5.0, max(0.5, self.timeout / 4))):
+            with contextlib.suppress(Exception):  # Ray going away under us: the job's thread reports it
+                self.watch_nodes()
             idle = time.monotonic() - self.last_progress
             if idle < self.timeout:
                 warned = False
@@ -172,33 +200,61 @@ def _progress(job: Job, total: int | None):
     )
 
 
-def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[int, int, float]:
-    """Consume the plan's write statistics: progress, error fraction, unit markers. Returns (rows, errors,
-    steady pace)."""
+def _execute(
+    job: Job, batches: Iterator[pa.Table], total: int | None, record: RunRecord | None = None
+) -> tuple[int, int, float]:
+    """Consume the processed batches: commits (by rows and by time), progress as rows come (rate and ETA),
+    the error fraction, unit markers. Returns (rows, errors, steady pace)."""
     output = job.output
-    rows = errors = 0
+    seen = failed = 0  # rows processed (and failed) so far: the progress
+    rows = errors = 0  # rows committed (and errors recorded)
     by_attempt: Counter[str] = Counter()
     marked: set[str] = set()
     first: tuple[float, int] | None = None
     last = polled = time.monotonic()
-    watchdog = _Watchdog(job)
+    committer = Committer(
+        partial(
+            commit_rows,
+            fn=job.write.fn,
+            errors_dir=output.errors_dir,
+            errors_schema=job.write.errors_schema,
+            unit_column=UNIT_COLUMN,
+        ),
+        job.write.rows,
+        job.commit_every_s,
+    )
+
+    def committed(stats: list[pa.Table]) -> None:
+        nonlocal rows, errors
+        for table in stats:
+            rows += pc.sum(table.column("rows")).as_py()
+            errors += pc.sum(table.column("errors")).as_py()
+            by_attempt.update(dict(zip(table.column("unit").to_pylist(), table.column("count").to_pylist())))
+
+    watchdog = _Watchdog(job, record)
     if not job.inline:  # in this process nothing waits on a cluster
         watchdog.start()
     try:
         try:
             with _progress(job, total) as bar:
-                for stats in batches:
-                    new_rows, new_errors = pc.sum(stats.column("rows")).as_py(), pc.sum(stats.column("errors")).as_py()
-                    rows, errors = rows + new_rows, errors + new_errors
-                    by_attempt.update(dict(zip(stats.column("unit").to_pylist(), stats.column("count").to_pylist())))
+                # a thread pulls the batches: commit windows end on time even while a batch takes minutes
+                for batch in ahead(batches, tick=1.0):
+                    if batch is None:
+                        committed(committer.tick())
+                        continue
+                    good = batch.column("error").null_count  # rows the stage did not fail
+                    seen, failed = seen + good, failed + batch.num_rows - good
                     last = watchdog.last_progress = time.monotonic()
-                    first = first or (last, rows + errors)
-                    bar.update(new_rows + new_errors)
-                    bar.set_postfix(errors=errors, refresh=False)
-                    check_error_fraction(rows, errors, job.max_error_fraction, output.path, final=False)
+                    first = first or (last, seen + failed)
+                    bar.update(batch.num_rows)
+                    if failed:
+                        bar.set_postfix(errors=failed, refresh=False)
+                    check_error_fraction(seen, failed, job.max_error_fraction, output.path, final=False)
+                    committed(committer.add(batch))
                     if last - polled > UNIT_POLL_SECONDS:
                         _mark_finished_units(output, by_attempt, marked)
                         polled = last
+                committed(committer.flush())
             _mark_finished_units(output, by_attempt, marked)
         finally:
             watchdog.stop()
@@ -216,7 +272,7 @@ def _execute(job: Job, batches: Iterator[pa.Table], total: int | None) -> tuple[
         if isinstance(cause, OSError) and _about_output(cause, output):
             raise writable_error(output.path, cause) from None
         raise
-    steady = (rows + errors - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
+    steady = (seen + failed - first[1]) / (last - first[0]) if first and last > first[0] else 0.0
     return rows, errors, steady
 
 
@@ -266,7 +322,7 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
                 plan = build_plan(job, units, done if len(done) else None)
                 # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
                 batches = plan.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
-                rows, errors, steady = _execute(job, batches, total)
+                rows, errors, steady = _execute(job, batches, total, record)
             output.remove_duplicates()
             wall = time.perf_counter() - started
             result = JobResult(

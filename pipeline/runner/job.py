@@ -13,6 +13,7 @@ from pipeline.io.shards import ERRORS_DIR
 from pipeline.runner.output import JobOutput
 from pipeline.runtime import cluster_cpu_nodes, cluster_gpus
 
+GPU_GROWTH = 4  # a GPU pool may grow to this many times its start-up size as nodes join
 MIN_ROWS_FOR_ERROR_CHECK = 200  # judge the error fraction early only once a sample this large is in
 
 
@@ -25,13 +26,22 @@ class JobInterrupted(LatentError):
 
 @dataclass
 class ActorResources:
-    """One actor-pool stage's resources: decided once, here, from the cluster (``actor_resources``)."""
+    """One actor-pool stage's resources: decided once, here, from the cluster (``actor_resources``).
+
+    The pool is elastic (Ray Data's autoscaling actor pool): it starts with ``actors``, shrinks down to
+    one when the cluster loses nodes (Ray Data releases actors beyond what the live nodes can hold beside
+    the read tasks) and grows back up to ``max_actors`` when nodes join."""
 
     actors: int
     cpus: float
     gpus: float
     threads: int | None  # torch/FAISS threads of an actor; None: the library's default (GPU actors)
     node_threads: bool = False  # CPU actors: as many threads as the node the actor lands on has CPUs
+    max_actors: int = 0  # the most the pool grows to (0: ``actors``)
+
+    @property
+    def most(self) -> int:
+        return max(self.actors, self.max_actors)
 
 
 def actor_resources(
@@ -39,16 +49,20 @@ def actor_resources(
 ) -> ActorResources:
     """Resources of an actor pool on ``device``; nulls derived from the cluster.
 
-    CUDA: one actor per ``gpus_per_actor`` of the cluster's GPUs. CPU: one actor per node with CPUs to
-    spare; it reserves one CPU (or ``cpus``) but runs on all of its node's cores unless ``cpus`` is set
-    (read tasks are short and interleave, so the cores stay busy). ``inline`` (no Ray: ``Job.inline``):
-    one "actor", in this process."""
+    CUDA: one actor per ``gpus_per_actor`` of the cluster's GPUs, growing up to ``GPU_GROWTH`` times
+    that as GPU nodes join (each actor holds its GPUs: Ray Data starts only what the cluster can hold).
+    CPU: one actor per node with CPUs to spare; it reserves one CPU (or ``cpus``) but runs on all of its
+    node's cores unless ``cpus`` is set (read tasks are short and interleave, so the cores stay busy), so
+    the pool grows back to its start-up size but not beyond (two such actors on one node would fight for
+    its cores). ``actors`` given: that many at most. ``inline`` (no Ray: ``Job.inline``): one "actor",
+    in this process."""
     if device == "cuda":
         count = 1 if inline else actors or max(1, int(cluster_gpus() // gpus_per_actor))
-        return ActorResources(count, cpus or 1.0, gpus_per_actor, None)
+        most = count if inline or actors else count * GPU_GROWTH
+        return ActorResources(count, cpus or 1.0, gpus_per_actor, None, max_actors=most)
     threads = max(1, round(cpus)) if cpus else None  # a fractional reservation still runs one thread
     count = 1 if inline else actors or cluster_cpu_nodes()
-    return ActorResources(count, cpus or 1.0, 0.0, threads, node_threads=threads is None)
+    return ActorResources(count, cpus or 1.0, 0.0, threads, node_threads=threads is None, max_actors=count)
 
 
 @dataclass
@@ -75,7 +89,7 @@ class WriteStage:
     """``fn(good_rows)`` commits rows whose ``error`` is null; failed rows go to ``<output>/_errors``."""
 
     fn: Callable[[pa.Table], Any]
-    rows: int  # rows per call: a shard
+    rows: int  # rows per call at most: a shard (fewer when a commit window ends first)
     errors_schema: pa.Schema
 
 
@@ -94,6 +108,7 @@ class Job:
     object_store_budget: int | None = None  # bytes in flight across stages (None: Ray Data's default)
     block_bytes: int | None = None  # Ray Data's block size (None: its default)
     stall_timeout_s: float = 600.0
+    commit_every_s: float | None = 60.0  # commit at least this often (``commit.Committer``); None: by rows only
     progress: bool = True
     row_label: str = "rows"
     actor_cpus_key: str = "resources.cpus_per_actor"  # the config key of the actors' CPUs, for messages
@@ -106,7 +121,7 @@ class JobResult:
     errors: int  # rows recorded as errors this run
     wall_seconds: float
     rows_per_second: float  # rows and errors over the whole wall time
-    steady_rows_per_second: float  # from the first commit to the last: the pipeline's pace
+    steady_rows_per_second: float  # from the first processed batch to the last: the pipeline's pace
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,22 +1,24 @@
-"""The Ray Data plan of a runner job: read tasks -> the actor pool -> write tasks. The one place plans are built.
+"""The Ray Data plan of a runner job: read tasks -> the actor pool -> the driver. The one place plans are built.
 
-The job's stages are wrapped so that every row carries the unit (and read attempt) it came from,
-and the write tasks report how many rows of each they committed: the driver marks units done.
+The job's stages are wrapped so that every row carries the unit (and read attempt) it came from; the
+driver commits the processed rows (``commit.Committer``: by rows and by time) and marks units done.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import posixpath
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.io.shards import commit_table, filesystem
-from pipeline.runner.job import Job
+from pipeline.io.shards import filesystem
+from pipeline.runner.job import ActorResources, Job
 from pipeline.runner.output import READ_DIR, unit_marker_name
 from pipeline.runtime import node_cpus
 
@@ -50,30 +52,21 @@ class _StageActor:
         return out.append_column(UNIT_COLUMN, tags)
 
 
-def _write(batch: pa.Table, fn: Callable, errors_dir: str, errors_schema: pa.Schema) -> pa.Table:
-    tags = batch.column(UNIT_COLUMN)
-    batch = batch.drop_columns([UNIT_COLUMN])
-    ok = pc.is_null(batch.column("error"))
-    good, bad = batch.filter(ok), batch.filter(pc.invert(ok))
-    if good.num_rows:
-        fn(good)
-    if bad.num_rows:
-        commit_table(bad.select(errors_schema.names).cast(errors_schema), errors_dir)
-    counts = pc.value_counts(tags)
-    units = counts.field("values").to_pylist() or [""]
-    padding = [0] * (len(units) - 1)
-    return pa.table(
-        {
-            "unit": pa.array(units, pa.string()),
-            "count": pa.array(counts.field("counts").to_pylist() or [0], pa.int64()),
-            "rows": pa.array([good.num_rows, *padding], pa.int64()),
-            "errors": pa.array([bad.num_rows, *padding], pa.int64()),
-        }
-    )
+def _pool(res: ActorResources):
+    """An elastic actor pool: ``res.actors`` at first, down to one while nodes are lost, up to ``res.most``.
+    Ray Data (2.60) releases actors that no longer fit the cluster's resources beside the other stages
+    ("actor pool exceeds resource allocation") and adds actors while the pool is busy and the cluster
+    has room; a fixed-size pool would wait forever for a lost node's actor to come back."""
+    from ray.data import ActorPoolStrategy
+
+    if res.most == 1:
+        return ActorPoolStrategy(size=1)
+    return ActorPoolStrategy(min_size=1, max_size=res.most, initial_size=res.actors)
 
 
 def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None = None):
-    """The Ray Data plan: read tasks -> the actor pool -> write tasks. The one place plans are built."""
+    """The Ray Data plan: read tasks -> the actor pool; its processed rows (with ``UNIT_COLUMN``) stream to
+    the driver, which commits them. The one place plans are built."""
     import ray
     from ray.data import DataContext, ExecutionResources
 
@@ -105,41 +98,78 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
         },
         batch_size=stage.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=stage.resources.actors),
+        compute=_pool(stage.resources),
         num_gpus=stage.resources.gpus or None,
         num_cpus=stage.resources.cpus,
     )
-    return processed.map_batches(
-        partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema),
-        batch_size=job.write.rows,
-        batch_format="pyarrow",
-        num_cpus=0,  # I/O: a commit must never wait behind read tasks for a CPU
-    )
+    return processed
 
 
 def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Iterator[pa.Table]:
-    """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches,
-    processed by one instance of the stage, and written in shards of ``job.write.rows``. Yields the same
-    write statistics as ``build_plan``'s plan, so progress, unit markers and resume are the runner's own.
-    For small jobs, where Ray's start-up (worker processes, each importing the model's libraries) would
-    take longer than the work."""
+    """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches and
+    processed by one instance of the stage. Yields the processed batches, as ``build_plan``'s plan streams
+    them, so commits, progress, unit markers and resume are the runner's own. For small jobs, where Ray's
+    start-up (worker processes, each importing the model's libraries) would take longer than the work."""
     stage = job.process
     actor = _StageActor(stage.cls, stage.kwargs, stage.resources.threads, stage.resources.node_threads)
     read = partial(_read_units, fn=job.read.fn, done=done, state_dir=job.output.state_dir)
-    write = partial(_write, fn=job.write.fn, errors_dir=job.output.errors_dir, errors_schema=job.write.errors_schema)
-    pending: list[pa.Table] = []  # processed rows not yet written: fewer than one shard
-    waiting = 0
-    for unit in with_ids(units):
-        for records in read(pa.table({"unit": [json.dumps(unit)]})):
-            for start in range(0, records.num_rows, stage.batch_size):
-                pending.append(actor(records.slice(start, stage.batch_size)))
-                waiting += pending[-1].num_rows
-                while waiting >= job.write.rows:
-                    ready = pa.concat_tables(pending)
-                    pending, waiting = [ready.slice(job.write.rows)], waiting - job.write.rows
-                    yield write(ready.slice(0, job.write.rows))
-    if waiting:
-        yield write(pa.concat_tables(pending))
+    records = (r for unit in with_ids(units) for r in read(pa.table({"unit": [json.dumps(unit)]})))
+    for batch in ahead(records):  # the next batch is read and decoded while the stage works on this one
+        for start in range(0, batch.num_rows, stage.batch_size):
+            yield actor(batch.slice(start, stage.batch_size))
+
+
+class _Stop(BaseException):
+    """Raised in ``ahead``'s producer thread when its consumer has stopped (a BaseException: nothing swallows it)."""
+
+
+def ahead(items: Iterator[pa.Table], depth: int = 2, tick: float | None = None) -> Iterator[pa.Table | None]:
+    """``items``, produced by a thread up to ``depth`` ahead of the consumer (decoding and torch release
+    the GIL: reading overlaps the stage, as Ray's read tasks do). The thread's exception is re-raised here.
+    ``tick``: also yield None after each ``tick`` seconds without an item (the consumer's clock)."""
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ahead.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put((end, None))
+        except _Stop:
+            return
+        except BaseException as err:  # noqa: BLE001  (handed to the consumer, raised there)
+            ahead.put((end, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a Ray Data iterator shuts its execution down: no stages left holding the CPUs
+                close()
+
+    thread = threading.Thread(target=produce, daemon=True, name="latent-inline-read")
+    thread.start()
+    try:
+        while True:
+            try:
+                item, err = ahead.get(timeout=tick)
+            except queue.Empty:
+                yield None
+                continue
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        if thread.is_alive():  # the consumer stopped early (an error, Ctrl-C): stop the producer, even mid-wait
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Stop))
 
 
 def with_ids(units: list[dict]) -> list[dict]:

@@ -43,7 +43,7 @@ from pipeline.runtime import init_ray, job_gpus, resolve_device, resolve_precisi
 from pipeline.search.limits import check_k
 from pipeline.search.neighbours import GROUPS_DIR, NEIGHBORS_DIR, KnnBatches, near_duplicate_groups, write_neighbours
 from pipeline.search.queries import QueryTable, list_queries, read_queries
-from pipeline.search.searcher import resolve_query_model
+from pipeline.search.query_model import resolve_query_model
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def knn_job(
             errors_schema=KNN_ERRORS_SCHEMA,
         ),
         stall_timeout_s=cfg.ray.stall_timeout_s,
+        commit_every_s=cfg.output.commit_every_s,
         progress=cfg.progress,
         row_label="queries",
         inline=inline,

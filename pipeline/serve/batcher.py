@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,16 +54,19 @@ class BatchStats:
 class MicroBatcher:
     """``await batcher.search(kind, query, k)``: one query's hits (a list of metadata rows with "score")."""
 
-    def __init__(self, searcher: Searcher, max_batch: int, wait_s: float) -> None:
+    def __init__(self, searcher: Searcher, max_batch: int, wait_s: float, threads: int = 0) -> None:
         self.searcher = searcher
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latent-search")
+        self._threads: int | None = threads or None  # FAISS's OpenMP threads (0: chosen in the worker thread)
+        self._set = False
         self._queue: asyncio.Queue[_Request] | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        await self.call(lambda: None)  # start the worker thread now: a limit that forbids it shows at start
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._collect())
 
@@ -146,8 +150,33 @@ class MicroBatcher:
             kind, queries = "vectors", [self._vector_of(id) for id in queries]
         if kind == "vectors":
             queries = np.stack([np.asarray(q, dtype=np.float32) for q in queries])
-        result = self.searcher.search(**{kind: queries}, k=k, where=requests[0].where)
+        with self._faiss_threads(len(queries)):
+            result = self.searcher.search(**{kind: queries}, k=k, where=requests[0].where)
         return [hits[: r.k] for hits, r in zip(result.items, requests)]
+
+    @contextlib.contextmanager
+    def _faiss_threads(self, n: int) -> Iterator[None]:
+        """At most ``n`` OpenMP threads for a batch of ``n`` queries: below FAISS's BLAS threshold (20) a search
+        runs one query per thread, so the other threads only spin, and on a busy machine their barriers cost a
+        lone query 6x (docs/benchmarks.md, "Service")."""
+        import faiss
+
+        if not self._set:
+            self._set = True
+            # one core stays with the event loop (HTTP, JSON, pydantic): with every core in FAISS's OpenMP team,
+            # 32 clients on 2 cores got micro-batches of 2.9 and a fifth of the QPS of a separate 1-thread search
+            # process (Ray Serve's shard replica) measured in the same run (docs/benchmarks.md, "Service")
+            self._threads = self._threads or max(1, min(faiss.omp_get_max_threads(), (os.cpu_count() or 2) - 1))
+            faiss.omp_set_num_threads(self._threads)
+        threads = max(1, min(n, self._threads))
+        if threads == self._threads:
+            yield
+            return
+        faiss.omp_set_num_threads(threads)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(self._threads)
 
     def _vector_of(self, id: str) -> np.ndarray:
         vector = self.searcher.vector(id)

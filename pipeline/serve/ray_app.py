@@ -32,7 +32,8 @@ from pipeline.index.store import shards
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
-from pipeline.search.searcher import Searcher, resolve_query_model
+from pipeline.search.query_model import resolve_query_model
+from pipeline.search.searcher import Searcher
 
 APP_NAME = "latent"
 
@@ -255,10 +256,36 @@ class Ingress:
         return create_app(self.searcher, self.cfg)
 
 
+INGRESS_MAX_ONGOING = 256  # requests one ingress replica takes at once: its micro-batcher gathers them
+
+
+def check_fits(cfg: ServeConfig, shard_count: int, encoder: bool) -> None:
+    """Refuse at once an application whose replicas cannot all be placed on the cluster (Ray Serve would
+    wait for resources forever), naming a ``replica_cpus`` that fits; nothing to check without a cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = float(ray.cluster_resources().get("CPU", 0))
+    replicas = shard_count * cfg.replicas + 1 + (cfg.encoder_replicas if encoder else 0)  # + the ingress
+    need = replicas * cfg.replica_cpus
+    if need <= total + 1e-9:
+        return
+    fits = int(total / replicas * 100) / 100  # rounded down to 0.01 CPU
+    parts = f"{shard_count} shard(s) x replicas={cfg.replicas} + 1 ingress"
+    parts += f" + encoder_replicas={cfg.encoder_replicas}" if encoder else ""
+    hint = f"set replica_cpus={fits} (or fewer replicas)" if fits > 0 else "use a larger cluster (ray.address=)"
+    raise LatentError(
+        f"backend=ray: {replicas} replicas ({parts}) x replica_cpus={cfg.replica_cpus} need {need:g} CPUs, "
+        f"the cluster has {total:g}: Ray Serve would wait for them forever; {hint}"
+    )
+
+
 def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     """The bound Ray Serve application of ``cfg`` (deployment names: shard-00000…, encoder, ingress)."""
     info = _info(cfg.index.path)
     entries = shard_entries(info, cfg.index.path)
+    check_fits(cfg, len(entries), bool(info.embedding is not None and info.embedding.model))
     cpus = {"num_cpus": cfg.replica_cpus}
     handles = [
         Shard.options(name=f"shard-{s:05d}", num_replicas=cfg.replicas, ray_actor_options=cpus).bind(
@@ -276,15 +303,15 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
         if gpus:
             options["ray_actor_options"] = {**cpus, "num_gpus": 1}
         encoder = QueryEncoder.options(**options).bind(spec, error, cfg.max_batch, cfg.batch_wait_ms / 1000)
-    return Ingress.options(name="ingress", ray_actor_options=cpus).bind(cfg, handles, encoder)
+    # the ingress takes many requests at once (Ray Serve's default is 5): its micro-batcher then sends the
+    # shards one batch for all of them, where 5 at a time left the other clients queued in the proxy
+    ingress = Ingress.options(name="ingress", ray_actor_options=cpus, max_ongoing_requests=INGRESS_MAX_ONGOING)
+    return ingress.bind(cfg, handles, encoder)
 
 
-def app_builder(args: dict[str, str]) -> Any:
-    """``serve run pipeline.serve.ray_app:app_builder index.path=… [key=value …]`` (and KubeRay's
-    RayService ``serveConfigV2``): the application from `latent serve` keys."""
-    from pipeline.cli import compose  # `serve run` and KubeRay call this builder: it is an entry point, like the CLI
-
-    cfg = compose("serve", [f"{key}={value}" for key, value in args.items()])
+def application_of(cfg: ServeConfig) -> Any:
+    """The application of composed `latent serve` keys on the running cluster (``pipeline.cli:serve_application``,
+    the entry point of ``serve run`` and KubeRay, composes them)."""
     return build_application(cfg, _cluster_gpus())
 
 
@@ -312,7 +339,7 @@ def run_ray_serve(cfg: ServeConfig) -> None:
     init_ray(cfg.ray)
     app = build_application(cfg, _cluster_gpus())
     if cfg.port == 0:  # Ray Serve's proxy needs a fixed port: take a free one now
-        from pipeline.serve.server import bind
+        from pipeline.serve.net import bind
 
         with bind(cfg.host, 0) as sock:
             cfg.port = sock.getsockname()[1]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import re
-import socket
 from typing import TYPE_CHECKING
 
 from pipeline.config import ServeConfig
 from pipeline.errors import LatentError
 from pipeline.search.limits import MAX_K
 from pipeline.serve.auth import check_origins, load_token
+from pipeline.serve.net import bind, is_loopback
 
 if TYPE_CHECKING:
     from pipeline.search import Searcher
@@ -31,6 +30,7 @@ def _check(cfg: ServeConfig) -> None:
         "thumbnail_size",
         "max_query_pixels",
         "max_decodes",
+        "max_threads",
     ):
         if getattr(cfg, key) <= 0:
             raise LatentError(f"{key}={getattr(cfg, key)}: must be positive")
@@ -42,33 +42,10 @@ def _check(cfg: ServeConfig) -> None:
     check_origins(cfg.cors.origins)
     if cfg.decode_retry_after_s < 0:
         raise LatentError(f"decode_retry_after_s={cfg.decode_retry_after_s}: must be >= 0")
+    if cfg.search_threads < 0:
+        raise LatentError(f"search_threads={cfg.search_threads}: must be >= 0 (0: every core but one)")
     if cfg.batch_wait_ms < 0:
         raise LatentError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: any free port), or a clear error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted connections only for such sockets, and
-    # without it Nagle's algorithm holds a response's body behind its headers until the client's delayed ACK
-    # (40 ms on Linux, per request on a keep-alive connection)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise LatentError(f"cannot listen on {host}:{port}: {err.strerror} (set host=/port=)") from err
-    sock.listen(2048)
-    return sock
 
 
 def open_index(cfg: ServeConfig) -> Searcher:
@@ -108,7 +85,7 @@ def run_serve(cfg: ServeConfig) -> None:
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     authenticated = bool(cfg.auth.token or cfg.auth.token_file)
-    if not _is_loopback(cfg.host) and not authenticated:
+    if not is_loopback(cfg.host) and not authenticated:
         log.warning("listening on %s: reachable from other machines, and no auth.token is set", cfg.host)
     shown = f"[{host}]" if ":" in host else host
     auth = " (bearer token required)" if authenticated else ""

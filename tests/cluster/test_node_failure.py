@@ -1,21 +1,43 @@
-"""A worker node dies in the middle of an embed job: the job finishes on the head, each input once."""
+"""A worker node dies in the middle of an embed job: the elastic pool shrinks, the job goes on on the head, a
+node that joins mid-job gets work, each input is embedded once, and the run record logs the loss and the join."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from pipeline.launch import submit_job
 
 from .conftest import JOB_TIMEOUT, job_config, make_corpus, read_ids, tiny_embed_command, wait_for
+from .localcluster import LocalCluster
+from .test_cluster_jobs import job_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 
-def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_path):
+def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_work(ray_cluster, tiny_model, tmp_path):
+    # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
+    # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
+    lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path)
+
+
+def test_on_one_cpu_nodes_the_pool_shrinks_to_one_actor_beside_a_reader(tiny_model, tmp_path):
+    """1 CPU declared per node: two half-CPU encoders and half-CPU reads; after the loss, the head's one CPU
+    holds one encoder and one read task, not two encoders."""
+    cluster = LocalCluster.start(head_cpus=1, worker_cpus=1)
+    try:
+        resources = ("resources.encoder_actors=2", "resources.cpus_per_encoder=0.5", "resources.cpus_per_reader=0.5")
+        lose_a_node_then_join_one(cluster, tiny_model, tmp_path, *resources)
+    finally:
+        cluster.stop()
+
+
+def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str) -> None:
     from ray.job_submission import JobSubmissionClient
 
     corpus = tmp_path / "images"
-    names = make_corpus(corpus, 160, seed=7)  # enough that an idle machine is still busy when the kill lands
+    names = make_corpus(corpus, 480, seed=7)  # enough that the job still runs when a node joins again
     out = tmp_path / "emb"
     # small shards and read tasks: many commits, so the kill lands with most of the corpus still to do
     command = tiny_embed_command(
@@ -25,7 +47,7 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
         "batch_size=8",
         "output.rows_per_shard=8",
         "input.files_per_task=8",
-        "resources.encoder_actors=1",  # the head keeps a CPU for decoding when the actor moves there
+        *resources,
     )
     cfg = job_config(ray_cluster, *command, name="embed-kill")
     cfg.wait = False
@@ -36,6 +58,9 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
         ray_cluster.kill_worker()
         done_at_kill = len(read_ids(out))
         assert done_at_kill < len(names), "the job finished before the worker was killed: nothing was tested"
+        wait_for(lambda: len(read_ids(out)) > done_at_kill + 16, JOB_TIMEOUT, "progress on the head alone", every=1.0)
+        joined = ray_cluster.add_worker(ray_cluster.nodes["worker"].num_cpus)
+        assert len(read_ids(out)) < len(names), "the job finished before a node joined: the join was not tested"
         status = wait_for(
             lambda: (
                 str(client.get_job_status(submission).value) in ("SUCCEEDED", "FAILED", "STOPPED")
@@ -46,11 +71,15 @@ def test_embed_job_survives_the_worker_node_dying(ray_cluster, tiny_model, tmp_p
             every=1.0,
         )
         assert status == "SUCCEEDED", client.get_job_logs(submission)[-3000:]
-        assert len(ray_cluster.alive_nodes()) == 1  # it finished on the head alone
+        assert joined.node_id in job_nodes(ray_cluster, submission)  # the node that joined got work
         ids = read_ids(out)
         assert len(ids) == len(set(ids)), "an input was embedded twice"
         assert sorted(ids) == sorted(names), "an input is missing"
         assert (out / "_SUCCESS").exists()
+        (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
+        logged = [json.loads(line) for line in events.read_text().splitlines()]
+        assert [e["event"] for e in logged][:2] == ["node_lost", "node_joined"], logged
+        assert logged[1]["node"] == joined.node_id
     finally:
         if str(client.get_job_status(submission).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
             client.stop_job(submission)

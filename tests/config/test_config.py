@@ -157,7 +157,7 @@ def test_help_lists_every_key_with_its_default_and_explanation(command):
 def test_cli_help_shows_defaults_and_the_overrides_given(tmp_path):
     keys = run_cli("embed", "model=vit-l-14", "--help", cwd=tmp_path)
     assert keys.returncode == 0, keys.stderr
-    assert "batch_size: 256" in keys.stdout and "rows per encoder batch" in keys.stdout
+    assert "batch_size: null" in keys.stdout and "rows per encoder batch" in keys.stdout
     assert "name: ViT-L-14" in keys.stdout
 
 

@@ -13,7 +13,7 @@ from pipeline.map.build import run_map
 from pipeline.map.source import open_index
 from pipeline.map.store import MapDirectory, default_map_path
 from pipeline.search import Searcher
-from pipeline.serve.map_routes import find_map
+from pipeline.serve.routes.map import find_map
 
 
 def test_index_map_goes_stale_when_the_index_grows_and_append_brings_it_back(tmp_path, local_ray):

@@ -22,6 +22,7 @@ from pipeline.search.neighbours import GROUPS_SCHEMA, NEIGHBORS_SCHEMA, near_dup
 
 def knn(input_path, index, out, *extra: str):
     overrides = [f"input.path={input_path}", f"index.path={index}", f"output.path={out}", "ray.num_cpus=2"]
+    overrides += ["ray.inline_max_rows=0"]  # the Ray path (small jobs default to inline)
     return run_knn(compose("knn", [*overrides, "progress=false", "model.device=cpu", *extra]))
 
 

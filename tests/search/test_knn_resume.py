@@ -27,6 +27,7 @@ def start_knn(queries: Path, index: Path, out: Path) -> subprocess.Popen:
         f"index.path={index}",
         f"output.path={out}",
         "ray.num_cpus=2",
+        "ray.inline_max_rows=0",  # the Ray path: what these tests are about (small jobs default to inline)
         "k=3",
         "batch_size=40",
         "output.rows_per_shard=80",

@@ -20,7 +20,7 @@ def test_rayservice_serves_the_application_on_the_jobs_cluster():
     manifest = yaml.safe_load(render_job(job("kind=k8s", "name=search", "workers.count=3")))
     assert manifest["kind"] == "RayService" and manifest["metadata"]["name"] == "search"
     (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
-    assert app["import_path"] == "pipeline.serve.ray_app:app_builder" and app["route_prefix"] == "/"
+    assert app["import_path"] == "pipeline.cli:serve_application" and app["route_prefix"] == "/"
     assert app["args"] == {"index.path": "/data/idx", "replicas": "2"}  # backend and port: the cluster's
     assert manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
 
@@ -28,9 +28,9 @@ def test_rayservice_serves_the_application_on_the_jobs_cluster():
 def test_serve_run_line_and_the_builder_take_the_same_keys():
     line = render_job(job("kind=ray")).splitlines()[-1]
     words = shlex.split(line)
-    assert words[:5] == ["serve", "run", "--route-prefix", "/", "pipeline.serve.ray_app:app_builder"]
+    assert words[:5] == ["serve", "run", "--route-prefix", "/", "pipeline.cli:serve_application"]
     args = dict(w.split("=", 1) for w in words[5:])
-    cfg = compose("serve", [f"{k}={v}" for k, v in args.items()])  # what app_builder composes
+    cfg = compose("serve", [f"{k}={v}" for k, v in args.items()])  # what serve_application composes
     assert cfg.index.path == "/data/idx" and cfg.replicas == 2
 
 

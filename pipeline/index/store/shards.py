@@ -52,7 +52,6 @@ def write_shard(index: faiss.Index, directory: Path, name: str, storage: str) ->
     return os.path.getsize(path)
 
 
-
 # --- reading and searching ------------------------------------------------------------------------------
 
 

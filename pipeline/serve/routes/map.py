@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import LatentError
 from pipeline.map.place import Placer
 from pipeline.map.store import MapDirectory, default_map_path, is_map_directory, level_column
+from pipeline.serve.context import ServeContext, metadata_of
 from pipeline.serve.models import ERRORS, ErrorBody
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent.parent / "static"
 MAX_SELECTION = 1_000_000
 NO_MAP = "this index has no map: make one with `latent map index.path=INDEX` (or serve map.path=MAP)"
 # documented answers besides 200 (OpenAPI), so clients and the fuzz tests know them
@@ -103,6 +104,12 @@ def find_map(searcher: "Searcher", cfg: "ServeConfig", why: list[str] | None = N
     return found
 
 
+def load_map(searcher: "Searcher", cfg: "ServeConfig", why: list[str] | None = None) -> "MapState | None":
+    """The map served with ``searcher``'s index, loaded in memory (None: there is none; ``why`` as find_map's)."""
+    found = find_map(searcher, cfg, why)
+    return MapState(found) if found is not None else None
+
+
 class MapState:
     """The served map, in memory: positions, regions, ids (sorted, for id -> point), the landmark placer."""
 
@@ -147,14 +154,13 @@ class MapState:
         return float(xy[0, 0]), float(xy[0, 1])
 
 
-def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: Any, helpers: dict[str, Any]) -> None:
-    """Add the map's routes to ``app`` (``helpers``: the app's thumbnail_url, metadata_of, decode_image)."""
-    why: list[str] = []
-    found = find_map(searcher, cfg, why)
-    missing = why[0] if why else NO_MAP  # a stale map: append to it (create would be refused), not "make one"
-    state = MapState(found) if found is not None else None
-    app.state.map = state
-    thumbnail_url, metadata_of = helpers["thumbnail_url"], helpers["metadata_of"]
+def router(ctx: ServeContext) -> APIRouter:
+    """The map's routes; the map itself (``ctx.map``) is found and loaded by ``load_map``."""
+    api = APIRouter()
+    searcher, cfg, batcher = ctx.searcher, ctx.cfg, ctx.batcher
+    state = ctx.map
+    missing = ctx.map_missing or NO_MAP  # a stale map: append to it (create would be refused), not "make one"
+    thumbnail_url = ctx.thumbnail_url
 
     def need() -> MapState:
         if state is None:
@@ -181,14 +187,14 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             )
         return out
 
-    @app.get("/map", include_in_schema=False)
+    @api.get("/map", include_in_schema=False)
     def map_page() -> Response:
         if state is None:
             page = f"<!doctype html><title>latent map</title><p id='no-map'>{html.escape(missing)}</p>"
             return HTMLResponse(page, 404)
         return FileResponse(STATIC_DIR / "map.html")
 
-    @app.get(
+    @api.get(
         "/map/info",
         responses=NOT_FOUND,
         summary="The served map: rows, levels, regions per level, bounds, quality, labels",
@@ -208,7 +214,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             "points_format": "x float32[n], y float32[n], finest-level cluster cluster_type[n]; little-endian",
         }
 
-    @app.get(
+    @api.get(
         "/map/points",
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
@@ -219,7 +225,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         headers = {"X-Points": str(s.n), "X-Cluster-Type": s.cluster_type, "Cache-Control": "no-cache"}
         return Response(s.body, media_type="application/octet-stream", headers=headers)
 
-    @app.get(
+    @api.get(
         "/map/clusters",
         responses=NOT_FOUND,
         summary="Regions at every level: level, cluster, parent, label, size, x, y",
@@ -227,7 +233,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
     def map_clusters() -> list[dict[str, Any]]:
         return need().clusters
 
-    @app.get(
+    @api.get(
         "/map/points/{index}", responses=NOT_FOUND, summary="The item at a point index, with its position and regions"
     )
     def map_point(index: int, request: Request) -> dict[str, Any]:
@@ -238,7 +244,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         row = searcher.item(id) or {"id": id}
         return {**hit_rows(request, [row])[0], "cluster": int(s.fine[index])}
 
-    @app.get(
+    @api.get(
         "/map/neighbors/{index}",
         responses={**ERRORS, **NOT_FOUND},
         summary="The k nearest items (in latent space) of the item at a point",
@@ -277,10 +283,10 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
             terms = [Term(field, getattr(body, field))]
         for t in terms:
             if t.kind == "image":
-                t.value = await helpers["decode_image"](t.value)
+                t.value = await ctx.decode_query_image(t.value)
         return await batcher.call(combine_terms, searcher, terms)
 
-    @app.post(
+    @api.post(
         "/map/locate",
         responses={**ERRORS, **NOT_FOUND},
         summary="Where a query lands on the map, and its hits (text, image, id, vector, terms)",
@@ -292,7 +298,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         rows = await batcher.search("vectors", vector[0], body.k)
         return {"x": x, "y": y, "hits": hit_rows(request, rows)}
 
-    @app.post(
+    @api.post(
         "/search/terms",
         responses={**ERRORS, **NO_ITEM},
         summary="The k nearest items to weighted terms (works without a map)",
@@ -306,7 +312,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         ]
         return {"k": body.k, "hits": hits}
 
-    @app.post(
+    @api.post(
         "/map/selection",
         responses={**ERRORS, **NOT_FOUND},
         summary="The ids of a set of points (a box selection), and the first items",
@@ -322,7 +328,7 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
         items = [searcher.item(id) or {"id": id} for id in ids[: body.items]]
         return {"count": len(ids), "ids": ids, "items": hit_rows(request, items)}
 
-    @app.post(
+    @api.post(
         "/map/path",
         responses={**ERRORS, **NO_ITEM},
         summary="A route between two items: the items nearest the great circle between them",
@@ -332,3 +338,5 @@ def attach_map(app: FastAPI, searcher: "Searcher", cfg: "ServeConfig", batcher: 
 
         route = await batcher.call(find_path, searcher, body.start, body.end, body.steps)
         return {"from": body.start, "to": body.end, "steps": body.steps, "route": hit_rows(request, route)}
+
+    return api
