@@ -77,6 +77,7 @@ bench-serve: install
 # latent map on 1M x 512 (groups known): wall time, memory, preservation vs umap-learn, ARI, the map view in Chromium
 bench-map: install
 	$(PY) bench/bench_map.py $(BENCH_ARGS)
+	$(PY) bench/bench_map_global.py
 
 # latent serve under bursts of large query images: statuses, latency, peak and after-burst server memory
 bench-serve-images: install

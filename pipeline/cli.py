@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search.command:run_search", "the nearest items of an index to a text, image or vector"),
     "knn": ("pipeline.search.knn:run_knn", "every query of a table x an index -> neighbours Parquet (+ dedup)"),
     "serve": ("pipeline.serve.server:run_serve", "serve an index over HTTP: the search API and a web page"),
-    "map": ("pipeline.map.job:run_map", "lay out an embedding dataset or an index in 2-D, with named regions"),
+    "map": ("pipeline.map.build:run_map", "lay out an embedding dataset or an index in 2-D, with named regions"),
     "path": ("pipeline.search.command:run_path", "the items along the great circle between two items (a route)"),
     "render-job": (
         "pipeline.launch:run_render_job",

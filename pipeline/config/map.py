@@ -26,7 +26,7 @@ class PlaceMethod(str, Enum):
     attract = "attract"  # their weighted average, then UMAP's attraction to them: a 10 % sample's neighbours
 
 
-class CoarseRegions(str, Enum):
+class CoarseRegions(str, Enum):  # the density regions the finest level splits (the key's name is historical)
     hdbscan = "hdbscan"  # density islands of the layout
     kmeans = "kmeans"  # k-means in latent space (coarse_k regions)
 
@@ -81,13 +81,15 @@ class MapParams:
     metric: str = setting("auto", "auto (ip for unit vectors, else l2) | ip | l2")
     seed: int = setting(0, "landmark sample, UMAP, k-means: the same seed gives the same map")
     device: Device = setting(Device.auto, "auto (cuML's UMAP when it imports and a GPU is visible) | cpu | cuda")
-    levels: int = setting(2, "region levels, coarse -> fine (each level splits the one above)")
-    split: int = setting(8, "at most this many regions per region of the level above")
+    levels: int = setting(4, "at most this many region levels, coarse -> fine (the data decides how many)")
+    top_regions: int | None = setting(None, "regions of the top level (null: the clearest cut between 5 and 30)")
+    split: int = setting(64, "the finest level: at most this many k-means parts per density region")
     min_cluster_size: int | None = setting(None, "HDBSCAN's min_cluster_size (null: landmarks / 200, at least 10)")
     coarse: CoarseRegions = setting(
-        CoarseRegions.hdbscan, "level 0: hdbscan (islands of the layout) | kmeans (coarse_k regions in latent space)"
+        CoarseRegions.hdbscan,
+        "the density regions the finest level splits: hdbscan (islands of the layout) | kmeans (coarse_k, latent)",
     )
-    coarse_k: int = setting(20, "regions of level 0 when coarse=kmeans")
+    coarse_k: int = setting(20, "density regions when coarse=kmeans")
     labels: LabelMethod = setting(
         LabelMethod.auto, "auto | text (class-based TF-IDF of captions) | zero_shot (the model's text tower) | none"
     )

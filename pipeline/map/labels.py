@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.config import LabelMethod
 from pipeline.errors import LatentError
+
+if TYPE_CHECKING:
+    from pipeline.config import MapCommandConfig
+    from pipeline.map.source import MapSource
 
 DEFAULT_VOCABULARY = Path(__file__).with_name("vocabulary.txt")
 MAX_VOCABULARY = 100_000  # concepts; a larger file is refused (each is one text-tower forward pass)
@@ -98,3 +104,60 @@ def centroids_of(vectors: np.ndarray, regions: np.ndarray, n_regions: int) -> np
     np.add.at(sums, regions, vectors)
     counts = np.bincount(regions, minlength=n_regions)[:, None]
     return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def label_method(cfg: MapCommandConfig, source: MapSource, texts: list[str | None]) -> str:
+    """``map.labels`` resolved for this source (auto: text, else zero-shot, else none), checked."""
+    chosen = cfg.map.labels
+    with_text = sum(1 for t in texts if t and t.strip())
+    if chosen == LabelMethod.auto:
+        if with_text >= 0.5 * max(1, len(texts)):
+            return "text"
+        return "zero_shot" if known_model(source) else "none"
+    if chosen == LabelMethod.zero_shot and not known_model(source):
+        raise LatentError(
+            "map.labels=zero_shot needs the source's open_clip model, but its vectors carry no model fingerprint "
+            "of an open_clip model (e.g. .npy or synthetic inputs): use map.labels=text or none"
+        )
+    if chosen == LabelMethod.text and not with_text:
+        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero_shot or none")
+    return chosen.value
+
+
+def known_model(source: MapSource) -> bool:
+    import open_clip
+
+    model = source.model or {}
+    return bool(model.get("name")) and model["name"] in open_clip.list_models()
+
+
+def text_encoder(cfg: MapCommandConfig, source: MapSource):
+    """The source's own model's text tower (checked against its fingerprint, as a Searcher's)."""
+    from types import SimpleNamespace
+
+    from pipeline.encode.encoder import ClipEncoder
+    from pipeline.search.query_model import resolve_query_model
+
+    spec = resolve_query_model(SimpleNamespace(embedding=source.embedding, dim=source.dim), cfg.model)
+    return ClipEncoder(spec).encode_texts
+
+
+def make_labels(
+    cfg: MapCommandConfig, source: MapSource, method: str, vectors: np.ndarray, texts: list, regions
+) -> list[list[str]]:
+    """Labels per level (``region <n>`` where a method finds nothing)."""
+    out = []
+    encode = concepts = None
+    if method == "zero_shot":
+        concepts = read_vocabulary(cfg.map.vocabulary)
+        encode = text_encoder(cfg, source)
+    for level, assigned in enumerate(regions.landmark_labels):
+        n = len(regions.parents[level])
+        if method == "text":
+            names = text_labels(texts, assigned, n)
+        elif method == "zero_shot":
+            names = zero_shot_labels(centroids_of(vectors, assigned, n), concepts, encode)
+        else:
+            names = [""] * n
+        out.append([name or f"region {level}.{i}" for i, name in enumerate(names)])
+    return out

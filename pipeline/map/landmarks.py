@@ -1,6 +1,8 @@
-"""The map's layout stage, on the driver: a seeded landmark sample laid out in 2-D (UMAP over FAISS's kNN
-graph, or PCA), its regions at every level and their labels. Staged in the map's staging directory
-(``stage_layout``), so that a killed `latent map` rerun resumes after it.
+"""The landmark stage of `latent map`, on the driver, before any row is placed: a seeded landmark sample
+laid out in 2-D (layout.py: UMAP over FAISS's kNN graph, or PCA; arrange.py: the graph's pieces put
+where their centroids say), its regions at every level (regions.py) and their names (labels.py).
+Staged in the map's staging directory (``stage_layout``), so that a killed `latent map` rerun resumes
+after it.
 """
 
 from __future__ import annotations
@@ -9,72 +11,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import LabelMethod, MapCommandConfig, MapMethod
+from pipeline.config import MapCommandConfig, MapMethod
 from pipeline.errors import LatentError
 from pipeline.io.vectors import usable
-from pipeline.map import labels as labelling
+from pipeline.map.arrange import arrange_pieces
+from pipeline.map.labels import label_method, make_labels
 from pipeline.map.layout import PcaProjection, cuml_available, knn_graph, sample_rows, umap_layout
 from pipeline.map.regions import find_regions
 from pipeline.map.source import MapSource
 from pipeline.map.store import LABELS_FILE, LANDMARKS_FILE, Landmarks
-
-
-def _label_method(cfg: MapCommandConfig, source: MapSource, texts: list[str | None]) -> str:
-    chosen = cfg.map.labels
-    with_text = sum(1 for t in texts if t and t.strip())
-    if chosen == LabelMethod.auto:
-        if with_text >= 0.5 * max(1, len(texts)):
-            return "text"
-        return "zero_shot" if _known_model(source) else "none"
-    if chosen == LabelMethod.zero_shot and not _known_model(source):
-        raise LatentError(
-            "map.labels=zero_shot needs the source's open_clip model, but its vectors carry no model fingerprint "
-            "of an open_clip model (e.g. .npy or synthetic inputs): use map.labels=text or none"
-        )
-    if chosen == LabelMethod.text and not with_text:
-        raise LatentError("map.labels=text: the source's rows have no text (captions); use zero_shot or none")
-    return chosen.value
-
-
-def _known_model(source: MapSource) -> bool:
-    import open_clip
-
-    model = source.model or {}
-    return bool(model.get("name")) and model["name"] in open_clip.list_models()
-
-
-def _text_encoder(cfg: MapCommandConfig, source: MapSource):
-    """The source's own model's text tower (checked against its fingerprint, as a Searcher's)."""
-    from types import SimpleNamespace
-
-    from pipeline.encode.encoder import ClipEncoder
-    from pipeline.search.query_model import resolve_query_model
-
-    spec = resolve_query_model(SimpleNamespace(embedding=source.embedding, dim=source.dim), cfg.model)
-    return ClipEncoder(spec).encode_texts
-
-
-def make_labels(
-    cfg: MapCommandConfig, source: MapSource, method: str, vectors: np.ndarray, texts: list, regions
-) -> list[list[str]]:
-    """Labels per level (``region <n>`` where a method finds nothing)."""
-    out = []
-    encode = concepts = None
-    if method == "zero_shot":
-        concepts = labelling.read_vocabulary(cfg.map.vocabulary)
-        encode = _text_encoder(cfg, source)
-    for level, assigned in enumerate(regions.landmark_labels):
-        n = len(regions.parents[level])
-        if method == "text":
-            names = labelling.text_labels(texts, assigned, n)
-        elif method == "zero_shot":
-            names = labelling.zero_shot_labels(labelling.centroids_of(vectors, assigned, n), concepts, encode)
-        else:
-            names = [""] * n
-        out.append([name or f"region {level}.{i}" for i, name in enumerate(names)])
-    return out
 
 
 def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tuple[Landmarks, list, str, int]:
@@ -116,7 +61,9 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
             device=device,
             knn=(graph, distances),
         )
+        xy, pieces = arrange_pieces(xy, vectors, graph[:, : m.neighbors], source.metric, m.seed)
         timings["layout_device"] = device  # type: ignore[assignment]
+        timings["graph_pieces"] = pieces
     timings["layout_s"] = time.perf_counter() - started
     started = time.perf_counter()
     regions = find_regions(
@@ -128,11 +75,12 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
         min_cluster_size=m.min_cluster_size,
         coarse=m.coarse.value,
         coarse_k=m.coarse_k,
+        top_regions=m.top_regions,
         seed=m.seed,
     )
     timings["regions_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    method = _label_method(cfg, source, texts)
+    method = label_method(cfg, source, texts)
     names = make_labels(cfg, source, method, vectors, texts, regions)
     timings["labels_s"] = time.perf_counter() - started
     landmarks = Landmarks(rows, vectors, xy, regions.landmark_labels, regions.parents, projection)

@@ -1,19 +1,27 @@
 """How well a map keeps neighbours: of each sampled row's ``k`` nearest neighbours in latent space, the
 share that are also among its ``k`` nearest on the map, within the sample (``neighbourhood_preservation``)
 or among all rows (``preservation_among_all``); and the same figure for umap-learn's full fit of the sample
-(the reference a landmark layout is measured against)."""
+(the reference a landmark layout is measured against); and the global arrangement, ``regions_kept``: how
+many of each region's nearest regions in latent space are its nearest on the map. ``measure_quality``
+writes them all into map.json."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from pipeline.index.recall import GroundTruth, without_self
 from pipeline.io.vectors import usable
-from pipeline.map.layout import _flat_index, umap_layout
+from pipeline.map.layout import _flat_index, pca_layout, sample_rows, umap_layout
+
+if TYPE_CHECKING:
+    from pipeline.config import MapCommandConfig
+    from pipeline.map.source import MapSource
 
 
 def _neighbours(points: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -77,3 +85,75 @@ def reference_preservation(
     xy = umap_layout(vectors, n_neighbors=n_neighbors, metric=metric, seed=seed)
     seconds = time.perf_counter() - started
     return neighbourhood_preservation(vectors, xy, k=k, queries=queries, metric=metric, seed=seed), seconds
+
+
+REGION_K = 3  # nearest regions compared (docs/map.md, map.json's quality)
+
+
+def regions_kept(vectors: np.ndarray, xy: np.ndarray, regions: np.ndarray, k: int = REGION_K) -> float:
+    """The global arrangement: for each region (``regions``: each row's), the share of its ``k`` nearest
+    regions in latent space (by centroid of its rows) also among its ``k`` nearest on the map (by centroid)."""
+    ids, inverse = np.unique(regions, return_inverse=True)
+    if len(ids) <= k:
+        return float("nan")
+    counts = np.bincount(inverse)[:, None]
+
+    def nearest(points: np.ndarray) -> np.ndarray:
+        sums = np.zeros((len(ids), points.shape[1]))
+        np.add.at(sums, inverse, points)
+        c = sums / counts
+        d = ((c[:, None] - c[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+    latent, mapped = nearest(np.asarray(vectors, np.float64)), nearest(np.asarray(xy, np.float64))
+    return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(latent, mapped)]) / k)
+
+
+def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, timings: dict) -> dict[str, Any]:
+    """Neighbourhood preservation and regions' nearest regions kept, on a seeded sample (``points``: sorted by
+    row), for the map, umap-learn's full fit of the sample and its PCA."""
+    q = cfg.quality
+    if q.sample <= 0:
+        return {}
+    started = time.perf_counter()
+    point_rows = points.column("row").to_numpy()
+    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
+    rows = rows[np.isin(rows, point_rows)]  # rows recorded in _errors (NaN, zero vectors) are not on the map
+    vectors, _ = source.take(rows)
+    every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
+    at = np.searchsorted(point_rows, rows)
+    xy = every[at]
+    levels = [points.column(name).to_numpy()[at] for name in points.column_names if name.startswith("cluster_")]
+
+    def kept(layout: np.ndarray) -> list[float | None]:  # per level, coarse -> fine (None: too few regions)
+        shares = (regions_kept(vectors, layout, level) for level in levels)
+        return [None if np.isnan(share) else share for share in shares]
+
+    ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
+    out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
+    out["regions_k"] = REGION_K
+    out["regions_kept"] = kept(xy)
+    out["pca_regions_kept"] = kept(pca_layout(vectors))
+    if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
+        picked = pick_queries(len(rows), q.queries, cfg.map.seed)
+        batches = (
+            (np.arange(first, first + len(batch)), batch)
+            for unit in source.units
+            for first, batch, _ in source.read(unit, items=False)
+        )
+        out["preservation_all_rows"] = preservation_among_all(
+            rows[picked], vectors[picked], batches, point_rows, every, k=q.k, metric=source.metric
+        )
+    if q.reference and len(rows) > q.k + 1:
+        ref_started = time.perf_counter()
+        ref_xy = umap_layout(vectors, n_neighbors=cfg.map.neighbors, metric=source.metric, seed=cfg.map.seed)
+        seconds = time.perf_counter() - ref_started
+        ref = neighbourhood_preservation(
+            vectors, ref_xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed
+        )
+        out.update(reference_preservation=ref, reference_seconds=round(seconds, 2))
+        out["relative"] = ours / ref if ref else None
+        out["reference_regions_kept"] = kept(ref_xy)
+    timings["quality_s"] = time.perf_counter() - started
+    return out

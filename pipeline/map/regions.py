@@ -1,8 +1,14 @@
-"""Regions of the map at several levels, coarse to fine, found on the landmarks and spread to every row.
+"""Regions of the map at several levels, built from the fine grain up, found on the landmarks and spread
+to every row.
 
-Level 0: HDBSCAN on the landmarks' 2-D layout (the islands a reader sees); landmarks it calls noise
-join the region most of their latent-space neighbours are in. Level i+1: each region of level i split
-by k-means in latent space into at most ``split`` parts, so levels nest (a fine region has one parent).
+The finest level: density regions (HDBSCAN on the landmarks' 2-D layout: the islands a reader sees;
+landmarks it calls noise join the region most of their latent-space neighbours are in), each split by
+k-means in latent space into parts of about 1/128 of the landmarks (``split_regions``). Coarser levels
+merge regions near in latent space: Ward's agglomerative merging of the fine regions' centroids, weighted
+by their sizes, a density region's parts first, then regions touching in the kNN graph (``merge_tree``),
+cut at the top level's size (``map.top_regions``; null: the clearest cut between 5 and 30 regions), at
+the density regions, and wherever else the tree has a clear cut (``choose_levels``: the number of levels
+follows the data, ``map.levels`` caps it). Cuts of one tree nest exactly: a region has one parent.
 Every other row takes the finest region its nearest landmarks vote for (their membership weights), and
 that region's ancestors.
 """
@@ -91,41 +97,191 @@ def kmeans_regions(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(vectors).astype(np.int32)
 
 
+FINE_REGIONS = 128  # the finest level aims at about this many regions (density regions split by k-means)
+TOP_RANGE = (5, 30)  # the top level's size when map.top_regions is null: the clearest cut in this range
+LEVEL_RATIO = 4  # a level between two others only where they differ at least this much in size ...
+TIE = 0.9  # cuts whose clearness is within this share of the clearest count as tied
+MIN_GAP = 1.3  # ... and the tree has a clear cut there (next merge's cost / last merge's cost)
+
+
+def split_regions(vectors: np.ndarray, dense: np.ndarray, split: int, min_size: int, seed: int) -> np.ndarray:
+    """The finest level: each density region split by k-means in latent space into parts of about
+    ``len(vectors) / FINE_REGIONS`` rows (at most ``split`` parts, none under ``min_size / 4`` rows)."""
+    part = max(1, len(vectors) // FINE_REGIONS)
+    fine = np.empty(len(vectors), dtype=np.int32)
+    count = 0
+    for region in range(int(dense.max()) + 1):
+        members = np.flatnonzero(dense == region)
+        k = min(split, max(1, round(len(members) / part)), max(1, len(members) // max(2, min_size // 4)))
+        local = _renumber(kmeans_regions(vectors[members], k, seed + region))
+        fine[members] = local + count
+        count += int(local.max()) + 1
+    return fine
+
+
+def merge_tree(
+    centroids: np.ndarray, sizes: np.ndarray, adjacent: np.ndarray | None = None, within: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ward's agglomerative merging of regions by their latent centroids, weighted by their sizes:
+    (merges: (m-1, 2) ids, new clusters numbered m, m+1, ... as scipy's linkage; costs: the rise of the
+    within-region sum of squares of each merge, non-decreasing). ``adjacent`` (m x m, bool): regions that
+    touch in the kNN graph; while any two touching regions are left, only touching regions merge (Ward with
+    a connectivity constraint, as scikit-learn's: merges follow the data's manifold, not only its centroids).
+    ``within``: each region's density region: parts of one density region merge back first, so that the
+    density regions are a cut of the tree."""
+    m = len(centroids)
+    c = np.zeros((2 * m - 1, centroids.shape[1]))
+    c[:m] = centroids
+    n = np.zeros(2 * m - 1)
+    n[:m] = sizes
+    alive = list(range(m))
+    merges, costs = np.zeros((max(m - 1, 0), 2), dtype=np.int64), np.zeros(max(m - 1, 0))
+
+    def cost(a: np.ndarray, b: int) -> np.ndarray:
+        return n[a] * n[b] / (n[a] + n[b]) * ((c[a] - c[b]) ** 2).sum(-1)
+
+    ids = np.asarray(alive)
+    d = n[ids, None] * n[None, ids] / (n[ids, None] + n[None, ids]) * ((c[ids, None] - c[None, ids]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    touch = np.ones_like(d, dtype=bool) if adjacent is None else adjacent.copy()
+    np.fill_diagonal(touch, False)
+    group = np.arange(m) if within is None else np.asarray(within).copy()
+    for t in range(m - 1):
+        same = np.where(group[:, None] == group[None], d, np.inf)
+        allowed = same if np.isfinite(same).any() else np.where(touch, d, np.inf)
+        i, j = np.unravel_index(np.argmin(allowed if np.isfinite(allowed).any() else d), d.shape)
+        a, b, new = alive[i], alive[j], m + t
+        merges[t], costs[t] = (a, b), d[i, j]
+        n[new] = n[a] + n[b]
+        c[new] = (n[a] * c[a] + n[b] * c[b]) / n[new]
+        keep = [x for x in range(len(alive)) if x not in (i, j)]
+        alive = [alive[x] for x in keep] + [new]
+        d = d[np.ix_(keep, keep)]
+        row = cost(np.asarray(alive[:-1], dtype=np.int64), new)
+        d = np.block([[d, row[:, None]], [row[None, :], np.full((1, 1), np.inf)]])
+        group = np.append(group[keep], group[i] if group[i] == group[j] else -1 - t)
+        joined = (touch[i] | touch[j])[keep]
+        touch = np.block([[touch[np.ix_(keep, keep)], joined[:, None]], [joined[None, :], np.zeros((1, 1), bool)]])
+    return merges, np.maximum.accumulate(costs) if len(costs) else costs
+
+
+def cut(merges: np.ndarray, m: int, clusters: int) -> np.ndarray:
+    """Each of the ``m`` leaves' cluster when the tree is cut at ``clusters`` clusters."""
+    root = np.arange(2 * m - 1)
+    for t in range(m - clusters):
+        root[merges[t]] = m + t
+    for node in range(2 * m - 2, -1, -1):  # a merged node's root is its parent's root (parents numbered higher)
+        root[node] = root[root[node]] if root[node] != node else node
+    return _renumber(root[:m])
+
+
+def choose_levels(costs: np.ndarray, m: int, top: int | None, cap: int, keep: int | None = None) -> list[int]:
+    """Region counts per level, coarse -> fine, ending with ``m``: the top at ``top`` (null: the clearest cut
+    in ``TOP_RANGE``), ``keep`` (the density regions' count) next, then levels between, or above a top of
+    15 or more, where the tree has a clear cut, at most ``cap`` levels."""
+
+    def gap(k: int) -> float:  # how clear a cut at k clusters is: the next merge's cost over the last one's
+        return float(costs[m - k] / max(costs[m - k - 1], 1e-12)) if 1 <= k < m else 0.0
+
+    if top is not None:
+        first = max(1, min(top, m))
+    else:
+        lo, hi = TOP_RANGE
+        choices = range(min(lo, m), min(hi, m - 1) + 1)
+        clearest = max((gap(k) for k in choices), default=0.0)
+        # near ties go to the coarser cut: the top level is the overview, finer cuts get levels of their own
+        first = min((k for k in choices if gap(k) >= TIE * clearest), default=m)
+        if m <= hi and gap(first) < MIN_GAP:
+            first = m
+    if top is None and keep is not None and keep >= TOP_RANGE[0] and max(first, keep) <= 1.5 * min(first, keep):
+        first = keep  # a top about as fine as the density regions: they are the top
+    counts = [first, m] if first < m else [m]
+    if keep is not None and first < keep < m and cap >= 3:
+        counts = [first, keep, m]
+    while len(counts) < cap:
+        best, at = 0.0, -1
+        spans = [range(2 * a, b // 2 + 1) for a, b in zip(counts, counts[1:]) if b >= LEVEL_RATIO * a]
+        if top is None:  # a clear cut well above a fine top (a tiny region's merge can look clearest)
+            spans.append(range(TOP_RANGE[0], counts[0] // 3 + 1))
+        for k in (k for span in spans for k in span):
+            if gap(k) > best:
+                best, at = gap(k), k
+        if best < MIN_GAP:
+            break
+        counts = sorted([*counts, at])
+    if cap == 1:
+        return counts[:1]
+    distinct = [counts[-1]]  # a level about as fine as the one below it tells a reader nothing more
+    for k in reversed(counts[:-1]):
+        if 1.5 * k <= distinct[0]:
+            distinct.insert(0, k)
+    return distinct
+
+
 def find_regions(
     vectors: np.ndarray,
     xy: np.ndarray,
     graph: np.ndarray,
     *,
-    levels: int = 2,
-    split: int = 8,
+    levels: int = 4,
+    split: int = 64,
     min_cluster_size: int | None = None,
     coarse: str = "hdbscan",
     coarse_k: int = 20,
+    top_regions: int | None = None,
     seed: int = 0,
 ) -> Regions:
-    """Regions of the landmarks at ``levels`` levels (see the module's docstring)."""
+    """Regions of the landmarks at up to ``levels`` levels, coarse -> fine (see the module's docstring)."""
     n = len(vectors)
     min_size = min_cluster_size or max(10, n // 200)
     if coarse == "hdbscan":
-        top = coarse_regions(xy, graph, min_size)
+        dense = coarse_regions(xy, graph, min_size)
     else:
-        top = _renumber(kmeans_regions(vectors, coarse_k, seed))
-    labels = [top]
-    parents = [np.full(int(top.max()) + 1, -1, dtype=np.int32)]
-    for level in range(1, levels):
-        above = labels[-1]
-        below = np.empty(n, dtype=np.int32)
-        parent: list[int] = []
-        for region in range(int(above.max()) + 1):
-            members = np.flatnonzero(above == region)
-            k = min(split, max(1, len(members) // max(2, min_size // 4)))
-            local = kmeans_regions(vectors[members], k, seed + level)
-            local = _renumber(local)
-            below[members] = local + len(parent)
-            parent.extend([region] * (int(local.max()) + 1))
-        labels.append(below)
-        parents.append(np.asarray(parent, dtype=np.int32))
+        dense = _renumber(kmeans_regions(vectors, coarse_k, seed))
+    fine = split_regions(vectors, dense, split, min_size, seed)
+    m = int(fine.max()) + 1
+    sizes = np.bincount(fine, minlength=m).astype(np.float64)
+    centroids = np.zeros((m, vectors.shape[1]))
+    np.add.at(centroids, fine, vectors)
+    centroids /= sizes[:, None]
+    links = np.zeros((m, m), dtype=bool)
+    links[fine[:, None], fine[graph]] = True  # regions touching in the kNN graph
+    within = np.zeros(m, dtype=np.int64)
+    within[fine] = dense
+    merges, costs = merge_tree(centroids, sizes, links | links.T, within)
+    counts = choose_levels(costs, m, top_regions, max(1, levels), keep=int(dense.max()) + 1)
+    of_fine = [_ordered(cut(merges, m, k) if k < m else np.arange(m, dtype=np.int32), sizes) for k in counts]
+    nested = _nest(of_fine, sizes)
+    labels = [level[fine] for level in nested]
+    parents = [np.full(int(nested[0].max()) + 1, -1, dtype=np.int32)]
+    for above, below in zip(nested, nested[1:]):
+        parent = np.zeros(int(below.max()) + 1, dtype=np.int32)
+        parent[below] = above
+        parents.append(parent)
     return Regions(labels, parents)
+
+
+def _ordered(assigned: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Cluster ids renumbered by size, largest first."""
+    total = np.bincount(assigned, weights=sizes)
+    rank = np.empty(len(total), dtype=np.int32)
+    rank[np.argsort(-total, kind="stable")] = np.arange(len(total))
+    return rank[assigned]
+
+
+def _nest(levels: list[np.ndarray], sizes: np.ndarray) -> list[np.ndarray]:
+    """Ids of every level renumbered so that each level's regions are grouped by parent (then by size)."""
+    out = [levels[0]]
+    for below in levels[1:]:
+        above = out[-1]
+        ids = np.unique(below)
+        parent = np.array([above[below == i][0] for i in ids])
+        size = np.array([sizes[below == i].sum() for i in ids])
+        order = np.lexsort((-size, parent))
+        rank = np.empty(int(below.max()) + 1, dtype=np.int32)
+        rank[ids[order]] = np.arange(len(ids))
+        out.append(rank[below])
+    return out
 
 
 def vote(landmark_labels: np.ndarray, neighbours: np.ndarray, weights: np.ndarray, regions: int) -> np.ndarray:

@@ -27,6 +27,7 @@ INFO_FILE = "map.json"
 POINTS_DIR = "points"
 CLUSTERS_FILE = "clusters.parquet"
 IMAGE_FILE = "map.png"
+PAGE_FILE = "map.html"  # the map as one offline page (pipeline/map/map_html.py)
 LANDMARKS_FILE = "landmarks.npz"  # landmark vectors (float16), positions, regions: what append places from
 LABELS_FILE = "labels.json"  # staging only: the layout stage's labels
 STAGING_MARK = ".tmp-map-"
@@ -201,3 +202,25 @@ class MapDirectory:
                 f"then, {fingerprint.get('rows')} now); update it with `latent map ... map.mode=append` (places "
                 f"new rows, moves none) or rebuild it with map.mode=overwrite"
             )
+
+
+def region_table(points: pa.Table, names: list[list[str]], parents: list[np.ndarray]) -> pa.Table:
+    """The regions' table (docs/map.md) from every committed point: sizes and centroids per level."""
+    x = points.column("x").to_numpy().astype(np.float64)
+    y = points.column("y").to_numpy().astype(np.float64)
+    levels, cluster, parent, label, size, xs, ys = [], [], [], [], [], [], []
+    for level, above in enumerate(parents):
+        n = len(above)
+        region = points.column(level_column(level)).to_numpy()
+        counts = np.bincount(region, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):  # an empty region's centroid is NaN
+            cx, cy = np.bincount(region, x, n) / counts, np.bincount(region, y, n) / counts
+        levels += [level] * n
+        cluster += list(range(n))
+        parent += [int(p) for p in above]
+        label += names[level]
+        size += counts.tolist()
+        xs += cx.tolist()
+        ys += cy.tolist()
+    columns = [levels, cluster, parent, label, size, xs, ys]
+    return pa.table(dict(zip(CLUSTERS_SCHEMA.names, columns)), schema=CLUSTERS_SCHEMA)

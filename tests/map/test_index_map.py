@@ -9,7 +9,7 @@ from index.helpers import build, dataset, run_cli, vectors
 from map.conftest import map_config
 from pipeline.cli import compose
 from pipeline.errors import LatentError
-from pipeline.map.job import run_map
+from pipeline.map.build import run_map
 from pipeline.map.source import open_index
 from pipeline.map.store import MapDirectory, default_map_path
 from pipeline.search import Searcher

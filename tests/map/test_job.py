@@ -14,7 +14,7 @@ from synthetic import iter_clustered_groups, write_embedding_dataset
 
 from map.conftest import SPEC, clustered, map_config
 from pipeline.errors import LatentError
-from pipeline.map.job import run_map
+from pipeline.map.build import run_map
 from pipeline.map.store import MapDirectory
 
 
@@ -67,7 +67,11 @@ def test_map_json_records_source_method_quality_and_timings(built):
     assert 0 < quality["preservation"] <= 1 and 0 < quality["reference_preservation"] <= 1
     assert 0 < quality["preservation_all_rows"] <= 1  # the same queries' nearest among all rows
     assert quality["sample"] == 1500
-    assert {"layout_s", "place_s", "knn_graph_s", "total_s"} <= set(info["timings"])
+    # the global arrangement, per level: each region's 3 nearest regions kept, for the map, umap-learn and PCA
+    for key in ("regions_kept", "reference_regions_kept", "pca_regions_kept"):
+        assert len(quality[key]) == info["levels"] and all(v is None or 0 <= v <= 1 for v in quality[key])
+    assert any(v is not None for v in quality["regions_kept"]) and quality["regions_k"] == 3
+    assert {"layout_s", "place_s", "knn_graph_s", "total_s", "graph_pieces"} <= set(info["timings"])
     assert (found.path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(found.path.parent.glob(".map.tmp-map-*"))  # nothing left staged
 

@@ -77,8 +77,8 @@ def test_regions_nest_and_rows_vote_with_their_landmarks():
     xy = PcaProjection.fit(vectors)(vectors)
     graph, _ = knn_graph(vectors, 10)
     regions = find_regions(vectors, xy, graph, levels=3, split=4, coarse="kmeans", coarse_k=5)
-    assert regions.levels == 3
-    for level in (1, 2):
+    assert 1 <= regions.levels <= 3  # map.levels is a cap: the data decides
+    for level in range(1, regions.levels):
         parents = regions.parents[level]
         assert np.array_equal(parents[regions.landmark_labels[level]], regions.landmark_labels[level - 1])
     labels = np.array([0, 1, 1])

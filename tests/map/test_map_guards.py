@@ -16,7 +16,7 @@ from synthetic import write_embedding_dataset
 from map.conftest import clustered, map_config
 from pipeline.errors import LatentError
 from pipeline.io.publish import hold_target
-from pipeline.map.job import run_map
+from pipeline.map.build import run_map
 from pipeline.map.store import MapDirectory
 
 ROWS = 900

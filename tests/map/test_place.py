@@ -9,11 +9,11 @@ from index.helpers import captioned_dataset
 from synthetic import write_embedding_dataset
 
 from map.conftest import clustered, map_config
-from pipeline.map.job import region_table, run_map
+from pipeline.map.build import run_map
 from pipeline.map.layout import LandmarkIndex, sample_rows
 from pipeline.map.place import PlaceBatches, read_unit
 from pipeline.map.source import open_dataset
-from pipeline.map.store import Landmarks, MapDirectory, points_schema, read_points
+from pipeline.map.store import Landmarks, MapDirectory, points_schema, read_points, region_table
 
 
 def unit_dict(unit, first_row=None):

@@ -119,3 +119,79 @@ def test_behind_a_token_the_map_sends_the_search_pages_token(browser, start_serv
         assert page.evaluate("() => document.querySelector('#tooltip-img').src").startswith("blob:")
     finally:
         context.close()
+
+
+def test_plain_text_with_an_apostrophe_is_located_as_text_and_an_error_clears_the_last_answer(map_page):
+    with map_page.expect_request("**/map/locate") as sent:
+        map_page.fill("#locate", "a cat's face")
+        map_page.press("#locate", "Enter")
+    assert sent.value.post_data_json.get("text") == "a cat's face"  # not parsed as an expression
+    map_page.wait_for_function("() => document.querySelectorAll('#list li').length > 0")
+    map_page.fill("#route-from", "nope")
+    map_page.fill("#route-to", "nope either")
+    map_page.press("#route-to", "Enter")
+    map_page.wait_for_function("() => document.querySelector('#map-status').textContent.includes('nope')")
+    assert map_page.evaluate("() => document.querySelectorAll('#list li').length") == 0  # no stale answer under it
+
+
+CANVAS_BOX = """() => {
+  const r = document.querySelector('canvas').getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"""
+GREEN_BETWEEN = """([a, b]) => {
+  const c = document.querySelector('canvas'), gl = c.getContext('webgl2'), r = c.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1, px = new Uint8Array(36);
+  let green = 0;
+  for (const t of [0.3, 0.4, 0.5, 0.6, 0.7]) {  // a 3x3 patch around each spot: the line is 1 px wide
+    const x = (a[0] + t * (b[0] - a[0]) - r.left) * dpr, y = c.height - (a[1] + t * (b[1] - a[1]) - r.top) * dpr;
+    gl.readPixels(Math.round(x) - 1, Math.round(y) - 1, 3, 3, gl.RGBA, gl.UNSIGNED_BYTE, px);
+    let hit = false;
+    for (let p = 0; p < 36; p += 4) if (px[p + 1] > 120 && px[p] < 90 && px[p + 2] < 120) hit = true;
+    if (hit) green += 1;
+  }
+  return green; }"""
+
+
+def test_a_route_is_drawn_as_a_line_the_view_fits(map_page):
+    first = map_page.evaluate("() => fetch('map/points/0').then((r) => r.json()).then((p) => p.id)")
+    last = map_page.evaluate("() => fetch('map/points/5').then((r) => r.json()).then((p) => p.id)")
+    map_page.fill("#route-from", first)
+    map_page.fill("#route-to", last)
+    map_page.press("#route-to", "Enter")
+    map_page.wait_for_function("() => latentMap.route.length >= 2")
+    route = map_page.evaluate("() => latentMap.route")
+    left, top, right, bottom = map_page.evaluate(CANVAS_BOX)
+    for i in route:  # every step of the route is in view
+        x, y = map_page.evaluate("(i) => latentMap.screenOf(i)", i)
+        assert left <= x <= right and top <= y <= bottom
+    # the line's pixels: green between two consecutive steps (points are drawn only at the steps)
+    a, b = map_page.evaluate("(r) => [latentMap.screenOf(r[0]), latentMap.screenOf(r[1])]", route)
+    assert map_page.evaluate(GREEN_BETWEEN, [a, b]) >= 4
+
+
+def test_hovering_a_text_only_item_requests_no_thumbnail(map_page):
+    missing: list[str] = []
+    map_page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    map_page.route("**/map/points/*", lambda route: route.fulfill(json={**route.fetch().json(), "thumbnail": None}))
+    x, y = map_page.evaluate("() => latentMap.screenOf(2)")
+    map_page.mouse.move(x, y)
+    map_page.wait_for_function("() => latentMap.hover && latentMap.hover.loaded")
+    assert not missing, missing
+    map_page.mouse.wheel(0, -300)  # the view moves: the tooltip goes
+    map_page.wait_for_function("() => document.querySelector('#tooltip').hidden")
+
+
+def test_the_legend_lists_top_regions_and_a_clicked_label_selects_its_region(map_page):
+    regions = map_page.evaluate("() => fetch('map/clusters').then((r) => r.json())")
+    top = sorted((r for r in regions if r["level"] == 0 and r["size"]), key=lambda r: -r["size"])
+    legend = map_page.eval_on_selector_all("#legend li", "(els) => els.map((e) => e.textContent)")
+    assert legend == [f"{r['label']} · {r['size']:,}" for r in top]
+    label = map_page.locator("#labels .label").first
+    name = label.text_content()
+    label.click()
+    map_page.wait_for_function("() => latentMap.region && latentMap.selectionIds")
+    level, cluster = map_page.evaluate("() => [latentMap.region.level, latentMap.region.cluster]")
+    chosen = next(r for r in regions if r["level"] == level and r["cluster"] == cluster)
+    assert chosen["label"] == name and len(map_page.evaluate("() => latentMap.selectionIds")) == chosen["size"]
+    assert name in map_page.text_content("#map-status")
+    with map_page.expect_download() as download:
+        map_page.click("#export")
+    assert len(Path(download.value.path()).read_text().split()) == chosen["size"]

@@ -94,10 +94,13 @@
     for (const name of ['selection', 'neighbors', 'hits', 'route', 'query']) {
       const l = layers[name]; if (!l || !l.count) continue;
       gl.uniform3f(U.u_color, ...l.color); gl.bindVertexArray(l.vao);
-      if (l.line) { gl.drawArrays(gl.LINE_STRIP, 0, l.count); }
+      // lines have no gl_PointCoord: the round-point discard would drop every line fragment
+      if (l.line) { gl.uniform1i(U.u_round, 0); gl.drawArrays(gl.LINE_STRIP, 0, l.count); gl.uniform1i(U.u_round, 1); }
       gl.uniform1f(U.u_point, l.size * dpr); gl.drawArrays(gl.POINTS, 0, l.count);
     }
     gl.bindVertexArray(null);
+    const seen = `${view.cx},${view.cy},${view.scale}`;  // the view moved: a tooltip would point at nothing
+    if (seen !== S.lastView) { document.querySelector('#tooltip').hidden = true; S.hover = null; S.lastView = seen; }
     S.frames += 1;
     if (S.firstFrameMs === null) { gl.finish(); S.firstFrameMs = performance.now(); }
     placeLabels();
@@ -137,6 +140,7 @@
     }
     labelBox.replaceChildren(...shown.map(({ c, sx, sy }) => {
       const d = document.createElement('div'); d.className = `label l${level}`; d.textContent = c.label;
+      d.title = 'Select this region'; d.onclick = () => selectRegion(c);
       d.style.left = `${sx}px`; d.style.top = `${sy}px`; return d;
     }));
     S.labelsShown = shown.map(({ c }) => ({ level: c.level, cluster: c.cluster, label: c.label }));
@@ -186,7 +190,9 @@
   }
   // With a token, thumbnails are fetched with it and shown from blob: URLs (an <img> cannot send headers).
   async function setThumbnail(img, url) {
-    if (!url || !sessionStorage.getItem('latent-token')) { img.src = url; return; }
+    if (!url) { img.removeAttribute('src'); img.hidden = true; return; }  // a text-only corpus has no thumbnails
+    img.hidden = false;
+    if (!sessionStorage.getItem('latent-token')) { img.src = url; return; }
     const res = await authFetch(url);
     if (!res.ok) { if (img.onerror) img.onerror(); return; }
     img.src = URL.createObjectURL(await res.blob());
@@ -255,6 +261,34 @@
     if (e.target !== canvas) return;
     clearTimeout(hoverTimer); hoverTimer = setTimeout(() => hover(px, py).catch((err) => status(err.message)), 30);
   });
+  async function selectPoints(picked, title) {  // highlighted, listed, their ids ready for export
+    S.selection = picked; setLayer('selection', picked, [0.17, 0.35, 0.76], 5);
+    const data = await api('map/selection', { indices: picked, items: 50 });
+    S.selectionIds = data.ids; $('#panel-actions').hidden = false;
+    showList(title(data.count), data.items);
+  }
+  function ancestors(level) {  // each finest region's region at `level`
+    const up = new Map(); for (const r of clusters) if (r.level > 0) up.set(`${r.level}:${r.cluster}`, r.parent);
+    const out = new Int32Array(info.clusters[info.levels - 1]);
+    for (let f = 0; f < out.length; f++) { let c2 = f; for (let l = info.levels - 1; l > level; l--) c2 = up.get(`${l}:${c2}`); out[f] = c2; }
+    return out;
+  }
+  async function selectRegion(region) {  // a region's items (a label or a legend entry clicked)
+    const at = ancestors(region.level), picked = [];
+    for (let k = 0; k < n; k++) if (at[fine[k]] === region.cluster) picked.push(k);
+    S.region = { level: region.level, cluster: region.cluster };
+    await selectPoints(picked, (count) => `${region.label}: ${count.toLocaleString()} items`).catch(failed);
+  }
+  S.selectRegion = (level, cluster) => selectRegion(clusters.find((r) => r.level === level && r.cluster === cluster));
+  function legend() {  // the top-level regions with their sizes, biggest first
+    const top = clusters.filter((r) => r.level === 0 && r.size > 0).sort((a, b) => b.size - a.size);
+    $('#legend').replaceChildren(...top.map((r) => {
+      const li = document.createElement('li'), sw = document.createElement('span');
+      sw.className = 'swatch'; sw.style.background = `hsl(${((r.cluster * 0.618033988749895) % 1) * 360}, 65%, 50%)`;
+      li.append(sw, `${r.label} · ${r.size.toLocaleString()}`); li.title = 'Select this region';
+      li.onclick = () => selectRegion(r); return li;
+    }));
+  }
   window.addEventListener('mouseup', async (e) => {
     if (!drag) return;
     const d = drag; drag = null;
@@ -265,10 +299,7 @@
         const [ax, ay] = toData(Math.min(px, d.px), Math.max(py, d.py)), [bx, by] = toData(Math.max(px, d.px), Math.min(py, d.py));
         const picked = [];
         for (let i = 0; i < n; i++) if (X[i] >= ax && X[i] <= bx && Y[i] >= ay && Y[i] <= by) picked.push(i);
-        S.selection = picked; setLayer('selection', picked, [0.17, 0.35, 0.76], 5);
-        const data = await api('map/selection', { indices: picked, items: 50 });
-        S.selectionIds = data.ids; $('#panel-actions').hidden = false;
-        showList(`${data.count.toLocaleString()} selected`, data.items);
+        await selectPoints(picked, (count) => `${count.toLocaleString()} selected`);
       } else if (!d.moved && e.target === canvas) {
         const i = nearest(px, py); if (i >= 0) await neighbors(i);
       }
@@ -296,15 +327,27 @@
     view.cx = data.x; view.cy = data.y; redraw();
     showList('The query lands here (black); its hits in red', data.hits);
   }
+  function failed(err) {  // an error replaces the previous answer: its list would read as this query's
+    $('#list').replaceChildren(); $('#panel-actions').hidden = true; status(err.message);
+  }
+  function fitTo(idx) {  // the view around these points (a route), with a margin
+    if (!idx.length) return;
+    const xs = idx.map((i) => X[i]), ys = idx.map((i) => Y[i]), r = canvas.getBoundingClientRect();
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    view.cx = (x0 + x1) / 2; view.cy = (y0 + y1) / 2;
+    view.scale = Math.min(0.8 * Math.min(r.width / Math.max(x1 - x0, 1e-9), r.height / Math.max(y1 - y0, 1e-9)), 8 * view.base);
+    redraw();
+  }
   $('#locate-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const q = $('#locate').value.trim(); if (!q) return;
-    const expr = /(^|\s)(id|image):|'|"|\s[+-]\s/.test(q);
-    locate(expr ? { expression: q } : { text: q }).catch((err) => status(err.message));
+    // an expression: id:/image: terms, quoted terms, or + / - between terms ("a cat's face" is plain text)
+    const expr = /(^|\s)(id|image):|(^|\s)["'][^"']*["'](\s|$)|\s[+-]\s/.test(q);
+    locate(expr ? { expression: q } : { text: q }).catch(failed);
   });
   $('#locate-file').addEventListener('change', (e) => {
     const f = e.target.files[0]; if (!f) return;
-    const reader = new FileReader(); reader.onload = () => locate({ image: reader.result }).catch((err) => status(err.message)); reader.readAsDataURL(f);
+    const reader = new FileReader(); reader.onload = () => locate({ image: reader.result }).catch(failed); reader.readAsDataURL(f);
   });
   $('#route-form').addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -312,8 +355,9 @@
       const data = await api('map/path', { from: $('#route-from').value.trim(), to: $('#route-to').value.trim(), steps: Number($('#route-steps').value) });
       const idx = data.route.map((h) => h.index).filter((v) => v !== null);
       S.route = idx; setLayer('route', idx, [0.1, 0.6, 0.3], 8, true);
+      fitTo(idx);
       showList(`Route from ${data.from} to ${data.to}`, data.route);
-    } catch (err) { status(err.message); }
+    } catch (err) { failed(err); }
   });
   window.addEventListener('resize', resize);
 
@@ -336,7 +380,7 @@
     main.vao = vao(X, Y, coarse, wide ? gl.UNSIGNED_INT : gl.UNSIGNED_SHORT);
     S.points = n;
     $('#map-info').textContent = `${n.toLocaleString()} points · ${info.clusters.join(' / ')} regions`;
-    resize(); fit(); redraw();
+    resize(); fit(); redraw(); legend();
     status(`${n.toLocaleString()} points. Hover for an item, click for its neighbours.`);
     setTimeout(() => { buildGrid(); S.ready = true; }, 0);
   }

