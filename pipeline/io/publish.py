@@ -108,28 +108,41 @@ def hold_target(target: Path, key: str) -> Iterator[None]:
     target = Path(target).absolute()
     if target.exists() and not target.is_dir():
         raise LatentError(f"{key}={target} is a file: give a folder (a new path)")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise LatentError(f"{key}={target}: cannot write beside it ({err.strerror})") from err
-    try:
+    lock = target.parent / f".{target.name}.lock"
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise LatentError(f"{key}={target}: cannot write beside it ({err.strerror})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another run"
+            os.close(fd)
             raise LatentError(
                 f"{key}={target} is being written by {holder}: wait for that run to finish (or stop it), "
                 f"or use another {key}"
             ) from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # its holder removed the file as we opened it: lock the one at the path now
+    try:
         since = time.strftime("%Y-%m-%d %H:%M:%S %z")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {since}".encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            os.unlink(lock)  # while still held: a run that opened it meanwhile sees it gone and opens anew
         os.close(fd)  # closing releases the flock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def refuse_output_inside_inputs(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:
