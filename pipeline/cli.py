@@ -12,6 +12,7 @@ import difflib
 import importlib
 import shlex
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,9 @@ def _string_keys(cls: type, prefix: str = "") -> set[str]:
         if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
             found |= _string_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[arg-type]
         elif kind is str or (
-            str in typing.get_args(kind) and all(a in (str, type(None)) for a in typing.get_args(kind))
+            typing.get_origin(kind) in (typing.Union, types.UnionType)  # str | None, not list[str]
+            and str in typing.get_args(kind)
+            and all(a in (str, type(None)) for a in typing.get_args(kind))
         ):
             found.add(f"{prefix}{f.name}")
     return found
