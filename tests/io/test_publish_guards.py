@@ -69,7 +69,10 @@ def test_string_values_are_taken_as_typed_outside_sweeps():
     assert quote_string_values("index", ["index.factory='IVF8,Flat'"]) == ["index.factory='IVF8,Flat'"]
     # a list of strings is not a string key: its brackets stay Hydra's list syntax
     argv = ["index.path=/i", "cors.origins=[https://a.example,https://b.example]"]
-    assert compose("serve", quote_string_values("serve", argv)).cors.origins == ["https://a.example", "https://b.example"]
+    assert compose("serve", quote_string_values("serve", argv)).cors.origins == [
+        "https://a.example",
+        "https://b.example",
+    ]
 
 
 def test_cli_takes_an_id_with_a_hash_and_shows_the_quoted_form_where_it_cannot(tmp_path):
