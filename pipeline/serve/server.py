@@ -48,7 +48,7 @@ def _check(cfg: ServeConfig) -> None:
         raise LatentError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
 
 
-def open_index(cfg: ServeConfig) -> Searcher:
+def open_searcher(cfg: ServeConfig) -> Searcher:
     """The Searcher of ``index.path``; an index that is missing, incomplete or corrupted is a LatentError.
 
     Searcher.open names what it checks (LatentError); what FAISS, Arrow or the JSON reader raise on a
@@ -80,7 +80,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
         run_ray_serve(cfg)
         return
-    searcher = open_index(cfg)
+    searcher = open_searcher(cfg)
     app = create_app(searcher, cfg)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]

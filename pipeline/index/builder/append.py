@@ -281,7 +281,7 @@ def append_index(cfg: IndexCommandConfig, source: EmbeddingSource, device: str, 
         )
         if appender is not None:
             entries, _ = appender.write(stage.dir, old.storage)
-            shards.describe(info, entries, old.storage, appender.capacity)
+            shards.record_layout(info, entries, old.storage, appender.capacity)
         with clock.phase("write"):
             memory = finish(stage, index, rows_out.all_ids(), info)
 

@@ -130,7 +130,7 @@ def _build_candidate(
         recall = recall_of(result, cfg, len(queries), "leave-one-out")
         info = new_info(source, choice.factory, dim, metric_name, index, result, recall, seconds, truth.exact_qps)
         info.text = keywords.requested(cfg.index.text, source.item_schema.names)
-        shards.describe(info, entries, layout.storage, -(-n // layout.count))
+        shards.record_layout(info, entries, layout.storage, -(-n // layout.count))
         with clock.phase("write"):
             memory = finish(stage, index, rows.all_ids(), info)
 

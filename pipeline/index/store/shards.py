@@ -201,7 +201,7 @@ def appender_for(directory: Any) -> ShardAppender | None:
     return ShardAppender(directory.path, entries, info.dim, capacity)
 
 
-def describe(info: Any, entries: Sequence[ShardEntry], storage: str, capacity: int) -> None:
+def record_layout(info: Any, entries: Sequence[ShardEntry], storage: str, capacity: int) -> None:
     """Record the shards in ``info`` (index.json, format 2)."""
     info.shards = [asdict(e) for e in entries]
     info.storage = storage

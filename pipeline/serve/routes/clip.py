@@ -55,7 +55,7 @@ class MetadataQuery(BaseModel):
     indice_name: str | None = None
 
 
-def parse(model: type[BaseModel], data: bytes) -> Any:
+def parse_body(model: type[BaseModel], data: bytes) -> Any:
     """A body as JSON whatever its Content-Type (clip-retrieval reads it with ``get_json(force=True)``, and its
     front-end posts JSON as text/plain); a 422 as for any other route when it does not fit ``model``."""
     try:
@@ -65,7 +65,7 @@ def parse(model: type[BaseModel], data: bytes) -> Any:
 
 
 def body_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI entry of a body read by ``parse``."""
+    """The OpenAPI entry of a body read by ``parse_body``."""
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}}
 
 
@@ -112,7 +112,7 @@ def router(ctx: ServeContext) -> APIRouter:
         summary="clip-retrieval: nearest items to a text, image or vector",
     )
     async def knn_service(request: Request) -> Any:
-        body: KnnQuery = parse(KnnQuery, await request.body())
+        body: KnnQuery = parse_body(KnnQuery, await request.body())
         check_indice(body.indice_name)
         notes = [f"{key} ignored" for key in IGNORED if getattr(body, key) not in (None, False, "")]
         text = body.text if body.text else None  # clip-retrieval reads "" as no text
@@ -166,7 +166,7 @@ def router(ctx: ServeContext) -> APIRouter:
         summary="clip-retrieval: the metadata of results by their integer id",
     )
     async def metadata(request: Request) -> list[dict[str, Any]]:
-        body: MetadataQuery = parse(MetadataQuery, await request.body())
+        body: MetadataQuery = parse_body(MetadataQuery, await request.body())
         return await run_in_threadpool(metadata_of_ids, body, request)
 
     def metadata_of_ids(body: MetadataQuery, request: Request) -> list[dict[str, Any]]:
