@@ -10,26 +10,23 @@ NOT_FINITE = "NaN or infinite vector"
 ZERO = "zero vector (no direction: cosine is undefined)"
 
 
-def vector_errors(vectors: np.ndarray, metric: str) -> list[str | None]:
-    """Per row: None where the vector is usable under ``metric`` ("ip" or "l2"), else why not."""
+def _checked(vectors: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(finite, zero without a direction under ``metric``) per row."""
     vectors = np.asarray(vectors)
     if not len(vectors):
-        return []
+        return np.zeros(0, bool), np.zeros(0, bool)
     finite = np.isfinite(vectors).all(axis=1)
-    zero = ~np.any(vectors != 0, axis=1)
-    errors: list[str | None] = [None] * len(vectors)
-    for i in np.flatnonzero(~finite):
-        errors[i] = NOT_FINITE
-    if metric == "ip":
-        for i in np.flatnonzero(finite & zero):
-            errors[i] = ZERO
-    return errors
+    pointless = finite & ~np.any(vectors != 0, axis=1) if metric == "ip" else np.zeros(len(vectors), bool)
+    return finite, pointless
+
+
+def vector_errors(vectors: np.ndarray, metric: str) -> list[str | None]:
+    """Per row: None where the vector is usable under ``metric`` ("ip" or "l2"), else why not."""
+    finite, pointless = _checked(vectors, metric)
+    return [NOT_FINITE if not f else ZERO if z else None for f, z in zip(finite.tolist(), pointless.tolist())]
 
 
 def usable(vectors: np.ndarray, metric: str) -> np.ndarray:
     """Boolean mask of the rows ``vector_errors`` passes."""
-    vectors = np.asarray(vectors)
-    ok = np.isfinite(vectors).all(axis=1) if len(vectors) else np.zeros(0, bool)
-    if metric == "ip" and len(vectors):
-        ok &= np.any(vectors != 0, axis=1)
-    return ok
+    finite, pointless = _checked(vectors, metric)
+    return finite & ~pointless

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 from PIL import Image
@@ -23,10 +22,10 @@ from PIL import Image
 from pipeline.config import SearchModelConfig
 from pipeline.encode.model import ModelSpec
 from pipeline.errors import QueryError
-from pipeline.index.store import shards
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.index.store.format import IndexInfo
 from pipeline.search.limits import check_k
+from pipeline.search.plan import stored_vectors
 from pipeline.search.query_model import resolve_query_model
 
 MAX_QUERY_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb limit, as embed's max_image_pixels default
@@ -62,7 +61,6 @@ class Searcher:
         self.query_model = query_model  # a spec already checked against the index (by a job's driver), if any
         self._encoder = None
         self._encoder_lock = threading.Lock()
-        self._direct_map_tried = False
         self._columns = None  # the filterable columns (pipeline.search.columns), on the first where=
         # items.arrow's record batches, memory-mapped (zero-copy): a search takes its hits from them directly
         self._batches = list(directory.item_batches())
@@ -303,26 +301,13 @@ class Searcher:
         return None if vector is None else self.directory.check_stored(int(label), vector)
 
     def _reconstruct(self, label: int) -> np.ndarray | None:
-        index = self.directory.index
-        if shards.is_sharded(index):  # from the shard that holds it
-            with self._encoder_lock:
-                return shards.reconstruct(index, int(label)).astype(np.float32)
-        try:
-            return index.reconstruct(int(label)).astype(np.float32)
-        except RuntimeError:
-            pass
-        with self._encoder_lock:  # IVF indexes reconstruct only with a direct map (label -> list), built once
-            if self._direct_map_tried:
-                return None
-            self._direct_map_tried = True
+        """The stored vector of ``label``, as the planner reads them (the shard that holds it; an IVF direct
+        map built once); None where this index cannot give it back."""
+        with self._encoder_lock:  # building an IVF direct map must not race another reader
             try:
-                faiss.extract_index_ivf(index).make_direct_map()
-            except (RuntimeError, AttributeError):
+                return stored_vectors(self.directory.index, np.array([label], dtype=np.int64))[0]
+            except (RuntimeError, IndexError):
                 return None
-        try:
-            return index.reconstruct(int(label)).astype(np.float32)
-        except RuntimeError:
-            return None
 
 
 # --- checks and decoding ----------------------------------------------------------------------------
