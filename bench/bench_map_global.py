@@ -52,7 +52,7 @@ def measure(vectors: np.ndarray, metric: str, truth: dict) -> dict:
     started = time.perf_counter()
     graph, distances = knn_graph(vectors, 16, metric)
     plain = umap_layout(vectors, metric=metric, knn=(graph, distances))
-    xy, pieces = arrange_pieces(plain, vectors, graph[:, :15], metric, 0)
+    xy, pieces = arrange_pieces(plain, vectors, graph[:, :15], 0)
     regions = find_regions(vectors, xy, graph)
     seconds = time.perf_counter() - started
     levels = regions.landmark_labels
