@@ -72,6 +72,7 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
         logged = [json.loads(line) for line in events.read_text().splitlines()]
         assert [e["event"] for e in logged][:2] == ["node_lost", "node_joined"], logged
         assert logged[1]["node"] == joined.node_id
+        assert logged[0]["drained"] is False  # killed, not drained (Ray's death reason)
     finally:
         if str(client.get_job_status(submission).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
             client.stop_job(submission)
