@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from pipeline import __version__
-from pipeline.serve.context import ServeContext, metadata_of
+from pipeline.serve.context import ServeContext, json_safe, metadata_of
 from pipeline.serve.images import TRIM_ABOVE_PIXELS, release_memory
 from pipeline.serve.models import (
     API_VERSION,
@@ -17,6 +17,7 @@ from pipeline.serve.models import (
     ErrorBody,
     Health,
     Hit,
+    SearchPlan,
     SearchQuery,
     SearchResponse,
     search_query_model,
@@ -67,7 +68,7 @@ def router(ctx: ServeContext) -> APIRouter:
             value = await ctx.decode_query_image(value)
         if field == "vector":
             value = check_vector(value)
-        hits = await ctx.batcher.search(KIND_OF[field], value, query.k, query.where)
+        hits, plan = await ctx.batcher.search_planned(KIND_OF[field], value, query.k, query.where)
         if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
             del value  # the last reference: give its pixels back to the OS
             await run_in_threadpool(release_memory)
@@ -86,6 +87,7 @@ def router(ctx: ServeContext) -> APIRouter:
                 for rank, row in enumerate(hits, start=1)
             ],
             took_ms=round((time.perf_counter() - started) * 1000, 3),
+            plan=None if plan is None else SearchPlan(**json_safe(plan)),  # json_safe: an unbounded cost is null
         )
 
     @api.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
