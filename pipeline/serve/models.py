@@ -77,6 +77,15 @@ class SearchResponse(BaseModel):
     )
 
 
+class Column(BaseModel):
+    name: str = Field(description="as a where= predicate names it (metadata.<field> for a JSON sidecar's field)")
+    kind: str = Field(description="number, string, bool, timestamp or other (other: only IS [NOT] NULL)")
+
+
+class Columns(BaseModel):
+    columns: list[Column] = Field(description="the index's filterable metadata columns, by name")
+
+
 class Item(BaseModel):
     id: str
     metadata: dict[str, Any]

@@ -14,6 +14,8 @@ from pipeline.serve.images import TRIM_ABOVE_PIXELS, release_memory
 from pipeline.serve.models import (
     API_VERSION,
     ERRORS,
+    Column,
+    Columns,
     ErrorBody,
     Health,
     Hit,
@@ -89,6 +91,11 @@ def router(ctx: ServeContext) -> APIRouter:
             took_ms=round((time.perf_counter() - started) * 1000, 3),
             plan=None if plan is None else SearchPlan(**json_safe(plan)),  # json_safe: an unbounded cost is null
         )
+
+    @api.get("/columns", response_model=Columns, summary="The metadata columns a where= predicate can name")
+    def columns() -> Columns:
+        kinds = ctx.searcher.columns.kinds  # index.json's metadata schema: nothing is read
+        return Columns(columns=[Column(name=name, kind=kind) for name, kind in sorted(kinds.items())])
 
     @api.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
     def healthz() -> Health:
