@@ -66,9 +66,12 @@ def write_corpus(path: Path, n: int, dim: int, seed: int = 0, write: bool = True
     return x[:n], x[n:]
 
 
-def timed(fn, repeat: int = 3) -> tuple[float, object]:
+REPEAT = [3]  # best of this many runs (--repeat)
+
+
+def timed(fn, repeat: int = 0) -> tuple[float, object]:
     best, out = float("inf"), None
-    for _ in range(repeat):
+    for _ in range(repeat or REPEAT[0]):
         start = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - start)
@@ -149,9 +152,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench-filtered")
     ap.add_argument("--sweep", default="", help="comma-separated IVF exponents: force the filtered plan")
     ap.add_argument("--lancedb", action="store_true", help="LanceDB side by side (pip install lancedb)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many timings")
     ap.add_argument("--build-only", action="store_true", help="write the corpus, build the indexes, stop")
     ap.add_argument("--selectivities", default="", help="comma-separated fractions (default: 50 %% .. 0.01 %%)")
     a = ap.parse_args()
+    REPEAT[0] = a.repeat
     sys.path.insert(0, str(ROOT))
     from pipeline.search import Searcher
     from pipeline.search import plan as planner
