@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 KINDS = ("vectors", "texts", "images", "ids")  # Searcher.search's keywords, plus search by a stored item's id
 ENCODED = ("texts", "images")  # kinds that cost an encoder call: worth waiting a little to batch them
+# FAISS's exhaustive (Flat, IVF coarse, refine) search of a batch this large or larger goes through BLAS (one
+# matrix product per block), below it one query at a time. faiss 1.15.1 here ships the cut at 128,000 queries,
+# so every micro-batch took the one-at-a-time path: at 16-32 queries on 1 thread BLAS ran 3-5x the QPS, at
+# 1-4 queries it did not (docs/benchmarks.md, "Service"). Set in the server's process only, as the threads are.
+BLAS_FROM = 8
 
 
 class UnknownItem(LatentError):
@@ -178,6 +183,7 @@ class MicroBatcher:
             # process (Ray Serve's shard replica) measured in the same run (docs/benchmarks.md, "Service")
             self._threads = self._threads or max(1, min(faiss.omp_get_max_threads(), (os.cpu_count() or 2) - 1))
             faiss.omp_set_num_threads(self._threads)
+            faiss.cvar.distance_compute_blas_threshold = BLAS_FROM
         threads = max(1, min(n, self._threads))
         if threads == self._threads:
             yield

@@ -62,7 +62,10 @@ class Shard:
     def __init__(self, path: str, entry: shards.ShardEntry, info: IndexInfo, threads: int) -> None:
         import faiss
 
+        from pipeline.serve.batcher import BLAS_FROM
+
         faiss.omp_set_num_threads(max(1, threads))
+        faiss.cvar.distance_compute_blas_threshold = BLAS_FROM  # it searches the ingress's micro-batches
         # a replica may run on another node (a shared filesystem): check its own file there, as a
         # one-process open does (size, and the checksum of a small file), before answering anything
         recorded = {entry.file: info.files[entry.file]} if info.files and entry.file in info.files else None
