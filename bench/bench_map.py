@@ -3,6 +3,10 @@ umap-learn's full fit side by side, and the map view of every point in headless 
 
     python bench/bench_map.py                 # 1M x 512 (the target run)
     python bench/bench_map.py --n 100000 --full-umap 20000 --quality 20000   # a quick run
+    python bench/bench_map.py --corpus nested --quality 10000 --full-umap 0 --skip-page   # issue 21's corpus
+
+``--corpus nested``: tests/map/corpora.py's groups of sub-groups (12 x 4, unit vectors, 512-d) instead of the
+clustered corpus; reported besides: each level's region count and ARI against the groups and the sub-groups.
 
 Steps: write the corpus (tests/synthetic.py, ClusteredSpec() as bench-index) as float32 .npy
 shards, with each row's known group; run `latent map` as a subprocess (wall time; peak memory: the
@@ -11,7 +15,7 @@ single process); adjusted Rand index of its coarse regions against the groups; u
 fit (its NN-descent, all cores) of a `--full-umap` row sample, timed, and both maps' neighbourhood
 preservation on that sample; then `latent index` (SQ8, for the server) and `latent serve` of the map,
 opened in headless Chromium: time from navigation to the first drawn WebGL frame, bytes per point.
-JSON goes to bench/results/map-<n>.json.
+JSON goes to bench/results/map-<n>.json (map-nested-<n>.json).
 """
 
 from __future__ import annotations
@@ -35,18 +39,25 @@ sys.path.insert(0, str(REPO))
 from pipeline.map.layout import sample_rows  # noqa: E402
 from pipeline.map.quality import neighbourhood_preservation  # noqa: E402
 from pipeline.map.store import MapDirectory  # noqa: E402
+from tests.map.corpora import nested_gaussians_chunks  # noqa: E402
 from tests.synthetic import ClusteredSpec, iter_clustered_groups  # noqa: E402
 
 ROWS_PER_FILE = 50_000
 
 
-def write_corpus(work: Path, n: int, spec: ClusteredSpec) -> tuple[Path, np.ndarray]:
-    data, groups_file = work / f"emb-{n}", work / f"groups-{n}.npy"
+def write_corpus(work: Path, n: int, spec: ClusteredSpec, corpus: str = "clustered") -> tuple[Path, np.ndarray]:
+    """The corpus as .npy shards and each row's group (``nested``: (groups, sub-groups), n x 2)."""
+    tag = "" if corpus == "clustered" else f"{corpus}-"
+    data, groups_file = work / f"emb-{tag}{n}", work / f"groups-{tag}{n}.npy"
     if groups_file.exists():
         return data, np.load(groups_file)
     data.mkdir(parents=True, exist_ok=True)
+    if corpus == "nested":
+        chunks = ((v, np.stack([g, s], 1)) for v, g, s in nested_gaussians_chunks(n, spec.dim, chunk=ROWS_PER_FILE))
+    else:
+        chunks = iter_clustered_groups(n, spec)
     groups, pending, file = [], [], 0
-    for vectors, group in iter_clustered_groups(n, spec):
+    for vectors, group in chunks:
         groups.append(group)
         pending.append(vectors)
         while sum(len(p) for p in pending) >= ROWS_PER_FILE:
@@ -188,12 +199,14 @@ def main() -> None:
     )
     parser.add_argument("--work", default="/tmp/latent-bench-map")
     parser.add_argument("--skip-page", action="store_true")
+    parser.add_argument("--corpus", choices=("clustered", "nested"), default="clustered")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     spec = ClusteredSpec()
-    data, groups = write_corpus(work, args.n, spec)
-    out = work / f"map-{args.n}"
+    data, groups = write_corpus(work, args.n, spec, args.corpus)
+    tag = "" if args.corpus == "clustered" else f"{args.corpus}-"
+    out = work / f"map-{tag}{args.n}"
     command = [
         sys.executable,
         "-m",
@@ -212,7 +225,8 @@ def main() -> None:
         print((work / "map.log").read_text()[-3000:])
         raise SystemExit("latent map failed")
     found = MapDirectory(out)
-    points = found.points(["id", "x", "y", "cluster_0"])
+    levels = [f"cluster_{level}" for level in range(len(found.info.clusters))]
+    points = found.points(["id", "x", "y", *levels])
     rows = global_rows(points.column("id").to_pylist())
     from sklearn.metrics import adjusted_rand_score
 
@@ -223,7 +237,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "n": args.n,
         "dim": spec.dim,
-        "groups": spec.groups,
+        "groups": "12 x 4" if args.corpus == "nested" else spec.groups,
         "landmarks": args.landmarks,
         "latent_map": run,
         "raw_float32_bytes": raw,
@@ -231,13 +245,23 @@ def main() -> None:
         "rss_process_over_raw": round(run["peak_rss_process_bytes"] / raw, 2),
         "pss_tree_over_raw": round(run["peak_pss_tree_bytes"] / raw, 2),
         "map_json": {"quality": found.info.quality, "timings": found.info.timings, "clusters": found.info.clusters},
-        "ari_coarse_vs_groups": adjusted_rand_score(groups[rows], points.column("cluster_0").to_numpy()),
     }
+    if args.corpus == "nested":  # each level against the groups and the sub-groups
+        report["levels"] = [
+            {
+                "regions": len(np.unique(points.column(level).to_numpy())),
+                "ari_groups": adjusted_rand_score(groups[rows, 0], points.column(level).to_numpy()),
+                "ari_sub_groups": adjusted_rand_score(groups[rows, 1], points.column(level).to_numpy()),
+            }
+            for level in levels
+        ]
+    else:
+        report["ari_coarse_vs_groups"] = adjusted_rand_score(groups[rows], points.column("cluster_0").to_numpy())
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every stage: a run cut short keeps what it measured
-        (results / f"map-{args.n}.json").write_text(json.dumps(report, indent=2))
+        (results / f"map-{tag}{args.n}.json").write_text(json.dumps(report, indent=2))
 
     print(json.dumps(report, indent=2), flush=True)
     save()

@@ -59,7 +59,7 @@ def build_vector_index(work: Path, n: int, dim: int, factory: str) -> Path:
         )
         write_embedding_dataset(data, chunks, dtype="float32", rows_per_shard=100_000)
     run_index(
-        compose("index", [f"input.path={data}", f"index.path={index}", f"index.factory={factory}", "progress=false"])
+        compose("index", [f"input.path={data}", f"index.path={index}", f"index.factory='{factory}'", "progress=false"])
     )
     return index
 
@@ -93,8 +93,8 @@ def build_text_index(work: Path, model: str, n: int = 20_000) -> Path:
 class Server:
     """`latent serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, index: Path, *overrides: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+    def __init__(self, index: Path, *overrides: str, code: Path = REPO) -> None:
+        env = {**os.environ, "PYTHONPATH": str(code)}
         command = [sys.executable, "-m", "pipeline.cli", "serve", f"index.path={index}", "port=0"]
         command += ["log_level=warning", *overrides]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -149,6 +149,46 @@ async def _load(url: str, path: str, bodies: list[dict], clients: int, warmup: f
                     errors += response.status_code != 200
 
         await asyncio.gather(*(one_client(c) for c in range(clients)))
+    return _summary(latencies, errors, clients, seconds)
+
+
+def _load_threads(url: str, path: str, bodies: list[dict], clients: int, warmup: float, seconds: float) -> dict:
+    """The acceptance check's client: one thread per client, urllib (a new connection per request), json.dumps."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    latencies: list[float] = []
+    failed: list[int] = []  # list.append is atomic under the GIL; += on a shared int is not
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+
+    def one_client(c: int) -> None:
+        i = c
+        while (now := time.perf_counter()) < stop_at:
+            data = json.dumps(bodies[i % len(bodies)]).encode()
+            request = urllib.request.Request(url + path, data, {"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    response.read()
+                    status = response.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            i += clients
+            if now >= measure_from:
+                latencies.append(time.perf_counter() - now)
+                if status != 200:
+                    failed.append(status)
+
+    threads = [threading.Thread(target=one_client, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return _summary(latencies, len(failed), clients, seconds)
+
+
+def _summary(latencies: list[float], errors: int, clients: int, seconds: float) -> dict:
     ms = np.array(latencies) * 1000
     return {
         "clients": clients,
@@ -164,8 +204,9 @@ async def _load(url: str, path: str, bodies: list[dict], clients: int, warmup: f
 
 
 def backend_overrides(backend: str, ray_cpus: int) -> list[str]:
-    """`latent serve` keys of a backend: ``single``, or ``rayN`` (Ray Serve, N replicas per shard)."""
-    if backend == "single":
+    """`latent serve` keys of a backend: ``single`` (or ``baseline``: the same from --baseline's code), or ``rayN``
+    (Ray Serve, N replicas per shard)."""
+    if backend in ("single", "baseline"):
         return []
     replicas = int(backend[3:])
     # every replica fits: N per shard (1 shard here) + the ingress (+ an encoder replica, counted to be safe)
@@ -173,14 +214,19 @@ def backend_overrides(backend: str, ray_cpus: int) -> list[str]:
     return ["backend=ray", f"replicas={replicas}", f"replica_cpus={cpus}", f"ray.num_cpus={ray_cpus}"]
 
 
-def measure_backend(index: Path, backend: str, loads: list[tuple], ray_cpus: int) -> dict:
+def measure_backend(
+    index: Path, backend: str, loads: list[tuple], ray_cpus: int, code: Path = REPO, client: str = "httpx"
+) -> dict:
     """Each of ``loads`` (name, path, kind, bodies, clients, warmup, seconds) against one fresh server."""
-    server = Server(index, *backend_overrides(backend, ray_cpus))
+    server = Server(index, *backend_overrides(backend, ray_cpus), code=code)
     out = {}
     try:
         for name, path, kind, bodies, clients, warmup, seconds in loads:
             before = server.health()
-            result = asyncio.run(_load(server.url, path, bodies, clients, warmup, seconds))
+            if client == "urllib":
+                result = _load_threads(server.url, path, bodies, clients, warmup, seconds)
+            else:
+                result = asyncio.run(_load(server.url, path, bodies, clients, warmup, seconds))
             after = server.health()
             batches = after["batches"][kind] - before["batches"][kind]
             queries = after["batched_queries"][kind] - before["batched_queries"][kind]
@@ -202,7 +248,15 @@ def main() -> None:
     parser.add_argument("--text-model", default="ViT-B-32", help="model of the built text index (random weights)")
     parser.add_argument("--skip-text", action="store_true")
     parser.add_argument("--skip-clip", action="store_true", help="leave out clip-retrieval's /knn-service path")
-    parser.add_argument("--backends", default="single,ray1,ray2", help="single, rayN (N replicas per shard)")
+    parser.add_argument(
+        "--backends", default="single,ray1,ray2", help="single, baseline (see --baseline), rayN (N replicas per shard)"
+    )
+    parser.add_argument("--baseline", help="another checkout's root (e.g. `git worktree add`): backend `baseline`")
+    parser.add_argument(
+        "--client", choices=("httpx", "urllib"), default="httpx",
+        help="httpx: asyncio clients with keep-alive; urllib: a thread per client, a connection per request "
+        "(the acceptance check serve-clipclient-scales)",
+    )  # fmt: skip
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=10)
@@ -218,6 +272,7 @@ def main() -> None:
     info = json.loads((index / "index.json").read_text())
     queries = clustered_unit_vectors(2000, ClusteredSpec(dim=info["dim"], seed=12345))
     results: dict = {
+        "command": sys.argv,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "load_average": os.getloadavg(),
         "k": K,
@@ -232,11 +287,12 @@ def main() -> None:
     if not args.skip_clip:
         loads += [("clip_vector", "/knn-service", "vectors", clip, c, *timing) for c in clients]
     for backend in args.backends.split(","):
-        results[backend] = measure_backend(index, backend, loads, args.ray_cpus)
+        code = Path(args.baseline) if backend == "baseline" else REPO
+        results[backend] = measure_backend(index, backend, loads, args.ray_cpus, code, args.client)
     if not args.skip_text:
         text_index = Path(args.text_index) if args.text_index else build_text_index(work, args.text_model)
         texts = [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]
-        results["single_text"] = measure_backend(text_index, "single", texts, args.ray_cpus)
+        results["single_text"] = measure_backend(text_index, "single", texts, args.ray_cpus, client=args.client)
     results["load_average_after"] = os.getloadavg()
     out = REPO / "bench" / "results" / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))

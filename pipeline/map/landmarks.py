@@ -61,7 +61,7 @@ def make_layout(cfg: MapCommandConfig, source: MapSource, timings: dict) -> tupl
             device=device,
             knn=(graph, distances),
         )
-        xy, pieces = arrange_pieces(xy, vectors, graph[:, : m.neighbors], source.metric, m.seed)
+        xy, pieces = arrange_pieces(xy, vectors, graph[:, : m.neighbors], m.seed)
         timings["layout_device"] = device  # type: ignore[assignment]
         timings["graph_pieces"] = pieces
     timings["layout_s"] = time.perf_counter() - started

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 KINDS = ("vectors", "texts", "images", "ids")  # Searcher.search's keywords, plus search by a stored item's id
 ENCODED = ("texts", "images")  # kinds that cost an encoder call: worth waiting a little to batch them
+# FAISS's exhaustive (Flat, IVF coarse, refine) search of a batch this large or larger goes through BLAS (one
+# matrix product per block), below it one query at a time. faiss 1.15.1 here ships the cut at 128,000 queries,
+# so every micro-batch took the one-at-a-time path: at 16-32 queries on 1 thread BLAS ran 3-5x the QPS, at
+# 1-4 queries it did not (docs/benchmarks.md, "Service"). Set in the server's process only, as the threads are.
+BLAS_FROM = 8
 
 
 class UnknownItem(LatentError):
@@ -82,6 +87,14 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def search(self, kind: str, query: Any, k: int, where: str | None = None) -> list[dict[str, Any]]:
+        hits, _ = await self.search_planned(kind, query, k, where)
+        return hits
+
+    async def search_planned(
+        self, kind: str, query: Any, k: int, where: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """One query's hits and the filtered plan of its batch (None without ``where``; shared by the batch,
+        whose requests all have this ``where``)."""
         if kind not in KINDS:
             raise ValueError(f"unknown query kind {kind!r}")
         if self._queue is None:
@@ -143,7 +156,9 @@ class MicroBatcher:
                         outcomes[i] = err
         return [outcomes[i] for i in range(len(batch))]
 
-    def _search_group(self, kind: str, requests: list[_Request]) -> list[list[dict[str, Any]]]:
+    def _search_group(
+        self, kind: str, requests: list[_Request]
+    ) -> list[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
         k = max(r.k for r in requests)  # one search at the largest k; each request keeps its own first k
         queries = [r.query for r in requests]
         if kind == "ids":
@@ -152,7 +167,7 @@ class MicroBatcher:
             queries = np.stack([np.asarray(q, dtype=np.float32) for q in queries])
         with self._faiss_threads(len(queries)):
             result = self.searcher.search(**{kind: queries}, k=k, where=requests[0].where)
-        return [hits[: r.k] for hits, r in zip(result.items, requests)]
+        return [(hits[: r.k], result.plan) for hits, r in zip(result.items, requests)]
 
     @contextlib.contextmanager
     def _faiss_threads(self, n: int) -> Iterator[None]:
@@ -168,6 +183,7 @@ class MicroBatcher:
             # process (Ray Serve's shard replica) measured in the same run (docs/benchmarks.md, "Service")
             self._threads = self._threads or max(1, min(faiss.omp_get_max_threads(), (os.cpu_count() or 2) - 1))
             faiss.omp_set_num_threads(self._threads)
+            faiss.cvar.distance_compute_blas_threshold = BLAS_FROM
         threads = max(1, min(n, self._threads))
         if threads == self._threads:
             yield

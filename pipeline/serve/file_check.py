@@ -56,6 +56,27 @@ class FileCheck:
         return {"state": state, "checked": self.checked, "files": len(self.files), "error": self.error}
 
 
+class RefuseWhenDamaged:
+    """ASGI middleware: 503 naming the damaged file for every request but the page, /healthz and /static/.
+
+    A plain ASGI class, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs each request in a
+    task group with memory streams, a fifth of the event loop's time per vector query (docs/benchmarks.md)."""
+
+    def __init__(self, app: Any, check: FileCheck) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        damaged = scope["type"] == "http" and self.check.error is not None
+        if damaged and path not in ("/", "/healthz") and "/static/" not in path:
+            from fastapi.responses import JSONResponse
+
+            await JSONResponse({"detail": self.check.error}, status_code=503)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def attach_file_check(app: Any, searcher: Any) -> FileCheck:
     """Check ``searcher``'s index files in the background (``start()`` it when serving starts); while a file is
     damaged, queries get 503 naming it, as does an IndexCorrupted met by a search (a damaged stored vector)."""
@@ -65,11 +86,7 @@ def attach_file_check(app: Any, searcher: Any) -> FileCheck:
     directory = getattr(searcher, "directory", None)
     check = FileCheck(directory.path, directory.info.files) if directory is not None else FileCheck(".", None)
 
-    @app.middleware("http")
-    async def refuse_when_damaged(request: Request, call_next: Any) -> Any:
-        if check.error is not None and request.url.path not in ("/", "/healthz") and "/static/" not in request.url.path:
-            return JSONResponse({"detail": check.error}, status_code=503)
-        return await call_next(request)
+    app.add_middleware(RefuseWhenDamaged, check=check)
 
     @app.exception_handler(IndexCorrupted)
     async def damaged(request: Request, err: IndexCorrupted) -> JSONResponse:

@@ -21,13 +21,32 @@ def nested_gaussians(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit vectors, group, sub-group) of ``n`` rows: isotropic groups (random unit centres), each made of
     ``subgroups`` sub-groups at ``spread`` around its centre, rows at ``noise`` around theirs, equal sizes."""
+    return next(nested_gaussians_chunks(n, dim, groups, subgroups, seed, spread, noise, chunk=n))
+
+
+def nested_gaussians_chunks(
+    n: int,
+    dim: int,
+    groups: int = 12,
+    subgroups: int = 4,
+    seed: int = 0,
+    spread: float = 0.6,
+    noise: float = 0.25,
+    chunk: int = 50_000,
+):
+    """``nested_gaussians``' shape at any size, ``chunk`` rows at a time (bench/bench_map.py --corpus nested,
+    1M x 512 at once would take ~8 GB as float64): yields (unit vectors, group, sub-group)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((groups, dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    subs = centres[:, None, :] + spread * rng.standard_normal((groups, subgroups, dim)) / np.sqrt(dim)
-    sub = rng.integers(0, groups * subgroups, n)
-    rows = subs.reshape(-1, dim)[sub] + noise * rng.standard_normal((n, dim)) / np.sqrt(dim)
-    return _unit(rows), sub // subgroups, sub
+    subs = (centres[:, None, :] + spread * rng.standard_normal((groups, subgroups, dim)) / np.sqrt(dim)).reshape(
+        -1, dim
+    )
+    for first in range(0, n, chunk):
+        size = min(chunk, n - first)
+        sub = rng.integers(0, groups * subgroups, size)
+        rows = subs[sub] + noise * rng.standard_normal((size, dim)) / np.sqrt(dim)
+        yield _unit(rows), sub // subgroups, sub
 
 
 def subspace_groups(

@@ -17,10 +17,10 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.serve.context import ServeContext, json_safe
+from pipeline.serve.fast_json import json_response
 from pipeline.serve.models import ERRORS
 from pipeline.serve.routes.search import check_vector
 
@@ -130,7 +130,7 @@ def router(ctx: ServeContext) -> APIRouter:
         if k < max(wanted, body.num_images):
             notes.append(f"results capped at max_k={ctx.cfg.max_k}")
         if k <= 0:
-            return JSONResponse([])
+            return json_response([])
         if field == "text":
             rows = await ctx.batcher.search("texts", text, k)
         elif field == "image":
@@ -157,7 +157,7 @@ def router(ctx: ServeContext) -> APIRouter:
             result["similarity"] = float(row["score"])
             results.append(result)
         headers = {"X-Latent-Note": "; ".join(notes)} if notes else None
-        return JSONResponse(results, headers=headers)
+        return json_response(results, headers=headers)
 
     @api.post(
         "/metadata",

@@ -5,18 +5,20 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from pipeline import __version__
 from pipeline.serve.context import ServeContext, metadata_of
+from pipeline.serve.fast_json import FastJSONRoute, json_response
 from pipeline.serve.images import TRIM_ABOVE_PIXELS, release_memory
 from pipeline.serve.models import (
     API_VERSION,
     ERRORS,
+    Column,
+    Columns,
     ErrorBody,
     Health,
-    Hit,
     SearchQuery,
     SearchResponse,
     search_query_model,
@@ -39,7 +41,7 @@ def check_vector(value: Any, name: str = "vector") -> np.ndarray:
 
 def router(ctx: ServeContext) -> APIRouter:
     """The search and health routes of ``ctx``'s app."""
-    api = APIRouter()
+    api = APIRouter(route_class=FastJSONRoute)  # the body parsed by pydantic-core: fast_json.py
     SearchRequest = search_query_model(ctx.cfg.max_k, ctx.cfg.default_k, ctx.searcher.dim)
 
     @api.post(
@@ -48,7 +50,7 @@ def router(ctx: ServeContext) -> APIRouter:
         responses={**ERRORS, 404: {"model": ErrorBody, "description": "search by an id the index does not hold"}},
         summary="The k nearest items to a text, an image, a vector or an indexed item",
     )
-    async def search(body: SearchRequest, request: Request) -> SearchResponse:  # type: ignore[valid-type]
+    async def search(body: SearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
         started = time.perf_counter()
         query: SearchQuery = body
         given = [name for name in QUERY_FIELDS if getattr(query, name) is not None]
@@ -67,26 +69,36 @@ def router(ctx: ServeContext) -> APIRouter:
             value = await ctx.decode_query_image(value)
         if field == "vector":
             value = check_vector(value)
-        hits = await ctx.batcher.search(KIND_OF[field], value, query.k, query.where)
+        hits, plan = await ctx.batcher.search_planned(KIND_OF[field], value, query.k, query.where)
         if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
             del value  # the last reference: give its pixels back to the OS
             await run_in_threadpool(release_memory)
         hits = [row for row in hits if row.get("id") is not None]  # only real hits (a label of -1 is an all-null row)
-        return SearchResponse(
-            query=field,
-            k=query.k,
-            hits=[
-                Hit(
-                    id=row["id"],
-                    score=row["score"],
-                    rank=rank,
-                    metadata=metadata_of(row),
-                    thumbnail=ctx.thumbnail_url(request, row["id"]),
-                )
-                for rank, row in enumerate(hits, start=1)
-            ],
-            took_ms=round((time.perf_counter() - started) * 1000, 3),
+        # SearchResponse's fields, written directly: FastAPI's response_model validation and json.dumps cost
+        # more per query than the JSON itself (fast_json.py); the schema in /openapi.json is SearchResponse's
+        return json_response(
+            {
+                "query": field,
+                "k": query.k,
+                "hits": [
+                    {
+                        "id": row["id"],
+                        "score": float(row["score"]),
+                        "rank": rank,
+                        "metadata": metadata_of(row),
+                        "thumbnail": ctx.thumbnail_url(request, row["id"]),
+                    }
+                    for rank, row in enumerate(hits, start=1)
+                ],
+                "took_ms": round((time.perf_counter() - started) * 1000, 3),
+                "plan": plan,  # the filtered plan (SearchPlan), None without where; an unbounded cost is null
+            }
         )
+
+    @api.get("/columns", response_model=Columns, summary="The metadata columns a where= predicate can name")
+    def columns() -> Columns:
+        kinds = ctx.searcher.columns.kinds  # index.json's metadata schema: nothing is read
+        return Columns(columns=[Column(name=name, kind=kind) for name, kind in sorted(kinds.items())])
 
     @api.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
     def healthz() -> Health:
