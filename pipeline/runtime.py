@@ -227,6 +227,16 @@ def ray_started_here() -> bool:
     return ray.is_initialized() and bool(getattr(node, "head", False))
 
 
+def draining_nodes() -> dict[str, int]:
+    """Nodes being drained -> their deadline (ms since the epoch, 0: none). A node is drained when a
+    preemption notice SIGTERMs its `ray start --block` (Ray 2.60 then marks it draining with reason
+    PREEMPTION), by `ray drain-node`, or by the autoscaler. Private, like the accessor Ray Data's own
+    actor pool reads to stop sending batches to actors on those nodes (``_NodeAwareActorPool``)."""
+    from ray._private.state import state
+
+    return dict(state.get_draining_nodes())
+
+
 def cluster_gpus() -> int:
     import ray
 

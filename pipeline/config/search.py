@@ -83,6 +83,9 @@ class KnnInputConfig:
     )
     column: str | None = setting(None, "the query column (null: found by kind)")
     id_column: str | None = setting(None, 'null: `id` or `key` if present, else "<file>:<row>"')
+    where_column: str | None = setting(
+        None, "a string column holding each query's where= predicate (null or empty: none); ANDed with where"
+    )
 
 
 @dataclass

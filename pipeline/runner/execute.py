@@ -22,11 +22,14 @@ from pipeline.runner.commit import Committer, commit_rows
 from pipeline.runner.job import Job, JobInterrupted, JobResult, check_error_fraction
 from pipeline.runner.output import JobOutput, unit_marker_name, writable_error
 from pipeline.runner.plan import UNIT_COLUMN, ahead, build_plan, run_inline, with_ids
-from pipeline.runtime import RunRecord, ray_session, ray_started_here
+from pipeline.runtime import RunRecord, draining_nodes, ray_session, ray_started_here
 
 log = logging.getLogger(__name__)
 
 UNIT_POLL_SECONDS = 5.0  # how often completed units get their markers while the job runs
+DRAIN_POLL_S = 1.0  # how often the driver looks for draining nodes: Ray Data releases their idle actors, so a
+# drained node can leave within seconds of its notice
+DRAINED_DEATHS = (3, 4)  # Ray's NodeDeathInfo.Reason AUTOSCALER_DRAIN_PREEMPTED, AUTOSCALER_DRAIN_IDLE (ray.nodes())
 
 # -- stalls -----------------------------------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class _Watchdog(threading.Thread):
         super().__init__(daemon=True, name="latent-stall-watchdog")
         self.job, self.timeout, self.record = job, job.stall_timeout_s, record
         self.nodes: dict[str, float] | None = None  # live node id -> its CPUs, as last seen
+        self.draining: set[str] = set()  # nodes seen draining
         self.job_thread = threading.get_ident()
         self.last_progress = time.monotonic()
         self.reason: str | None = None
@@ -109,32 +113,69 @@ class _Watchdog(threading.Thread):
                 _raise_in_thread(self.job_thread, None)
 
     def watch_nodes(self) -> None:
-        """Say (and record in the run record) when the cluster loses or gains nodes: the pool follows."""
+        """Say (and record in the run record) when the cluster loses or gains nodes: the pool follows. A lost
+        node's record says whether it left drained (a preemption notice, ``ray drain-node``) and Ray's reason."""
         import ray
 
-        now = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+        table = ray.nodes()
+        now = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in table if n["Alive"]}
+        dead = {n["NodeID"]: n for n in table if not n["Alive"]}
         before, self.nodes = self.nodes, now
         if before is None:
             return
         for kind, ids in (("node_lost", before.keys() - now.keys()), ("node_joined", now.keys() - before.keys())):
             for node in ids:
                 cpus = before.get(node, now.get(node))
+                death = dead.get(node, {})
+                # drained: seen draining, or Ray says so (a drain past its deadline ends like a SIGTERMed raylet)
+                drained = kind == "node_lost" and (node in self.draining or death.get("DeathReason") in DRAINED_DEATHS)
                 log.warning(
                     "%s: node %s (%g CPUs) %s; the actor pool %s (%d live nodes)",
                     self.job.name,
                     node[:12],
                     cpus,
-                    "lost" if kind == "node_lost" else "joined",
+                    {"node_joined": "joined", "node_lost": "left after draining" if drained else "lost"}[kind],
                     "shrinks to what is left; rows in flight there are redone" if kind == "node_lost" else "may grow",
                     len(now),
                 )
-                if self.record is not None:
+                if self.record is None:
+                    continue
+                if kind == "node_lost":
+                    reason = death.get("DeathReasonMessage") or None
+                    self.record.event(kind, node=node, cpus=cpus, live_nodes=len(now), drained=drained, reason=reason)
+                else:
                     self.record.event(kind, node=node, cpus=cpus, live_nodes=len(now))
+
+    def watch_drains(self) -> None:
+        """Say (and record) when a node starts draining (a preemption notice): Ray Data gives it no new
+        batches, its batches in flight finish there, then it leaves (``node_lost``) when idle or at the
+        deadline; what is still in flight then is redone."""
+        for node, deadline_ms in draining_nodes().items():
+            if node in self.draining:
+                continue
+            self.draining.add(node)
+            left = round(deadline_ms / 1000 - time.time(), 1) if deadline_ms else None
+            log.warning(
+                "%s: node %s is draining (%s): it gets no new batches, its batches in flight finish there",
+                self.job.name,
+                node[:12],
+                "no deadline" if left is None else f"leaves in {left:g} s at the latest",
+            )
+            if self.record is not None:
+                cpus = (self.nodes or {}).get(node)
+                self.record.event("node_draining", node=node, cpus=cpus, deadline_in_s=left)
 
     def run(self) -> None:
         warned = False
-        while not self.stopped.wait(min(5.0, max(0.5, self.timeout / 4))):
+        every = min(5.0, max(0.5, self.timeout / 4))  # the node table and the stall check
+        look_at = 0.0
+        while not self.stopped.wait(min(DRAIN_POLL_S, every)):
             with contextlib.suppress(Exception):  # Ray going away under us: the job's thread reports it
+                self.watch_drains()
+            if time.monotonic() < look_at:
+                continue
+            look_at = time.monotonic() + every
+            with contextlib.suppress(Exception):
                 self.watch_nodes()
             idle = time.monotonic() - self.last_progress
             if idle < self.timeout:

@@ -42,7 +42,7 @@ from pipeline.runner.output import JobOutput
 from pipeline.runtime import init_ray, job_gpus, resolve_device, resolve_precision, runs_inline
 from pipeline.search.limits import check_k
 from pipeline.search.neighbours import GROUPS_DIR, NEIGHBORS_DIR, KnnBatches, near_duplicate_groups, write_neighbours
-from pipeline.search.queries import QueryTable, list_queries, read_queries
+from pipeline.search.queries import QueryTable, check_query_wheres, list_queries, read_queries
 from pipeline.search.query_model import resolve_query_model
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,10 @@ def run_knn(cfg: KnnCommandConfig) -> KnnSummary:
         print(summary.render())
         return summary
     queries = list_queries(cfg)
+    if queries.where_column is not None:  # every row's predicate, checked before anything is written
+        from pipeline.search.columns import ItemColumns
+
+        check_query_wheres(queries, cfg.where, ItemColumns(directory).compile)
     output.prepare()
     with output.lock():  # a second writer is refused before Ray starts
         inline = runs_inline(cfg.ray, queries.total_rows)

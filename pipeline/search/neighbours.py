@@ -19,6 +19,7 @@ from pipeline.encode.model import ModelSpec
 from pipeline.errors import LatentError
 from pipeline.io.shards import arrow_to_vectors, commit_table, filesystem, list_shards
 from pipeline.io.vectors import vector_errors
+from pipeline.search.queries import query_where
 from pipeline.search.searcher import QueryError, Searcher, decode_query_image
 
 NEIGHBORS_DIR = "neighbors"
@@ -100,8 +101,15 @@ class KnnBatches:
         ids = np.full((n, self.k), None, dtype=object)
         scores = np.full((n, self.k), np.nan, dtype=np.float32)
         if ok.any():
-            result = self.searcher.search(**query, k=self.k, with_items=False, where=self.where)
-            ids[ok], scores[ok] = result.ids, result.scores
+            # one search per distinct predicate (the job's where AND the query's own): a batch shares one mask each
+            own = batch.column("where").to_pylist() if "where" in batch.column_names else [None] * n
+            wheres = [query_where(self.where, own[i]) for i in np.flatnonzero(ok)]
+            rows = np.flatnonzero(ok)
+            for where in dict.fromkeys(wheres):
+                mine = np.array([w == where for w in wheres])
+                part = {name: _take(values, mine) for name, values in query.items()}
+                result = self.searcher.search(**part, k=self.k, with_items=False, where=where)
+                ids[rows[mine]], scores[rows[mine]] = result.ids, result.scores
         neighbor_ids, hit_scores = neighbours_to_arrow(ids, scores)
         return pa.table(
             {
@@ -111,6 +119,13 @@ class KnnBatches:
                 "error": pa.array(errors, pa.string()),
             }
         )
+
+
+def _take(values: Any, mine: np.ndarray) -> Any:
+    """The queries of one predicate: rows of a vector array, items of a list of texts or images."""
+    if isinstance(values, np.ndarray):
+        return values[mine]
+    return [v for v, keep in zip(values, mine) if keep]
 
 
 def write_neighbours(good: pa.Table, output: str) -> None:

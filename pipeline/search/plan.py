@@ -73,8 +73,8 @@ def plan_search(
     ``qps``/``exact_qps``: the index's measured batch throughput and exact search's over all its rows
     (index.json); the plans' costs are estimated from them (seconds per query), else from a count of
     vector components touched."""
-    if not isinstance(index, faiss.Index):  # the Ray Serve backend's remote shards
-        raise LatentError("where=: filtered search runs on a local FAISS index; this server searches remote shards")
+    if not isinstance(index, faiss.Index):  # remote shards plan per shard (RemoteShards.search_filtered)
+        raise LatentError(f"where=: cannot plan a filtered search over a {type(index).__name__}")
     rows, matched = int(mask.size), int(np.count_nonzero(mask))
     plan = Plan("none", where, matched, rows)
     if matched == 0:

@@ -8,7 +8,7 @@ without Ray.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ class QueryTable:
     id_column: str | None
     units: list[dict[str, Any]]
     total_rows: int | None  # known up front for Parquet
+    where_column: str | None = None  # each query's own where= predicate (docs/search.md#filters)
 
 
 def _column_kind(field: pa.Field) -> str:
@@ -91,10 +92,52 @@ def list_queries(cfg: KnnCommandConfig) -> QueryTable:
     id_column = cfg.input.id_column or next((c for c in ID_COLUMN_GUESSES if c in schema.names), None)
     if id_column is not None and id_column not in schema.names:
         raise LatentError(f"input.id_column={id_column}: no such column (columns: {', '.join(schema.names)})")
+    where_column = cfg.input.where_column
+    if where_column is not None:
+        if where_column not in schema.names:
+            raise LatentError(f"input.where_column={where_column}: no such column (columns: {', '.join(schema.names)})")
+        t = schema.field(where_column).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            raise LatentError(f"input.where_column={where_column} holds {t}, not where= predicates (strings)")
     units, total = table_units(tables.fs, tables.paths, tables.format)
     for unit in units:
-        unit.update(root=tables.root, column=column, id_column=id_column, query_kind=kind)
-    return QueryTable(tables.root, tables.format, kind, column, id_column, units, total)
+        unit.update(root=tables.root, column=column, id_column=id_column, query_kind=kind, where_column=where_column)
+    return QueryTable(tables.root, tables.format, kind, column, id_column, units, total, where_column)
+
+
+def query_where(where: str | None, own: str | None) -> str | None:
+    """The predicate one query is searched with: the job's ``where`` AND the query's own (either may be absent)."""
+    own = own if own is not None and own.strip() else None
+    if where is None or own is None:
+        return own if where is None else where
+    return f"({where}) AND ({own})"
+
+
+def check_query_wheres(queries: QueryTable, where: str | None, compile: Callable[[str], Any]) -> int:
+    """Compile every distinct predicate of the where column (with the job's ``where``) before the job starts.
+
+    A bad one raises LatentError naming the column, the row and the predicate's problem: nothing is written.
+    Returns the number of distinct predicates."""
+    column = queries.where_column
+    if column is None:
+        return 0
+    seen: set[str | None] = set()
+    for unit in queries.units:
+        for part in table_batches(unit, [column]):
+            values = part.batch.column(column).to_pylist()
+            for row, value in zip(part.rows.tolist(), values):
+                if value in seen:
+                    continue
+                seen.add(value)
+                combined = query_where(where, value)
+                if combined is None:
+                    continue
+                try:
+                    compile(combined)
+                except LatentError as err:
+                    rel = posixpath.relpath(unit["path"], unit["root"])
+                    raise LatentError(f"input.where_column={column}, row {rel}:{row} ({value[:80]!r}): {err}") from err
+    return len(seen)
 
 
 QUERY_TYPES = {"vector": pa.list_(pa.float32()), "image": pa.binary(), "text": pa.string()}
@@ -123,13 +166,19 @@ def _records(part: TableBatch, unit: dict) -> pa.Table:
             fixed = pa.types.is_fixed_size_list(column.type)
             query = column if fixed else pc.cast(column, QUERY_TYPES["vector"])
             error = pc.if_else(pc.is_null(column), pa.scalar("null vector", pa.string()), pa.nulls(n, pa.string()))
-        records = pa.table({"query_id": ids, "query": query, "error": error})
+        wheres = (
+            pc.cast(batch.column(unit["where_column"]), pa.string())
+            if unit.get("where_column")
+            else pa.nulls(n, pa.string())
+        )
+        records = pa.table({"query_id": ids, "query": query, "error": error, "where": wheres})
     else:
         records = pa.table(
             {
                 "query_id": pa.array([], pa.string()),
                 "query": pa.array([], QUERY_TYPES[kind]),
                 "error": pa.array([], pa.string()),
+                "where": pa.array([], pa.string()),
             }
         )
     if not part.bad:
@@ -139,6 +188,7 @@ def _records(part: TableBatch, unit: dict) -> pa.Table:
             "query_id": pa.array([f"{rel}:{row}" for row, _ in part.bad], pa.string()),
             "query": pa.nulls(len(part.bad), records.schema.field("query").type),
             "error": pa.array([why for _, why in part.bad], pa.string()),
+            "where": pa.nulls(len(part.bad), pa.string()),
         }
     )
     return pa.concat_tables([records, bad])
@@ -146,7 +196,7 @@ def _records(part: TableBatch, unit: dict) -> pa.Table:
 
 def read_queries(unit: dict, done: pa.Array | None, rows: int) -> Iterator[pa.Table]:
     """Stage 1 (CPU task): stream a read unit's rows as query records, ``rows`` at a time, without ``done`` ids."""
-    columns = [c for c in (unit["column"], unit["id_column"]) if c]
+    columns = list(dict.fromkeys(c for c in (unit["column"], unit["id_column"], unit.get("where_column")) if c))
     offset = unit["offset"]
     try:
         for part in table_batches(unit, columns, rows):
@@ -162,5 +212,6 @@ def read_queries(unit: dict, done: pa.Array | None, rows: int) -> Iterator[pa.Ta
                 "query_id": [f"{rel}#unreadable@{offset}"],
                 "query": pa.nulls(1, QUERY_TYPES[unit["query_kind"]]),
                 "error": [f"unreadable table from row {offset}: {describe_error(err)}"],
+                "where": pa.nulls(1, pa.string()),
             }
         )

@@ -196,12 +196,16 @@ class Searcher:
             from pipeline.search.plan import plan_search, run_plan
 
             checked, mask = self.columns.mask(where)
-            chosen = plan_search(self.directory.index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
-            with self._encoder_lock:  # an exact plan may build an IVF direct map once
-                queries = np.ascontiguousarray(queries, dtype=np.float32)
-                scores, labels = run_plan(chosen, self.directory.index, mask, queries, k, self.info.metric)
+            index = self.directory.index
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            if hasattr(index, "search_filtered"):  # remote shards (Ray Serve): each plans and runs its slice
+                scores, labels, plan = index.search_filtered(queries, k, mask, checked.text, self.info.metric)
+            else:
+                chosen = plan_search(index, mask, k, checked.text, self.info.qps, self.info.exact_qps)
+                with self._encoder_lock:  # an exact plan may build an IVF direct map once
+                    scores, labels = run_plan(chosen, index, mask, queries, k, self.info.metric)
+                plan = chosen.to_dict()
             scores = self.directory.check_scores(scores, labels)
-            plan = chosen.to_dict()
         elif n and k:
             scores, labels = self.directory.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
             scores = self.directory.check_scores(scores, labels)

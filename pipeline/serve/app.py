@@ -27,7 +27,7 @@ from pipeline.serve.context import ServeContext, json_safe, register_id_converto
 from pipeline.serve.file_check import attach_file_check
 from pipeline.serve.images import DecodeBudget, DecodersBusy
 from pipeline.serve.models import API_VERSION
-from pipeline.serve.routes import clip, items, map, page, search
+from pipeline.serve.routes import clip, items, map, map_filter, page, search
 from pipeline.serve.routes.page import STATIC_DIR
 from pipeline.serve.thumbnails import ThumbnailCache
 
@@ -164,6 +164,7 @@ def create_app(searcher: Searcher, cfg: ServeConfig) -> FastAPI:
     app.include_router(search.router(ctx))
     app.include_router(items.router(ctx))
     app.include_router(map.router(ctx))
+    app.include_router(map_filter.router(ctx))
     app.include_router(clip.router(ctx))
     app.include_router(page.router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -87,6 +87,14 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def search(self, kind: str, query: Any, k: int, where: str | None = None) -> list[dict[str, Any]]:
+        hits, _ = await self.search_planned(kind, query, k, where)
+        return hits
+
+    async def search_planned(
+        self, kind: str, query: Any, k: int, where: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """One query's hits and the filtered plan of its batch (None without ``where``; shared by the batch,
+        whose requests all have this ``where``)."""
         if kind not in KINDS:
             raise ValueError(f"unknown query kind {kind!r}")
         if self._queue is None:
@@ -148,7 +156,9 @@ class MicroBatcher:
                         outcomes[i] = err
         return [outcomes[i] for i in range(len(batch))]
 
-    def _search_group(self, kind: str, requests: list[_Request]) -> list[list[dict[str, Any]]]:
+    def _search_group(
+        self, kind: str, requests: list[_Request]
+    ) -> list[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
         k = max(r.k for r in requests)  # one search at the largest k; each request keeps its own first k
         queries = [r.query for r in requests]
         if kind == "ids":
@@ -157,7 +167,7 @@ class MicroBatcher:
             queries = np.stack([np.asarray(q, dtype=np.float32) for q in queries])
         with self._faiss_threads(len(queries)):
             result = self.searcher.search(**{kind: queries}, k=k, where=requests[0].where)
-        return [hits[: r.k] for hits, r in zip(result.items, requests)]
+        return [(hits[: r.k], result.plan) for hits, r in zip(result.items, requests)]
 
     @contextlib.contextmanager
     def _faiss_threads(self, n: int) -> Iterator[None]:

@@ -53,11 +53,37 @@ class Hit(BaseModel):
     thumbnail: str = Field(description="URL of the item's thumbnail (404 when it has no readable image)")
 
 
+class SearchPlan(BaseModel):
+    """How a filtered search ran (docs/search.md#filters): the planner's choice and its estimates."""
+
+    kind: str = Field(description="none (nothing matched), exact (brute force over the matches) or filtered")
+    where: str = Field(description="the predicate as checked")
+    matched: int = Field(description="items that match it")
+    rows: int = Field(description="items in the index")
+    selectivity: float = Field(description="matched / rows")
+    params: dict[str, Any] = Field(description="the filtered plan's search parameters (nprobe, efSearch, …)")
+    cost: dict[str, Any] = Field(
+        description="the cost model's estimates of the exact and filtered plans, and their unit (null: unbounded)"
+    )
+
+
 class SearchResponse(BaseModel):
     query: str = Field(description="the kind of query: text, image, vector or id")
     k: int
     hits: list[Hit]
     took_ms: float = Field(description="server time for the request, in milliseconds")
+    plan: SearchPlan | None = Field(
+        None, description="with where: the plan the filtered search ran (added to version 1; null without where)"
+    )
+
+
+class Column(BaseModel):
+    name: str = Field(description="as a where= predicate names it (metadata.<field> for a JSON sidecar's field)")
+    kind: str = Field(description="number, string, bool, timestamp or other (other: only IS [NOT] NULL)")
+
+
+class Columns(BaseModel):
+    columns: list[Column] = Field(description="the index's filterable metadata columns, by name")
 
 
 class Item(BaseModel):

@@ -77,6 +77,19 @@ class Shard:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, max(self.index.ntotal, 1)))
 
+    def search_filtered(
+        self, queries: np.ndarray, k: int, bits: np.ndarray, where: str, metric: str
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """A filtered search of this shard: its slice of the mask (packed bits), planned and run here as a
+        one-process search plans and runs it (pipeline.search.plan), with shard-local labels."""
+        from pipeline.search.plan import plan_search, run_plan
+
+        mask = np.unpackbits(bits, count=self.index.ntotal, bitorder="little").astype(bool)
+        plan = plan_search(self.index, mask, k, where)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, labels = run_plan(plan, self.index, mask, queries, k, metric)
+        return scores, labels, plan.to_dict()
+
     def reconstruct(self, label: int) -> np.ndarray:
         return shards.reconstruct_local(self.index, label)
 
@@ -155,6 +168,35 @@ class RemoteShards:
         distances = [_pad(d, k, self.keep_max, np.float32) for d, _ in results]
         labels = [_pad(i, k, None, np.int64) for _, i in results]
         return shards.merge_results(distances, labels, [e.first for e in self.entries], k, self.keep_max)
+
+    def search_filtered(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, where: str, metric: str
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Filtered search: every shard plans and runs its slice of ``mask``, the top-k merge exactly (as a
+        one-process sharded index does); the plan reports each shard's choice under ``params.shards``."""
+        calls = []
+        for handle, entry in zip(self.handles, self.entries):
+            bits = np.packbits(mask[entry.first : entry.first + entry.ntotal], bitorder="little")
+            calls.append(handle.search_filtered.remote(queries, k, bits, where, metric))
+        results = self._gather(calls)
+        distances = [_pad(d, k, self.keep_max, np.float32) for d, _, _ in results]
+        labels = [_pad(i, k, None, np.int64) for _, i, _ in results]
+        scores, found = shards.merge_results(distances, labels, [e.first for e in self.entries], k, self.keep_max)
+        plans = [p for _, _, p in results]
+        kinds = {p["kind"] for p in plans}
+        matched = int(np.count_nonzero(mask))
+        plan = {
+            "kind": next((kind for kind in ("filtered", "exact") if kind in kinds), "none"),
+            "where": where,
+            "matched": matched,
+            "rows": int(mask.size),
+            "selectivity": round(matched / mask.size, 6) if mask.size else 0.0,
+            "params": {
+                "shards": [{"file": e.file, "kind": p["kind"], **p["params"]} for e, p in zip(self.entries, plans)]
+            },
+            "cost": {},
+        }
+        return scores, found, plan
 
     def reconstruct(self, label: int) -> np.ndarray:
         for handle, entry in zip(self.handles, self.entries):

@@ -105,3 +105,13 @@ def latest_summary(directory: Path) -> dict:
     runs = sorted((directory / "runs").glob("*/summary.json"))
     assert runs, f"no run record under {directory}/runs"
     return json.loads(runs[-1].read_text())
+
+
+def job_end(client, submission: str) -> str:
+    """Waits for the submitted job to end; returns its final status."""
+
+    def ended() -> str | None:
+        status = str(client.get_job_status(submission).value)
+        return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    return wait_for(ended, JOB_TIMEOUT, f"the job {submission} to end", every=1.0)

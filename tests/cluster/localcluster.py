@@ -1,9 +1,15 @@
 """A real two-node Ray cluster on loopback, started with `ray start` like a user's cluster.
 
-The head and the worker are separate `ray start` processes (their own raylet, object store and
-custom resource label) sharing one short temp dir; every port is picked free so that other Ray
-instances on the machine never collide. ``kill_worker`` SIGKILLs the worker's raylet and its
-children, which is how a node dies; ``stop`` tears everything down and never raises.
+The head and the worker are separate `ray start` processes (their own raylet, object store, custom
+resource label and Ray temp dir, as separate machines would have); every port is picked free so that
+other Ray instances on the machine never collide. Each node needs its own temp dir: a node's
+runtime-env agent unpacks the job's working_dir under ``<temp dir>/<session>/runtime_resources``
+with ``overwrite=True`` (Ray 2.60, ``working_dir.py`` ``create`` -> ``packaging.py``
+``download_and_unpack_package`` removes the directory first), so with one shared temp dir a node
+that joins mid-job deleted the directory that the other node's workers run in (their cwd).
+``kill_worker`` SIGKILLs the worker's raylet and its children, which is how a node dies;
+``drain_worker`` SIGTERMs a worker started as `ray start --block`, which is how a preempted node
+leaves; ``stop`` tears everything down and never raises.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def short_temp_dir() -> str:
+    """A fresh Ray temp dir; Ray's socket paths live under it and must stay short (AF_UNIX: 107 bytes)."""
+    return tempfile.mkdtemp(prefix="lc", dir="/tmp")
+
+
 def cluster_env() -> dict[str, str]:
     return {
         **os.environ,
@@ -65,7 +76,10 @@ class Node:
     node_manager_port: int
     resources: dict[str, float]
     num_cpus: int
+    temp_dir: str
     node_id: str | None = None
+    blocking: subprocess.Popen | None = None  # its `ray start --block`, when it runs as one
+    log: Path | None = None  # that process's output
 
     def raylet(self) -> psutil.Process | None:
         flag = f"--node_manager_port={self.node_manager_port}"
@@ -83,6 +97,7 @@ class LocalCluster:
     dashboard_port: int
     nodes: dict[str, Node] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    temp_dirs: list[str] = field(default_factory=list)  # every node's, the replaced ones' too
 
     @property
     def address(self) -> str:
@@ -95,10 +110,8 @@ class LocalCluster:
     @classmethod
     def start(cls, head_cpus: int = 2, worker_cpus: int | None = 2) -> LocalCluster:
         """A head with ``head_cpus`` and, unless ``worker_cpus`` is None, one worker node with ``worker_cpus``."""
-        # Ray's socket paths live under the temp dir and must stay short (AF_UNIX: 107 bytes)
-        temp_dir = tempfile.mkdtemp(prefix="lc", dir="/tmp")
         gcs, dashboard = free_ports(2)
-        cluster = cls(temp_dir, gcs, dashboard)
+        cluster = cls(short_temp_dir(), gcs, dashboard)
         try:
             cluster._start_node("head", head_cpus, {HEAD_LABEL: 1.0})
             if worker_cpus is not None:
@@ -108,8 +121,11 @@ class LocalCluster:
             raise
         return cluster
 
-    def _start_node(self, name: str, cpus: int, resources: dict[str, float]) -> Node:
+    def _start_node(self, name: str, cpus: int, resources: dict[str, float], drain_s: float | None = None) -> Node:
+        """``drain_s``: the node runs as `ray start --block` (as in a Kubernetes pod or a VM's service),
+        whose SIGTERM drains the node for up to ``drain_s`` seconds before it stops (``drain_worker``)."""
         nm, om, agent, agent_grpc, metrics, runtime_env = free_ports(6)
+        temp_dir = self.temp_dir if name == "head" else short_temp_dir()
         args = [
             RAY,
             "start",
@@ -123,6 +139,7 @@ class LocalCluster:
             f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--metrics-export-port={metrics}",
             f"--runtime-env-agent-port={runtime_env}",
+            f"--temp-dir={temp_dir}",
             # workers bind OS-chosen ports: two raylets on one IP handing out the same default range collide
             "--min-worker-port=0",
             "--max-worker-port=0",
@@ -133,24 +150,40 @@ class LocalCluster:
             args += [
                 "--head",
                 f"--port={self.gcs_port}",
-                f"--temp-dir={self.temp_dir}",
                 "--include-dashboard=true",  # the Jobs API is served by the dashboard
                 f"--dashboard-host={LOOPBACK}",
                 f"--dashboard-port={self.dashboard_port}",
             ]
         else:
-            args += [f"--address={self.address}", f"--temp-dir={self.temp_dir}"]
-        done = subprocess.run(args, env=cluster_env(), capture_output=True, text=True, timeout=START_TIMEOUT)
-        self.logs.append(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise RuntimeError(f"ray start ({name}) failed:\n{done.stdout}\n{done.stderr}")
-        node = Node(nm, resources, cpus)
+            args += [f"--address={self.address}"]
+        node = Node(nm, resources, cpus, temp_dir)
+        self.temp_dirs.append(temp_dir)
+        if drain_s is None:
+            done = subprocess.run(args, env=cluster_env(), capture_output=True, text=True, timeout=START_TIMEOUT)
+            self.logs.append(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise RuntimeError(f"ray start ({name}) failed:\n{done.stdout}\n{done.stderr}")
+        else:
+            env = {**cluster_env(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": str(drain_s)}
+            node.log = Path(temp_dir) / "ray-start-block.log"
+            with node.log.open("w") as log:
+                node.blocking = subprocess.Popen([*args, "--block"], env=env, stdout=log, stderr=subprocess.STDOUT)
         self.nodes[name] = node
         self._wait_for(node)
         return node
 
-    def add_worker(self, cpus: int = 2) -> Node:
-        return self._start_node("worker", cpus, {WORKER_LABEL: 4.0})
+    def add_worker(self, cpus: int = 2, drain_s: float | None = None) -> Node:
+        return self._start_node("worker", cpus, {WORKER_LABEL: 4.0}, drain_s)
+
+    def drain_worker(self) -> Node:
+        """SIGTERM the worker's `ray start --block`, as a spot preemption notice does: Ray 2.60 marks the node
+        draining (reason PREEMPTION, deadline ``drain_s`` away), so no new work goes there, and stops the node
+        when it is idle or at the deadline. Returns the node; its ``blocking`` process ends after the drain."""
+        node = self.nodes["worker"]
+        if node.blocking is None:
+            raise RuntimeError("the worker was not started with drain_s (ray start --block)")
+        node.blocking.send_signal(signal.SIGTERM)
+        return node
 
     def _wait_for(self, node: Node) -> None:
         """Until the GCS lists ``node`` alive; records its node id."""
@@ -186,7 +219,7 @@ class LocalCluster:
 
     def processes(self) -> list[psutil.Process]:
         """This cluster's processes (and no other Ray's): those naming its temp dir or ports, and their children."""
-        marks = [self.temp_dir, f"--gcs_server_port={self.gcs_port}", f"--gcs-address={self.address}"]
+        marks = [*self.temp_dirs, self.temp_dir, f"--gcs_server_port={self.gcs_port}", f"--gcs-address={self.address}"]
         marks += [f"--node_manager_port={n.node_manager_port}" for n in self.nodes.values()]
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
@@ -210,4 +243,5 @@ class LocalCluster:
                 with contextlib.suppress(psutil.Error):
                     proc.send_signal(sig)
             psutil.wait_procs(procs, timeout=5)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for temp_dir in {self.temp_dir, *self.temp_dirs}:
+            shutil.rmtree(temp_dir, ignore_errors=True)

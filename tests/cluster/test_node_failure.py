@@ -9,32 +9,19 @@ import pytest
 
 from pipeline.launch import submit_job
 
-from .conftest import JOB_TIMEOUT, job_config, make_corpus, read_ids, tiny_embed_command, wait_for
+from .conftest import JOB_TIMEOUT, job_config, job_end, make_corpus, read_ids, tiny_embed_command, wait_for
 from .localcluster import LocalCluster
 from .test_cluster_jobs import job_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
-# Seen on this one-machine fake cluster (every node shares one Ray temp dir): after the node joins, a worker
-# dies importing torch with FileNotFoundError from os.getcwd(): its cwd, the job's unpacked working_dir under
-# the shared temp dir, was gone. Passed in earlier full runs; failed twice in a row at the end of the session
-# that wrote it. Not strict until the cause (suspected: the joining node's runtime-env agent clearing the
-# shared runtime_resources folder) is confirmed and the fake cluster gives each node its own temp dir.
-JOIN_ON_ONE_MACHINE = pytest.mark.xfail(
-    reason="a node joining a one-machine fake cluster can remove the job's working_dir (cwd) under the shared "
-    "Ray temp dir; suspected test-harness artefact, see the comment above",
-    strict=False,
-)
 
-
-@JOIN_ON_ONE_MACHINE
 def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_work(ray_cluster, tiny_model, tmp_path):
     # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
     # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
     lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path)
 
 
-@JOIN_ON_ONE_MACHINE
 def test_on_one_cpu_nodes_the_pool_shrinks_to_one_actor_beside_a_reader(tiny_model, tmp_path):
     """1 CPU declared per node: two half-CPU encoders and half-CPU reads; after the loss, the head's one CPU
     holds one encoder and one read task, not two encoders."""
@@ -74,15 +61,7 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
         wait_for(lambda: len(read_ids(out)) > done_at_kill + 16, JOB_TIMEOUT, "progress on the head alone", every=1.0)
         joined = ray_cluster.add_worker(ray_cluster.nodes["worker"].num_cpus)
         assert len(read_ids(out)) < len(names), "the job finished before a node joined: the join was not tested"
-        status = wait_for(
-            lambda: (
-                str(client.get_job_status(submission).value) in ("SUCCEEDED", "FAILED", "STOPPED")
-                and str(client.get_job_status(submission).value)
-            ),
-            JOB_TIMEOUT,
-            "the job to end after the worker died",
-            every=1.0,
-        )
+        status = job_end(client, submission)
         assert status == "SUCCEEDED", client.get_job_logs(submission)[-3000:]
         assert joined.node_id in job_nodes(ray_cluster, submission)  # the node that joined got work
         ids = read_ids(out)
@@ -93,6 +72,7 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
         logged = [json.loads(line) for line in events.read_text().splitlines()]
         assert [e["event"] for e in logged][:2] == ["node_lost", "node_joined"], logged
         assert logged[1]["node"] == joined.node_id
+        assert logged[0]["drained"] is False  # killed, not drained (Ray's death reason)
     finally:
         if str(client.get_job_status(submission).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
             client.stop_job(submission)

@@ -208,3 +208,50 @@ def test_knn_where_inline(tmp_path, flat_index, vector_corpus):
     rows = [int(r["query_id"][1:]) for r in got[:50]]
     expected = Searcher.open(flat_index).search(vectors=x[rows], k=4, where="group = 3", with_items=False)
     assert [r["neighbor_ids"] for r in got[:50]] == expected.ids.tolist()
+
+
+def test_knn_where_column_per_query_inline(tmp_path, flat_index, vector_corpus):
+    """`input.where_column`: each query searched with its own predicate (ANDed with where=), batched by
+    predicate; a bad predicate in any row stops the job before anything is written (exit 2 from the CLI)."""
+    import pyarrow.dataset as pads
+
+    from pipeline.cli import compose
+    from pipeline.search.knn import run_knn
+
+    _, x = vector_corpus
+    n = 60
+    own = ["group = 3", "group IN (1, 2)", None, "", "group >= 5 AND text LIKE 'vector%'"]
+    wheres = [own[i % len(own)] for i in range(n)]
+    table = pa.table(
+        {
+            "id": [f"q{i}" for i in range(n)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[:n].reshape(-1)), x.shape[1]),
+            "filter": wheres,
+        }
+    )
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(table, queries, row_group_size=25)
+    base = [f"input.path={queries}", f"index.path={flat_index}", "progress=false", "k=5", "ray.inline_max_rows=100000"]
+    base += ["batch_size=16", "input.where_column=filter"]
+    run_knn(compose("knn", [*base, f"output.path={tmp_path / 'out'}", 'where="group != 2"']))
+    got = {r["query_id"]: r for r in pads.dataset(str(tmp_path / "out" / "neighbors")).to_table().to_pylist()}
+    assert len(got) == n
+    searcher = Searcher.open(flat_index)
+    for i in range(n):
+        combined = "group != 2" if not wheres[i] else f"(group != 2) AND ({wheres[i]})"
+        expected = searcher.search(vectors=x[i : i + 1], k=5, where=combined, with_items=False)
+        assert got[f"q{i}"]["neighbor_ids"] == [h for h in expected.ids[0].tolist() if h is not None], (i, combined)
+    assert {int(h[1:]) % 7 for h in got["q0"]["neighbor_ids"]} == {3}
+    assert {int(h[1:]) % 7 for h in got["q1"]["neighbor_ids"]} == {1}  # IN (1, 2) AND != 2
+    # a bad predicate in row 47 (second row group): refused naming the column and the row; nothing written
+    bad = table.set_column(2, "filter", pa.array([*wheres[:47], "nope = 1", *wheres[48:]], pa.string()))
+    pq.write_table(bad, queries, row_group_size=25)
+    with pytest.raises(LatentError, match=r"input.where_column=filter, row queries.parquet:47 .*unknown column 'nope'"):
+        run_knn(compose("knn", [*base, f"output.path={tmp_path / 'bad'}"]))
+    assert not (tmp_path / "bad").exists()
+    cli = run_cli("knn", *base, f"output.path={tmp_path / 'bad'}")
+    assert cli.returncode == 2 and "unknown column 'nope'" in cli.stderr and not (tmp_path / "bad").exists()
+    numbers = table.set_column(2, "filter", pa.array(range(n)))
+    pq.write_table(numbers, queries)
+    with pytest.raises(LatentError, match="input.where_column=filter holds int64"):
+        run_knn(compose("knn", [*base, f"output.path={tmp_path / 'bad'}"]))

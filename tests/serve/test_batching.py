@@ -52,7 +52,7 @@ class Gate:
         self.arrived = 0
         self.expected = 0
         self.batches: list[list[str]] = []
-        run, search = MicroBatcher._run, MicroBatcher.search
+        run, search = MicroBatcher._run, MicroBatcher.search_planned  # every route's way in
         gate = self
 
         def held_run(batcher, batch):
@@ -69,7 +69,7 @@ class Gate:
             return await search(batcher, kind, query, k, where)
 
         monkeypatch.setattr(MicroBatcher, "_run", held_run)
-        monkeypatch.setattr(MicroBatcher, "search", counted_search)
+        monkeypatch.setattr(MicroBatcher, "search_planned", counted_search)
 
     def run(self, url: str, bodies: list[dict]) -> list[httpx.Response]:
         """POST a first (vector) query, then ``bodies`` concurrently once the worker holds the first."""

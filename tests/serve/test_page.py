@@ -6,6 +6,7 @@ import os
 import shutil
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -151,3 +152,30 @@ def test_every_nasty_id_links_to_its_thumbnail_in_the_page(browser, nasty_server
             assert page.eval_on_selector("#query-chip-image", "i => i.complete && i.naturalWidth > 0"), id
     finally:
         context.close()
+
+
+def test_filter_box_suggests_columns_filters_results_and_shows_a_bad_predicate(page, server):
+    page.wait_for_function("() => document.querySelector('#index-info').textContent.includes('6 items')")
+    columns = {c["name"]: c["kind"] for c in httpx.get(server.url + "/columns").json()["columns"]}
+    assert columns["text"] == "string" and columns["metadata.index"] == "number"  # the sidecars' fields too
+    page.click("#where")
+    page.keyboard.type("metadata.i")
+    page.wait_for_selector("#where-suggest li[data-name='metadata.index']")
+    assert page.eval_on_selector_all("#where-suggest li", "ls => ls.map((l) => l.dataset.name)") == ["metadata.index"]
+    page.keyboard.press("Tab")  # takes the suggestion
+    assert page.input_value("#where") == "metadata.index "
+    page.keyboard.type(">= 3 AND ")
+    page.keyboard.type("te")
+    page.wait_for_selector("#where-suggest li[data-name='text']")
+    page.click("#where-suggest li[data-name='text']")
+    page.keyboard.type("LIKE 'a photo of c%'")
+    assert page.input_value("#where") == "metadata.index >= 3 AND text LIKE 'a photo of c%'"
+    page.fill("#query", "a photo")
+    page.press("#query", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('filter: 2 of 6 items match')")
+    assert sorted(card_ids(page)) == ["camera.jpg", "sub/coins.jpg"]  # index 3..5 and a caption starting with c
+    assert "where=metadata.index" in page.url  # the filter is part of the page's address
+    page.fill("#where", "nope = 1")
+    page.press("#where", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes(\"unknown column 'nope'\")")
+    assert page.eval_on_selector("#status", "s => s.classList.contains('error')")

@@ -154,3 +154,20 @@ def test_a_shard_replica_refuses_a_damaged_shard_file(tmp_path, damage):
     assert second.file in json.loads((path / INFO_FILE).read_text())["files"]
     with pytest.raises(IndexCorrupted, match=f"{second.file}: .*{match}"):
         Shard.func_or_class(str(path), second, info, 1)
+
+
+def test_filtered_search_over_remote_shards_equals_the_one_process_answer(client, reference):
+    """where= on the Ray Serve backend: each shard deployment plans its slice of the mask, the merge is exact."""
+    queries = np.random.default_rng(3).standard_normal((3, reference.dim)).astype(np.float32)
+    for where in ("text LIKE 'a photo of c%'", "text = 'a photo of rocket'", "text = 'nothing'"):
+        for q in queries:
+            got = client.post("/search", json={"vector": q.tolist(), "k": 6, "where": where})
+            assert got.status_code == 200, got.text
+            expected = [i for i in reference.search(vectors=q, k=6, where=where).ids[0].tolist() if i is not None]
+            assert [h["id"] for h in got.json()["hits"]] == expected, where
+        plan = got.json()["plan"]
+        assert plan["where"] == where and plan["rows"] == 6
+        assert [s["file"] for s in plan["params"]["shards"]] == ["shard-00000.faiss", "shard-00001.faiss"]
+    assert plan["kind"] == "none" and plan["matched"] == 0
+    bad = client.post("/search", json={"vector": queries[0].tolist(), "k": 6, "where": "nope = 1"})
+    assert bad.status_code == 400 and "unknown column 'nope'" in bad.json()["detail"]

@@ -15,6 +15,8 @@ from pipeline.serve.images import TRIM_ABOVE_PIXELS, release_memory
 from pipeline.serve.models import (
     API_VERSION,
     ERRORS,
+    Column,
+    Columns,
     ErrorBody,
     Health,
     SearchQuery,
@@ -67,7 +69,7 @@ def router(ctx: ServeContext) -> APIRouter:
             value = await ctx.decode_query_image(value)
         if field == "vector":
             value = check_vector(value)
-        hits = await ctx.batcher.search(KIND_OF[field], value, query.k, query.where)
+        hits, plan = await ctx.batcher.search_planned(KIND_OF[field], value, query.k, query.where)
         if field == "image" and value.width * value.height > TRIM_ABOVE_PIXELS:
             del value  # the last reference: give its pixels back to the OS
             await run_in_threadpool(release_memory)
@@ -89,8 +91,14 @@ def router(ctx: ServeContext) -> APIRouter:
                     for rank, row in enumerate(hits, start=1)
                 ],
                 "took_ms": round((time.perf_counter() - started) * 1000, 3),
+                "plan": plan,  # the filtered plan (SearchPlan), None without where; an unbounded cost is null
             }
         )
+
+    @api.get("/columns", response_model=Columns, summary="The metadata columns a where= predicate can name")
+    def columns() -> Columns:
+        kinds = ctx.searcher.columns.kinds  # index.json's metadata schema: nothing is read
+        return Columns(columns=[Column(name=name, kind=kind) for name, kind in sorted(kinds.items())])
 
     @api.get("/healthz", response_model=Health, summary="Liveness, the API version and what the index holds")
     def healthz() -> Health:

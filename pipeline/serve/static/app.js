@@ -111,10 +111,11 @@ async function search(query, description) {
   form.classList.add("busy");
   let response, body;
   try {
+    const where = whereInput.value.trim();
     response = await api("search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ ...query, k }),
+      body: JSON.stringify({ ...query, k, ...(where ? { where } : {}) }),
     });
     body = await response.json().catch(() => null);
   } catch (err) {
@@ -130,7 +131,8 @@ async function search(query, description) {
   }
   render(body.hits);
   const n = body.hits.length;
-  setStatus(`${n} result${n === 1 ? "" : "s"} ${description} · ${body.took_ms.toFixed(1)} ms`);
+  const plan = body.plan ? ` · filter: ${body.plan.matched.toLocaleString()} of ${body.plan.rows.toLocaleString()} items match (${body.plan.kind} search)` : "";
+  setStatus(`${n} result${n === 1 ? "" : "s"} ${description}${plan} · ${body.took_ms.toFixed(1)} ms`);
 }
 
 function caption(hit) {
@@ -188,7 +190,7 @@ function render(hits) {
 function searchById(hit) {
   pending = { id: hit.id };
   showChip(hit.thumbnail, `Like: ${caption(hit)}`);
-  history.replaceState(null, "", `?id=${encodeURIComponent(hit.id)}`);
+  history.replaceState(null, "", pageUrl({ id: hit.id }));
   window.scrollTo({ top: 0, behavior: "smooth" });
   search(pending, `like “${caption(hit)}”`);
 }
@@ -202,7 +204,7 @@ function searchByImage(file) {
   reader.onload = () => {
     pending = { image: reader.result };  // a data: URL; the server accepts it as it is
     showChip(reader.result, file.name || "pasted image");
-    history.replaceState(null, "", "./");
+    history.replaceState(null, "", pageUrl({}));
     search(pending, `like ${file.name || "the image"}`);
   };
   reader.onerror = () => setStatus("Cannot read that file.", true);
@@ -215,7 +217,7 @@ form.addEventListener("submit", (event) => {
   if (text) {
     clearChip();
     input.value = text;
-    history.replaceState(null, "", `?q=${encodeURIComponent(text)}`);
+    history.replaceState(null, "", pageUrl({ q: text }));
     search({ text }, `for “${text}”`);
   } else if (pending) {
     search(pending, "");
@@ -263,6 +265,101 @@ window.addEventListener("paste", (event) => {
   if (file) searchByImage(file);
 });
 
+// The filter box: a where= predicate (docs/search.md#filters) sent with every search; the names of the
+// index's metadata columns (GET columns) are suggested as they are typed. A bad predicate's 400 is shown.
+const whereInput = $("where");
+const suggest = $("where-suggest");
+let columns = [];  // [{name, kind}]
+let suggestions = [];
+let active = -1;
+const PLAIN_NAME = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/;
+
+function pageUrl(params) {
+  const where = whereInput.value.trim();
+  const query = new URLSearchParams({ ...params, ...(where ? { where } : {}) }).toString();
+  return query ? `?${query}` : "./";
+}
+
+async function loadColumns() {
+  try {
+    const response = await api("columns");
+    if (response.ok) columns = (await response.json()).columns;
+  } catch (err) {
+    columns = [];  // no suggestions; the filter still works
+  }
+}
+
+// the name being typed at the caret: where a column name can go (not inside a quoted string, not a value)
+function wordAtCaret() {
+  const caret = whereInput.selectionStart ?? whereInput.value.length;
+  const before = whereInput.value.slice(0, caret);
+  if ((before.match(/'/g) || []).length % 2 || (before.match(/"/g) || []).length % 2) return null;
+  const typed = /[A-Za-z_][A-Za-z0-9_.]*$/.exec(before);
+  const start = typed ? typed.index : caret;
+  const head = before.slice(0, start).trimEnd();
+  if (head && !/(^|[\s(])(and|or|not)$/i.test(head) && !head.endsWith("(") && !head.endsWith(",")) return null;
+  return { start, end: caret, text: typed ? typed[0] : "" };
+}
+
+function showSuggestions() {
+  const word = wordAtCaret();
+  const lower = word ? word.text.toLowerCase() : "";
+  suggestions = word ? columns.filter((c) => c.name.toLowerCase().startsWith(lower) && c.name !== word.text).slice(0, 12) : [];
+  active = suggestions.length ? 0 : -1;
+  suggest.replaceChildren(
+    ...suggestions.map((column, i) => {
+      const li = document.createElement("li");
+      li.setAttribute("role", "option");
+      li.dataset.name = column.name;
+      li.className = i === active ? "active" : "";
+      const name = document.createElement("span");
+      name.textContent = column.name;
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = column.kind;
+      li.append(name, kind);
+      li.addEventListener("mousedown", (event) => {
+        event.preventDefault();  // keep the focus in the box
+        accept(column.name);
+      });
+      return li;
+    }),
+  );
+  suggest.hidden = !suggestions.length;
+}
+
+function accept(name) {
+  const word = wordAtCaret() || { start: whereInput.selectionStart, end: whereInput.selectionStart };
+  const text = PLAIN_NAME.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+  const value = whereInput.value;
+  whereInput.value = `${value.slice(0, word.start)}${text} ${value.slice(word.end).trimStart()}`;
+  const caret = word.start + text.length + 1;
+  whereInput.setSelectionRange(caret, caret);
+  suggest.hidden = true;
+  suggestions = [];
+}
+
+whereInput.addEventListener("input", showSuggestions);
+whereInput.addEventListener("focus", showSuggestions);
+whereInput.addEventListener("blur", () => { suggest.hidden = true; });
+whereInput.addEventListener("keydown", (event) => {
+  const open = !suggest.hidden && suggestions.length;
+  if (open && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
+    event.preventDefault();
+    active = (active + (event.key === "ArrowDown" ? 1 : suggestions.length - 1)) % suggestions.length;
+    [...suggest.children].forEach((li, i) => li.classList.toggle("active", i === active));
+  } else if (open && (event.key === "Tab" || event.key === "Enter") && active >= 0) {
+    event.preventDefault();
+    accept(suggestions[active].name);
+  } else if (event.key === "Escape") {
+    suggest.hidden = true;
+  } else if (event.key === "Enter") {
+    event.preventDefault();
+    suggest.hidden = true;
+    form.requestSubmit();
+  }
+});
+
 async function start() {
   try {
     const response = await fetch("healthz");  // public: it says whether a token is needed
@@ -286,6 +383,8 @@ async function start() {
     setStatus(`Cannot reach the server: ${err}`, true);
   }
   const params = new URLSearchParams(location.search);
+  if (params.get("where")) whereInput.value = params.get("where");  // e.g. a map selection (map page)
+  loadColumns();
   if (params.get("q") && textQueries) {
     input.value = params.get("q");
     form.requestSubmit();

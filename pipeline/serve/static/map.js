@@ -69,6 +69,8 @@
     layers[name] = { vao: vao(xs, ys, null), count: xs.length, color, size, line };
     redraw();
   }
+  // the cross-filter (map_filter.js): a translucent white layer over the points outside a where= filter
+  S.dim = (indices) => { S.dimmed = indices; setLayer('dimmed', indices, [1, 1, 1], 0); };
 
   function resize() {
     const r = canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
@@ -91,12 +93,13 @@
     gl.uniform1i(U.u_round, size > 3 ? 1 : 0);
     gl.bindVertexArray(main.vao); gl.drawArrays(gl.POINTS, 0, n);
     gl.uniform1i(U.u_mode, 1); gl.uniform1f(U.u_alpha, 1); gl.uniform1i(U.u_round, 1);
-    for (const name of ['selection', 'neighbors', 'hits', 'route', 'query']) {
+    for (const name of ['dimmed', 'selection', 'neighbors', 'hits', 'route', 'query']) {
       const l = layers[name]; if (!l || !l.count) continue;
       gl.uniform3f(U.u_color, ...l.color); gl.bindVertexArray(l.vao);
+      gl.uniform1f(U.u_alpha, name === 'dimmed' ? 0.85 : 1);
       // lines have no gl_PointCoord: the round-point discard would drop every line fragment
       if (l.line) { gl.uniform1i(U.u_round, 0); gl.drawArrays(gl.LINE_STRIP, 0, l.count); gl.uniform1i(U.u_round, 1); }
-      gl.uniform1f(U.u_point, l.size * dpr); gl.drawArrays(gl.POINTS, 0, l.count);
+      gl.uniform1f(U.u_point, l.size ? l.size * dpr : size + dpr); gl.drawArrays(gl.POINTS, 0, l.count);
     }
     gl.bindVertexArray(null);
     const seen = `${view.cx},${view.cy},${view.scale}`;  // the view moved: a tooltip would point at nothing

@@ -1,0 +1,63 @@
+"""A worker node gets SIGTERM in the middle of an embed job, as a spot VM's preemption notice sends it: the node is
+drained (Ray 2.60's `ray start --block` marks it draining, Ray Data sends it no new batches, its batches in flight
+finish), then leaves; the job goes on on the head, every input once, nothing redone, and the run record logs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.launch import submit_job
+
+from .conftest import JOB_TIMEOUT, job_config, job_end, make_corpus, read_ids, tiny_embed_command, wait_for
+from .localcluster import LocalCluster
+from .test_cluster_jobs import job_nodes
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+DRAIN_S = 10  # a spot VM gets 30 s (GCP) to 2 min (AWS); shorter keeps the test short (the driver looks every 5 s)
+
+
+def test_a_worker_node_that_gets_sigterm_finishes_its_batches_then_leaves_and_the_job_goes_on(tiny_model, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_tasks
+
+    cluster = LocalCluster.start(head_cpus=2, worker_cpus=None)
+    try:
+        worker = cluster.add_worker(2, drain_s=DRAIN_S)
+        corpus, out = tmp_path / "images", tmp_path / "emb"
+        names = make_corpus(corpus, 800, seed=11)  # enough that the job still runs when the node has left
+        command = tiny_embed_command(
+            corpus, out, tiny_model, "batch_size=8", "output.rows_per_shard=8", "input.files_per_task=8"
+        )
+        cfg = job_config(cluster, *command, name="embed-drain")
+        cfg.wait = False
+        submission = submit_job(cfg).submission_id
+        client = JobSubmissionClient(cluster.dashboard_url)
+        wait_for(lambda: list(out.glob("*.parquet")), JOB_TIMEOUT, "the first committed shard")
+        cluster.drain_worker()
+        assert len(read_ids(out)) < len(names), "the job finished before the notice: the drain was not tested"
+        worker.blocking.wait(DRAIN_S + 60)  # drained, then stopped: at the deadline at the latest
+        assert "Draining for up to" in worker.log.read_text(), worker.log.read_text()[-2000:]
+
+        assert job_end(client, submission) == "SUCCEEDED", client.get_job_logs(submission)[-3000:]
+        ids = read_ids(out)
+        assert len(ids) == len(set(ids)), "an input was embedded twice"
+        assert sorted(ids) == sorted(names), "an input is missing"
+        assert worker.node_id in job_nodes(cluster, submission)  # the drained node had work before its notice
+        # finished, not redone: no read or encoder task ran twice (a killed node's tasks in flight are retried)
+        job_id = client.get_job_info(submission).job_id
+        tasks = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)], limit=10000, timeout=30)
+        redone = [(t.name, t.attempt_number) for t in tasks if t.attempt_number and t.type != "ACTOR_CREATION_TASK"]
+        assert not redone, redone
+        (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
+        logged = [json.loads(line) for line in events.read_text().splitlines()]
+        about = [e for e in logged if e["node"] == worker.node_id]
+        # node_draining when the driver saw the drain (it looks every second; an idle node leaves at once), then
+        # node_lost, marked drained, unless the job was done before the node left
+        assert [e["event"] for e in about] in (["node_draining", "node_lost"], ["node_lost"], ["node_draining"]), logged
+        assert all(e["drained"] is True for e in about if e["event"] == "node_lost"), logged
+        assert all(0 < e["deadline_in_s"] <= DRAIN_S for e in about if e["event"] == "node_draining"), logged
+    finally:
+        cluster.stop()
