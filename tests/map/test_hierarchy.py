@@ -42,12 +42,13 @@ def test_pieces_of_a_disconnected_graph_keep_their_global_arrangement(nested):
 
 def test_zipf_sized_subspace_groups_keep_their_nearest_pieces():
     """Regression (issue 21): the pieces' centroids laid out by a small UMAP kept a sub-group's 3 nearest
-    sub-groups 0.79 of the time on this corpus; t-SNE of the centroids (lowest KL of a few starts) 0.875."""
+    sub-groups 0.79 of the time on this corpus; t-SNE of the centroids (lowest KL of a few starts) 0.88; that
+    layout polished for the 3 nearest and scaled apart whole (no pairwise pushing) 0.95."""
     vectors, _, subs = subspace_groups(n=3000, seed=0)
     umap_xy, xy, graph = _layout(vectors)
     assert graph_pieces(graph[:, :15])[0] >= 30
     kept = regions_kept(vectors, xy, subs)
-    assert kept >= 0.85 and kept > regions_kept(vectors, umap_xy, subs) + 0.4, kept
+    assert kept >= 0.92 and kept > regions_kept(vectors, umap_xy, subs) + 0.4, kept
     assert neighbourhood_preservation(vectors, xy) >= 0.98 * neighbourhood_preservation(vectors, umap_xy)
 
 
