@@ -62,7 +62,9 @@ def _centroid_layout(centroids: np.ndarray, seed: int) -> np.ndarray:
     return _polish(centroids, layout, seed) if len(centroids) <= POLISH_BELOW else layout
 
 
-def _nearest(points: np.ndarray, k: int = 3) -> np.ndarray:
+def nearest_points(points: np.ndarray, k: int = 3) -> np.ndarray:
+    """Each point's ``k`` nearest other points (Euclidean; ties in index order): the regions' measure
+    (pipeline.map.quality.regions_kept) and the polish's target."""
     d = ((points[:, None] - points[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     return np.argsort(d, axis=1, kind="stable")[:, :k]
@@ -83,8 +85,8 @@ def _polish(centroids: np.ndarray, xy: np.ndarray, seed: int) -> np.ndarray:
     only where a move improves ``_rank_score``: t-SNE's objective weighs all neighbours softly, so siblings
     at nearly equal distances (a 4th within a few % of the 3rd) come out in either order; this fixes the 3
     nearest and keeps everything t-SNE got right (no step may lose a kept neighbour's count)."""
-    latent, rng, xy = _nearest(centroids), np.random.default_rng(seed), xy.copy()
-    scale = np.sqrt(((xy - xy[_nearest(xy, 1)[:, 0]]) ** 2).sum(1))
+    latent, rng, xy = nearest_points(centroids), np.random.default_rng(seed), xy.copy()
+    scale = np.sqrt(((xy - xy[nearest_points(xy, 1)[:, 0]]) ** 2).sum(1))
     current = _rank_score(latent, xy)
     for _ in range(POLISH_STEPS):
         i = rng.integers(len(xy))

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from pipeline.index.recall import GroundTruth, without_self
 from pipeline.io.vectors import usable
+from pipeline.map.arrange import nearest_points
 from pipeline.map.layout import _flat_index, pca_layout, sample_rows, umap_layout
 
 if TYPE_CHECKING:
@@ -101,10 +102,7 @@ def regions_kept(vectors: np.ndarray, xy: np.ndarray, regions: np.ndarray, k: in
     def nearest(points: np.ndarray) -> np.ndarray:
         sums = np.zeros((len(ids), points.shape[1]))
         np.add.at(sums, inverse, points)
-        c = sums / counts
-        d = ((c[:, None] - c[None]) ** 2).sum(-1)
-        np.fill_diagonal(d, np.inf)
-        return np.argsort(d, axis=1, kind="stable")[:, :k]
+        return nearest_points(sums / counts, k)
 
     latent, mapped = nearest(np.asarray(vectors, np.float64)), nearest(np.asarray(xy, np.float64))
     return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(latent, mapped)]) / k)

@@ -103,8 +103,8 @@ class KnnBatches:
         if ok.any():
             # one search per distinct predicate (the job's where AND the query's own): a batch shares one mask each
             own = batch.column("where").to_pylist() if "where" in batch.column_names else [None] * n
-            wheres = [query_where(self.where, own[i]) for i in np.flatnonzero(ok)]
             rows = np.flatnonzero(ok)
+            wheres = [query_where(self.where, own[i]) for i in rows]
             for where in dict.fromkeys(wheres):
                 mine = np.array([w == where for w in wheres])
                 part = {name: _take(values, mine) for name, values in query.items()}

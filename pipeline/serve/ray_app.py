@@ -182,21 +182,19 @@ class RemoteShards:
         distances = [_pad(d, k, self.keep_max, np.float32) for d, _, _ in results]
         labels = [_pad(i, k, None, np.int64) for _, i, _ in results]
         scores, found = shards.merge_results(distances, labels, [e.first for e in self.entries], k, self.keep_max)
+        from pipeline.search.plan import Plan
+
         plans = [p for _, _, p in results]
         kinds = {p["kind"] for p in plans}
-        matched = int(np.count_nonzero(mask))
-        plan = {
-            "kind": next((kind for kind in ("filtered", "exact") if kind in kinds), "none"),
-            "where": where,
-            "matched": matched,
-            "rows": int(mask.size),
-            "selectivity": round(matched / mask.size, 6) if mask.size else 0.0,
-            "params": {
-                "shards": [{"file": e.file, "kind": p["kind"], **p["params"]} for e, p in zip(self.entries, plans)]
-            },
-            "cost": {},
-        }
-        return scores, found, plan
+        per_shard = [{"file": e.file, "kind": p["kind"], **p["params"]} for e, p in zip(self.entries, plans)]
+        plan = Plan(
+            kind=next((kind for kind in ("filtered", "exact") if kind in kinds), "none"),
+            where=where,
+            matched=int(np.count_nonzero(mask)),
+            rows=int(mask.size),
+            params={"shards": per_shard},
+        )
+        return scores, found, plan.to_dict()
 
     def reconstruct(self, label: int) -> np.ndarray:
         for handle, entry in zip(self.handles, self.entries):
