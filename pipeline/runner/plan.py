@@ -105,6 +105,15 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
     return processed
 
 
+def stop_plan(plan) -> None:
+    """Shut a running plan down now: its actors killed (their CPUs released), its tasks cancelled. Closing
+    its batch iterator is not enough: the iterator's thread may wait for a block that never comes (a pool
+    starving its readers). Ray Data (2.60) keeps a dataset's running executor on ``_current_executor``."""
+    executor = getattr(plan, "_current_executor", None)
+    if executor is not None:
+        executor.shutdown(force=True)
+
+
 def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Iterator[pa.Table]:
     """The plan's stages run in this process, without Ray: each unit read, cut into the actor's batches and
     processed by one instance of the stage. Yields the processed batches, as ``build_plan``'s plan streams
