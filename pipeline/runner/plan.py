@@ -53,10 +53,10 @@ class _StageActor:
 
 
 def _pool(res: ActorResources):
-    """An elastic actor pool: ``res.actors`` at first, down to one while nodes are lost, up to ``res.most``.
-    Ray Data (2.60) releases actors that no longer fit the cluster's resources beside the other stages
-    ("actor pool exceeds resource allocation") and adds actors while the pool is busy and the cluster
-    has room; a fixed-size pool would wait forever for a lost node's actor to come back."""
+    """An elastic actor pool: ``res.actors`` at first, down to one, up to ``res.most``. Ray Data (2.60) adds
+    actors while the pool is busy and its budget has room, and releases idle ones; a fixed-size pool would
+    wait forever for a lost node's actor. Ray restarts a lost actor outside that budget, where it may starve
+    the read tasks: the watchdog then restarts the stages with a pool that fits (``watchdog.py``)."""
     from ray.data import ActorPoolStrategy
 
     if res.most == 1:
