@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_work(ray_cluster, tiny_model, tmp_path):
     # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
-    # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
+    # longer fit the head: a fixed-size pool waited forever, and Ray's restart of the lost encoder on the head
+    # starved the read tasks (issue 19); the stages restart with one encoder
     lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path)
 
 
@@ -70,9 +71,11 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
         assert (out / "_SUCCESS").exists()
         (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
         logged = [json.loads(line) for line in events.read_text().splitlines()]
-        assert [e["event"] for e in logged][:2] == ["node_lost", "node_joined"], logged
-        assert logged[1]["node"] == joined.node_id
-        assert logged[0]["drained"] is False  # killed, not drained (Ray's death reason)
+        kinds = [e["event"] for e in logged]
+        assert kinds[0] == "node_lost" and logged[0]["drained"] is False, logged  # killed, not drained (Ray's reason)
+        assert [e["node"] for e in logged if e["event"] == "node_joined"] == [joined.node_id], logged
+        # the pool no longer fit the head beside a reader: restarted with one actor (unless the node joined first)
+        assert all(e["actors"] == 1 for e in logged if e["event"] == "stages_restarted"), logged
     finally:
         if str(client.get_job_status(submission).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
             client.stop_job(submission)
