@@ -18,6 +18,7 @@ dead replica; the next queries are answered again without restarting the applica
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from pipeline.search.query_model import resolve_query_model
 from pipeline.search.searcher import Searcher
 
 APP_NAME = "latent"
+log = logging.getLogger(__name__)
 
 
 def _info(path: str) -> IndexInfo:
@@ -302,25 +304,44 @@ class Ingress:
 INGRESS_MAX_ONGOING = 256  # requests one ingress replica takes at once: its micro-batcher gathers them
 
 
-def check_fits(cfg: ServeConfig, shard_count: int, encoder: bool) -> None:
-    """Refuse at once an application whose replicas cannot all be placed on the cluster (Ray Serve would
-    wait for resources forever), naming a ``replica_cpus`` that fits; nothing to check without a cluster."""
+MIN_REPLICA_CPUS = 0.01  # the smallest share sized automatically (Ray schedules fractions of a CPU)
+
+
+def replica_cpus_that_fit(cfg: ServeConfig, shard_count: int, encoder: bool) -> float:
+    """The CPUs each replica reserves. ``replica_cpus`` given: that, or refused at once if the replicas cannot
+    all be placed (Ray Serve would wait for resources forever), naming a value that fits. ``replica_cpus=null``
+    (the default): 1 each when the cluster has that many, else the equal share that fits, said in a log
+    line; refused when even 0.01 CPU each does not fit. Without a running Ray there is nothing to size by."""
     import ray
 
     if not ray.is_initialized():
-        return
+        return cfg.replica_cpus or 1.0
     total = float(ray.cluster_resources().get("CPU", 0))
     replicas = shard_count * cfg.replicas + 1 + (cfg.encoder_replicas if encoder else 0)  # + the ingress
-    need = replicas * cfg.replica_cpus
-    if need <= total + 1e-9:
-        return
-    fits = int(total / replicas * 100) / 100  # rounded down to 0.01 CPU
     parts = f"{shard_count} shard(s) x replicas={cfg.replicas} + 1 ingress"
     parts += f" + encoder_replicas={cfg.encoder_replicas}" if encoder else ""
+    fits = int(total / replicas * 100) / 100  # rounded down to 0.01 CPU
+    if cfg.replica_cpus is None:
+        if replicas <= total + 1e-9:
+            return 1.0
+        if fits >= MIN_REPLICA_CPUS:
+            log.warning(
+                "backend=ray: %d replicas (%s) on a cluster of %g CPUs: each reserves replica_cpus=%g "
+                "(set replica_cpus= to choose, or join a larger cluster with ray.address=)",
+                replicas, parts, total, fits,
+            )  # fmt: skip
+            return fits
+        raise LatentError(
+            f"backend=ray: {replicas} replicas ({parts}) do not fit on a cluster of {total:g} CPUs even at "
+            f"{MIN_REPLICA_CPUS} CPU each; use fewer replicas or a larger cluster (ray.address=)"
+        )
+    need = replicas * cfg.replica_cpus
+    if need <= total + 1e-9:
+        return cfg.replica_cpus
     hint = f"set replica_cpus={fits} (or fewer replicas)" if fits > 0 else "use a larger cluster (ray.address=)"
     raise LatentError(
         f"backend=ray: {replicas} replicas ({parts}) x replica_cpus={cfg.replica_cpus} need {need:g} CPUs, "
-        f"the cluster has {total:g}: Ray Serve would wait for them forever; {hint}"
+        f"the cluster has {total:g}: Ray Serve would wait for them forever; {hint} (replica_cpus=null sizes it)"
     )
 
 
@@ -328,11 +349,11 @@ def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     """The bound Ray Serve application of ``cfg`` (deployment names: shard-00000…, encoder, ingress)."""
     info = _info(cfg.index.path)
     entries = shard_entries(info, cfg.index.path)
-    check_fits(cfg, len(entries), bool(info.embedding is not None and info.embedding.model))
-    cpus = {"num_cpus": cfg.replica_cpus}
+    share = replica_cpus_that_fit(cfg, len(entries), bool(info.embedding is not None and info.embedding.model))
+    cpus = {"num_cpus": share}
     handles = [
         Shard.options(name=f"shard-{s:05d}", num_replicas=cfg.replicas, ray_actor_options=cpus).bind(
-            cfg.index.path, entry, info, int(cfg.replica_cpus)
+            cfg.index.path, entry, info, int(share)
         )
         for s, entry in enumerate(entries)
     ]
