@@ -120,12 +120,13 @@ class Server:
             raise RuntimeError(f"latent serve did not start (exit {self.process.wait()})")
         import httpx
 
-        for _ in range(600):
+        for _ in range(1800):  # Ray Serve on a loaded cluster can take minutes to deploy
             try:
                 httpx.get(f"{self.url}/healthz", timeout=5)
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.process.kill()  # not left running when the bench gives up on it
         raise RuntimeError("latent serve does not answer")
 
     def health(self) -> dict:
@@ -333,6 +334,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--ray-nodes", type=int, default=1, help="2: the rayN backends run on a loopback cluster of two `ray start` "
+        "nodes (tests/cluster/localcluster.py, own --temp-dir each) sharing --ray-cpus between them",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "work"))
@@ -376,7 +381,21 @@ def main() -> None:
         loads += [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]
     for backend in args.backends.split(","):
         code = Path(args.baseline) if backend == "baseline" else REPO
-        results[backend] = measure_backend(index, backend, loads, args.ray_cpus, code, args.client, args.peer_python)
+        cluster = None
+        if args.ray_nodes == 2 and backend.startswith("ray"):
+            # a fresh cluster per backend: Ray Serve, once started on a cluster, keeps its first HTTP port
+            from tests.cluster.localcluster import LocalCluster
+
+            half = args.ray_cpus // 2
+            cluster = LocalCluster.start(head_cpus=half, worker_cpus=args.ray_cpus - half)
+            os.environ["RAY_AUTH_MODE"] = "disabled"
+            results["ray_nodes"] = 2
+        try:
+            where = f"{backend}@{cluster.address}" if cluster else backend
+            results[backend] = measure_backend(index, where, loads, args.ray_cpus, code, args.client, args.peer_python)
+        finally:
+            if cluster is not None:
+                cluster.stop()
     if not args.skip_text and not args.model:
         text_index = Path(args.text_index) if args.text_index else build_text_index(work, args.text_model)
         texts = [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]

@@ -18,7 +18,6 @@ dead replica; the next queries are answered again without restarting the applica
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
 from pipeline.search.query_model import resolve_query_model
 from pipeline.search.searcher import Searcher
+from pipeline.serve.ray_fit import replica_cpus_that_fit
 
 APP_NAME = "latent"
-log = logging.getLogger(__name__)
 
 
 def _info(path: str) -> IndexInfo:
@@ -302,47 +301,6 @@ class Ingress:
 
 
 INGRESS_MAX_ONGOING = 256  # requests one ingress replica takes at once: its micro-batcher gathers them
-
-
-MIN_REPLICA_CPUS = 0.01  # the smallest share sized automatically (Ray schedules fractions of a CPU)
-
-
-def replica_cpus_that_fit(cfg: ServeConfig, shard_count: int, encoder: bool) -> float:
-    """The CPUs each replica reserves. ``replica_cpus`` given: that, or refused at once if the replicas cannot
-    all be placed (Ray Serve would wait for resources forever), naming a value that fits. ``replica_cpus=null``
-    (the default): 1 each when the cluster has that many, else the equal share that fits, said in a log
-    line; refused when even 0.01 CPU each does not fit. Without a running Ray there is nothing to size by."""
-    import ray
-
-    if not ray.is_initialized():
-        return cfg.replica_cpus or 1.0
-    total = float(ray.cluster_resources().get("CPU", 0))
-    replicas = shard_count * cfg.replicas + 1 + (cfg.encoder_replicas if encoder else 0)  # + the ingress
-    parts = f"{shard_count} shard(s) x replicas={cfg.replicas} + 1 ingress"
-    parts += f" + encoder_replicas={cfg.encoder_replicas}" if encoder else ""
-    fits = int(total / replicas * 100) / 100  # rounded down to 0.01 CPU
-    if cfg.replica_cpus is None:
-        if replicas <= total + 1e-9:
-            return 1.0
-        if fits >= MIN_REPLICA_CPUS:
-            log.warning(
-                "backend=ray: %d replicas (%s) on a cluster of %g CPUs: each reserves replica_cpus=%g "
-                "(set replica_cpus= to choose, or join a larger cluster with ray.address=)",
-                replicas, parts, total, fits,
-            )  # fmt: skip
-            return fits
-        raise LatentError(
-            f"backend=ray: {replicas} replicas ({parts}) do not fit on a cluster of {total:g} CPUs even at "
-            f"{MIN_REPLICA_CPUS} CPU each; use fewer replicas or a larger cluster (ray.address=)"
-        )
-    need = replicas * cfg.replica_cpus
-    if need <= total + 1e-9:
-        return cfg.replica_cpus
-    hint = f"set replica_cpus={fits} (or fewer replicas)" if fits > 0 else "use a larger cluster (ray.address=)"
-    raise LatentError(
-        f"backend=ray: {replicas} replicas ({parts}) x replica_cpus={cfg.replica_cpus} need {need:g} CPUs, "
-        f"the cluster has {total:g}: Ray Serve would wait for them forever; {hint} (replica_cpus=null sizes it)"
-    )
 
 
 def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:

@@ -43,17 +43,17 @@ def test_default_keys_size_the_replicas_to_the_cluster_and_the_application_answe
     from ray import serve
 
     from pipeline.search import Searcher
-    from pipeline.serve.ray_app import replica_cpus_that_fit
+    from pipeline.serve.ray_fit import replica_cpus_that_fit
 
     cfg = serve_config(four_shards, "backend=ray", f"port={free_port()}")  # replica_cpus: the default (null)
     assert cfg.replica_cpus is None
-    with caplog.at_level(logging.WARNING, logger="pipeline.serve.ray_app"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.serve.ray_fit"):
         assert replica_cpus_that_fit(cfg, 4, encoder=True) == 0.33
     assert "6 replicas (4 shard(s) x replicas=1 + 1 ingress + encoder_replicas=1) on a cluster of 2 CPUs" in caplog.text
     assert "replica_cpus=0.33" in caplog.text
     # a cluster with room for 1 CPU each keeps 1 CPU each, silently
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.serve.ray_app"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.serve.ray_fit"):
         assert replica_cpus_that_fit(cfg, 1, encoder=False) == 1.0
     assert caplog.text == ""
 
@@ -71,3 +71,13 @@ def test_default_keys_size_the_replicas_to_the_cluster_and_the_application_answe
         assert answer.json()["hits"][0]["id"] == "v17"
     finally:
         serve.delete("fit")
+
+
+def test_the_share_fits_every_node_not_only_the_total():
+    from pipeline.serve.ray_fit import share_that_fits
+
+    assert share_that_fits([2.0], 6) == 0.33
+    assert share_that_fits([1.0, 1.0, 1.0], 7) == 0.33  # 3/7 = 0.42 by the total: 2 a node, 6 < 7 placed
+    assert share_that_fits([1.0, 1.0], 10) == 0.2
+    assert share_that_fits([4.0, 0.5], 2) == 2.0  # both on the larger node
+    assert share_that_fits([2.0], 300) == 0.0  # not even 0.01 each
