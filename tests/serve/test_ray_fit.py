@@ -70,7 +70,7 @@ def test_default_keys_size_the_replicas_to_the_cluster_and_the_application_answe
         assert answer.status_code == 200, answer.text
         assert answer.json()["hits"][0]["id"] == "v17"
     finally:
-        serve.delete("fit")
+        serve.shutdown()  # not serve.delete: Serve, left running, keeps its HTTP port for the next app
 
 
 def test_the_share_fits_every_node_not_only_the_total():
