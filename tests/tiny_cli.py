@@ -16,5 +16,6 @@ from conftest import register_tiny_model  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    register_tiny_model(Path(tempfile.mkdtemp(prefix="latent-tiny-")))
+    with tempfile.TemporaryDirectory(prefix="latent-tiny-") as config_dir:
+        register_tiny_model(Path(config_dir))
     main()

@@ -198,11 +198,12 @@ def _ensure_registered(spec: ModelSpec) -> None:
 
     if spec.name in open_clip.list_models() or not spec.model_config:
         return
-    directory = tempfile.mkdtemp(prefix="latent-model-config-")
-    path = os.path.join(directory, f"{spec.name}.json")
-    with open(path, "w") as f:
-        json.dump(spec.model_config, f)
-    open_clip.add_model_config(path)
+    # open_clip reads the file once, when it is added; a later rescan skips a path that is gone.
+    with tempfile.TemporaryDirectory(prefix="latent-model-config-") as directory:
+        path = os.path.join(directory, f"{spec.name}.json")
+        with open(path, "w") as f:
+            json.dump(spec.model_config, f)
+        open_clip.add_model_config(path)
 
 
 def _create(spec: ModelSpec, device: str) -> tuple[torch.nn.Module, Any]:

@@ -128,3 +128,21 @@ def test_checkpoint_hash_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     os.utime(path, ns=(0, 10**9))
     assert checkpoint_sha256(str(path)) == file_sha256(str(path)) != first and len(calls) == 2
     assert (tmp_path / "cache" / "latent" / "sha256.json").exists()
+
+
+def test_a_config_known_only_to_the_driver_is_registered_without_leaving_files(tiny_model, tmp_path, monkeypatch):
+    import dataclasses
+    import tempfile
+
+    import open_clip
+
+    from pipeline.encode.model import _ensure_registered
+
+    spec = resolve_model(tiny_model, None)
+    unseen = dataclasses.replace(spec, name=f"{tiny_model}-worker-only")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _ensure_registered(unseen)
+    assert unseen.name in open_clip.list_models()
+    assert list(tmp_path.iterdir()) == []
+    open_clip.add_model_config(str(tmp_path))  # a rescan after the file is gone keeps the config
+    assert unseen.name in open_clip.list_models()
