@@ -48,19 +48,33 @@ TEXTS = [
 ]
 
 
-def build_vector_index(work: Path, n: int, dim: int, factory: str) -> Path:
-    index = work / f"serve-idx-{n}-{dim}-{factory.replace(',', '_')}"
+def build_vector_index(work: Path, n: int, dim: int, factory: str, shards: int = 1, model: str | None = None) -> Path:
+    """Seeded clustered unit vectors built with `latent index`; with ``model`` the dataset carries that model's
+    fingerprint (seeded random weights), so the same index answers text queries through the real text tower."""
+    fingerprint = None
+    if model:
+        from pipeline.encode.model import describe_model, resolve_model
+
+        fingerprint = describe_model(resolve_model(model, None)).fingerprint
+        dim = fingerprint["dim"]
+    tag = (
+        f"{n}-{dim}-{factory.replace(',', '_')}"
+        + (f"-s{shards}" if shards > 1 else "")
+        + (f"-{model}" if model else "")
+    )
+    index = work / f"serve-idx-{tag}"
     if (index / "index.json").is_file():
         return index
-    data = work / f"serve-emb-{n}-{dim}"
+    data = work / (f"serve-emb-{n}-{dim}" + (f"-{model}" if model else ""))
     if not data.exists():
         chunks = (
             clustered_unit_vectors(min(100_000, n - s), ClusteredSpec(dim=dim, seed=s)) for s in range(0, n, 100_000)
         )
-        write_embedding_dataset(data, chunks, dtype="float32", rows_per_shard=100_000)
-    run_index(
-        compose("index", [f"input.path={data}", f"index.path={index}", f"index.factory='{factory}'", "progress=false"])
-    )
+        write_embedding_dataset(data, chunks, dtype="float32", model=fingerprint, rows_per_shard=100_000)
+    keys = [f"input.path={data}", f"index.path={index}", f"index.factory='{factory}'", "progress=false"]
+    if shards > 1:  # shard builds in this process, one after the other (no Ray needed to build the bench's index)
+        keys += [f"index.shards={shards}", "parallel.min_vectors=null"]
+    run_index(compose("index", keys))
     return index
 
 
@@ -106,12 +120,13 @@ class Server:
             raise RuntimeError(f"latent serve did not start (exit {self.process.wait()})")
         import httpx
 
-        for _ in range(600):
+        for _ in range(1800):  # Ray Serve on a loaded cluster can take minutes to deploy
             try:
                 httpx.get(f"{self.url}/healthz", timeout=5)
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.process.kill()  # not left running when the bench gives up on it
         raise RuntimeError("latent serve does not answer")
 
     def health(self) -> dict:
@@ -188,6 +203,45 @@ def _load_threads(url: str, path: str, bodies: list[dict], clients: int, warmup:
     return _summary(latencies, len(failed), clients, seconds)
 
 
+# clip-retrieval's own ClipClient (in its own venv: --peer-python), one per client thread, closed loop; prints the
+# latencies of the measured window as JSON
+CLIPCLIENT = """
+import sys, json, time, threading, numpy as np
+from clip_retrieval.clip_client import ClipClient
+url, name, q = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+clients, warmup, seconds = int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+latencies, failed = [], []
+start = time.perf_counter(); measure_from, stop_at = start + warmup, start + warmup + seconds
+def run(c):
+    client = ClipClient(url=url + "/knn-service", indice_name=name, num_images=10, deduplicate=False,
+                        use_safety_model=False, use_violence_detector=False)
+    i = c
+    while (now := time.perf_counter()) < stop_at:
+        try:
+            ok = len(client.query(embedding_input=q[i % len(q)].tolist())) > 0
+        except Exception:
+            ok = False
+        i += clients
+        if now >= measure_from:
+            latencies.append(time.perf_counter() - now)
+            if not ok: failed.append(1)
+ts = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(json.dumps({"latencies": latencies, "errors": len(failed)}))
+"""
+
+
+def _load_clipclient(url: str, peer_python: str, queries: Path, clients: int, warmup: float, seconds: float) -> dict:
+    import httpx
+
+    name = httpx.get(f"{url}/indices-list", timeout=30).json()[0]
+    command = [peer_python, "-c", CLIPCLIENT, url, name, str(queries), str(clients), str(warmup), str(seconds)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return _summary(result["latencies"], result["errors"], clients, seconds)
+
+
 def _summary(latencies: list[float], errors: int, clients: int, seconds: float) -> dict:
     ms = np.array(latencies) * 1000
     return {
@@ -205,25 +259,34 @@ def _summary(latencies: list[float], errors: int, clients: int, seconds: float) 
 
 def backend_overrides(backend: str, ray_cpus: int) -> list[str]:
     """`latent serve` keys of a backend: ``single`` (or ``baseline``: the same from --baseline's code), or ``rayN``
-    (Ray Serve, N replicas per shard)."""
+    (Ray Serve, N replicas per shard; each replica's CPU share sized by `latent serve` to fit, replica_cpus=null),
+    or ``rayN@ADDRESS`` (the same on a running cluster)."""
     if backend in ("single", "baseline"):
         return []
-    replicas = int(backend[3:])
-    # every replica fits: N per shard (1 shard here) + the ingress (+ an encoder replica, counted to be safe)
-    cpus = int(ray_cpus / (replicas + 2) * 100) / 100
-    return ["backend=ray", f"replicas={replicas}", f"replica_cpus={cpus}", f"ray.num_cpus={ray_cpus}"]
+    name, _, address = backend.partition("@")
+    where = [f"ray.address={address}"] if address else [f"ray.num_cpus={ray_cpus}"]
+    return ["backend=ray", f"replicas={int(name[3:])}", *where]
 
 
 def measure_backend(
-    index: Path, backend: str, loads: list[tuple], ray_cpus: int, code: Path = REPO, client: str = "httpx"
+    index: Path,
+    backend: str,
+    loads: list[tuple],
+    ray_cpus: int,
+    code: Path = REPO,
+    client: str = "httpx",
+    peer_python: str | None = None,
 ) -> dict:
-    """Each of ``loads`` (name, path, kind, bodies, clients, warmup, seconds) against one fresh server."""
+    """Each of ``loads`` (name, path, kind, bodies, clients, warmup, seconds) against one fresh server; a load
+    named ``clipclient`` runs clip-retrieval's ClipClient (``bodies``: a .npy of query vectors) in ``peer_python``."""
     server = Server(index, *backend_overrides(backend, ray_cpus), code=code)
     out = {}
     try:
         for name, path, kind, bodies, clients, warmup, seconds in loads:
             before = server.health()
-            if client == "urllib":
+            if name == "clipclient":
+                result = _load_clipclient(server.url, peer_python, bodies, clients, warmup, seconds)
+            elif client == "urllib":
                 result = _load_threads(server.url, path, bodies, clients, warmup, seconds)
             else:
                 result = asyncio.run(_load(server.url, path, bodies, clients, warmup, seconds))
@@ -244,10 +307,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--factory", default="Flat")
+    parser.add_argument(
+        "--shards", type=int, default=1, help="shards of the built index (one Ray Serve deployment each)"
+    )
+    parser.add_argument(
+        "--model", help="build the vector index with this model's fingerprint (random weights): text queries then "
+        "run against the same index (--text-index is not needed)",
+    )  # fmt: skip
     parser.add_argument("--text-index", help="an index with a model fingerprint for text queries")
     parser.add_argument("--text-model", default="ViT-B-32", help="model of the built text index (random weights)")
     parser.add_argument("--skip-text", action="store_true")
     parser.add_argument("--skip-clip", action="store_true", help="leave out clip-retrieval's /knn-service path")
+    parser.add_argument(
+        "--peer-python", help="a python with clip-retrieval installed (../shared/peers/setup.sh): the /knn-service "
+        "rows then run clip-retrieval's own ClipClient instead of posting its body",
+    )  # fmt: skip
+    parser.add_argument("--nprobe", type=int, help="set the built index's nprobe (index.json search_params) first")
     parser.add_argument(
         "--backends", default="single,ray1,ray2", help="single, baseline (see --baseline), rayN (N replicas per shard)"
     )
@@ -259,6 +334,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--ray-nodes", type=int, default=1, help="2: the rayN backends run on a loopback cluster of two `ray start` "
+        "nodes (tests/cluster/localcluster.py, own --temp-dir each) sharing --ray-cpus between them",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "work"))
@@ -268,7 +347,15 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     timing = (args.warmup, args.seconds)
 
-    index = Path(args.index) if args.index else build_vector_index(work, args.n, args.dim, args.factory)
+    index = (
+        Path(args.index)
+        if args.index
+        else build_vector_index(work, args.n, args.dim, args.factory, args.shards, args.model)
+    )
+    if args.nprobe:  # the tuner's choice for these clusters can be lower than the setting to compare with
+        info = json.loads((index / "index.json").read_text())
+        info["search_params"] = {**info.get("search_params", {}), "nprobe": args.nprobe}
+        (index / "index.json").write_text(json.dumps(info, indent=2))
     info = json.loads((index / "index.json").read_text())
     queries = clustered_unit_vectors(2000, ClusteredSpec(dim=info["dim"], seed=12345))
     results: dict = {
@@ -284,12 +371,32 @@ def main() -> None:
     clip = [{"embedding_input": q.round(6).tolist(), "num_images": K, "modality": "image", "deduplicate": False,
              "use_safety_model": False, "use_violence_detector": False} for q in queries]  # fmt: skip
     loads = [("vector", "/search", "vectors", vectors, c, *timing) for c in clients]
-    if not args.skip_clip:
+    if args.peer_python and not args.skip_clip:
+        saved = work / "clipclient-queries.npy"
+        np.save(saved, queries.round(6))
+        loads += [("clipclient", "/knn-service", "vectors", saved, c, *timing) for c in clients]
+    elif not args.skip_clip:
         loads += [("clip_vector", "/knn-service", "vectors", clip, c, *timing) for c in clients]
+    if args.model and not args.skip_text:  # the same index answers text queries: every backend runs them
+        loads += [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]
     for backend in args.backends.split(","):
         code = Path(args.baseline) if backend == "baseline" else REPO
-        results[backend] = measure_backend(index, backend, loads, args.ray_cpus, code, args.client)
-    if not args.skip_text:
+        cluster = None
+        if args.ray_nodes == 2 and backend.startswith("ray"):
+            # a fresh cluster per backend: Ray Serve, once started on a cluster, keeps its first HTTP port
+            from tests.cluster.localcluster import LocalCluster
+
+            half = args.ray_cpus // 2
+            cluster = LocalCluster.start(head_cpus=half, worker_cpus=args.ray_cpus - half)
+            os.environ["RAY_AUTH_MODE"] = "disabled"
+            results["ray_nodes"] = 2
+        try:
+            where = f"{backend}@{cluster.address}" if cluster else backend
+            results[backend] = measure_backend(index, where, loads, args.ray_cpus, code, args.client, args.peer_python)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    if not args.skip_text and not args.model:
         text_index = Path(args.text_index) if args.text_index else build_text_index(work, args.text_model)
         texts = [("text", "/search", "texts", [{"text": t, "k": K} for t in TEXTS], c, *timing) for c in clients]
         results["single_text"] = measure_backend(text_index, "single", texts, args.ray_cpus, client=args.client)

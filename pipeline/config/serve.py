@@ -55,7 +55,11 @@ class ServeConfig:
     replicas: int = setting(1, "backend=ray: replicas of each shard's deployment (throughput, failover)")
     encoder_replicas: int = setting(1, "backend=ray: replicas of the query encoder (a GPU each if the cluster has any)")
     shard_timeout_s: float = setting(10.0, "backend=ray: a shard answering later than this fails the query with 503")
-    replica_cpus: float = setting(1.0, "backend=ray: CPUs each replica reserves (a shard's FAISS uses as many threads)")
+    replica_cpus: float | None = setting(
+        None,
+        "backend=ray: CPUs each replica reserves (a shard's FAISS uses as many threads, at least 1); null: 1 each "
+        "when the cluster has that many, else the equal share that fits (logged)",
+    )
     host: str = setting("127.0.0.1", "127.0.0.1: this machine only; 0.0.0.0: every interface (set auth.token then)")
     port: int = setting(8080, "0: any free port")
     max_k: int = setting(100, "largest k a query may ask for (more gets 400)")

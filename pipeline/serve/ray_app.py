@@ -34,6 +34,7 @@ from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
 from pipeline.search.query_model import resolve_query_model
 from pipeline.search.searcher import Searcher
+from pipeline.serve.ray_fit import replica_cpus_that_fit
 
 APP_NAME = "latent"
 
@@ -302,37 +303,15 @@ class Ingress:
 INGRESS_MAX_ONGOING = 256  # requests one ingress replica takes at once: its micro-batcher gathers them
 
 
-def check_fits(cfg: ServeConfig, shard_count: int, encoder: bool) -> None:
-    """Refuse at once an application whose replicas cannot all be placed on the cluster (Ray Serve would
-    wait for resources forever), naming a ``replica_cpus`` that fits; nothing to check without a cluster."""
-    import ray
-
-    if not ray.is_initialized():
-        return
-    total = float(ray.cluster_resources().get("CPU", 0))
-    replicas = shard_count * cfg.replicas + 1 + (cfg.encoder_replicas if encoder else 0)  # + the ingress
-    need = replicas * cfg.replica_cpus
-    if need <= total + 1e-9:
-        return
-    fits = int(total / replicas * 100) / 100  # rounded down to 0.01 CPU
-    parts = f"{shard_count} shard(s) x replicas={cfg.replicas} + 1 ingress"
-    parts += f" + encoder_replicas={cfg.encoder_replicas}" if encoder else ""
-    hint = f"set replica_cpus={fits} (or fewer replicas)" if fits > 0 else "use a larger cluster (ray.address=)"
-    raise LatentError(
-        f"backend=ray: {replicas} replicas ({parts}) x replica_cpus={cfg.replica_cpus} need {need:g} CPUs, "
-        f"the cluster has {total:g}: Ray Serve would wait for them forever; {hint}"
-    )
-
-
 def build_application(cfg: ServeConfig, gpus: int = 0) -> Any:
     """The bound Ray Serve application of ``cfg`` (deployment names: shard-00000…, encoder, ingress)."""
     info = _info(cfg.index.path)
     entries = shard_entries(info, cfg.index.path)
-    check_fits(cfg, len(entries), bool(info.embedding is not None and info.embedding.model))
-    cpus = {"num_cpus": cfg.replica_cpus}
+    share = replica_cpus_that_fit(cfg, len(entries), bool(info.embedding is not None and info.embedding.model))
+    cpus = {"num_cpus": share}
     handles = [
         Shard.options(name=f"shard-{s:05d}", num_replicas=cfg.replicas, ray_actor_options=cpus).bind(
-            cfg.index.path, entry, info, int(cfg.replica_cpus)
+            cfg.index.path, entry, info, int(share)
         )
         for s, entry in enumerate(entries)
     ]
