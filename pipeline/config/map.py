@@ -84,7 +84,7 @@ class MapParams:
     levels: int = setting(4, "at most this many region levels, coarse -> fine (the data decides how many)")
     top_regions: int | None = setting(None, "regions of the top level (null: the clearest cut between 5 and 30)")
     split: int = setting(64, "the finest level: at most this many k-means parts per density region")
-    min_cluster_size: int | None = setting(None, "HDBSCAN's min_cluster_size (null: landmarks / 200, at least 10)")
+    min_cluster_size: int | None = setting(None, "HDBSCAN's min_cluster_size (null: landmarks / 200, at least 20)")
     coarse: CoarseRegions = setting(
         CoarseRegions.hdbscan,
         "the density regions the finest level splits: hdbscan (islands of the layout) | kmeans (coarse_k, latent)",

@@ -4,8 +4,9 @@ to every row.
 The finest level: density regions (HDBSCAN on the landmarks' 2-D layout: the islands a reader sees;
 landmarks it calls noise join the region most of their latent-space neighbours are in), each split by
 k-means in latent space into parts of about 1/128 of the landmarks (``split_regions``). Coarser levels
-merge regions near in latent space: Ward's agglomerative merging of the fine regions' centroids, weighted
-by their sizes, a density region's parts first, then regions touching in the kNN graph (``merge_tree``),
+merge regions near in latent space (``merge_tree``): a density region's parts first (Ward's merging of their
+centroids, weighted by their sizes), then regions touching in the kNN graph, the pair sharing the most edges
+per pair of rows first (average linkage on the graph), then, between pieces of the graph, Ward again;
 cut at the top level's size (``map.top_regions``; null: the clearest cut between 5 and 30 regions), at
 the density regions, and wherever else the tree has a clear cut (``choose_levels``: the number of levels
 follows the data, ``map.levels`` caps it). Cuts of one tree nest exactly: a region has one parent.
@@ -73,15 +74,23 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return inverse.astype(np.int32)
 
 
+# The density regions' HDBSCAN: min_cluster_size landmarks / 200, at least MIN_REGION; min_samples up to
+# MIN_SAMPLES. On digits (1,797 landmarks) 10 and 10 split 5 of the 10 classes into islands of 10-30 rows (20
+# regions, ARI 0.86, below umap-learn + HDBSCAN at min_cluster_size 20: 0.89); 20 and 20 (HDBSCAN's own default
+# min_samples = min_cluster_size): 14 regions, ARI 0.90 (docs/benchmarks.md). Above 4,000 landmarks only
+# min_samples changes (10 -> 20).
+MIN_REGION = 20
+MIN_SAMPLES = 20
+
+
 def coarse_regions(xy: np.ndarray, graph: np.ndarray, min_cluster_size: int) -> np.ndarray:
     """Level 0: HDBSCAN on the layout, noise filled from the latent kNN ``graph`` (row -> neighbours)."""
     from sklearn.cluster import HDBSCAN
 
     if len(xy) <= min_cluster_size:
         return np.zeros(len(xy), dtype=np.int32)
-    labels = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(10, min_cluster_size), copy=False).fit_predict(
-        xy.astype(np.float64)  # a copy already
-    )
+    found = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(MIN_SAMPLES, min_cluster_size), copy=False)
+    labels = found.fit_predict(xy.astype(np.float64))  # a copy already
     if (labels < 0).all():
         return np.zeros(len(xy), dtype=np.int32)
     return _renumber(_fill_noise(labels, graph, xy))
@@ -120,15 +129,16 @@ def split_regions(vectors: np.ndarray, dense: np.ndarray, split: int, min_size: 
 
 
 def merge_tree(
-    centroids: np.ndarray, sizes: np.ndarray, adjacent: np.ndarray | None = None, within: np.ndarray | None = None
+    centroids: np.ndarray, sizes: np.ndarray, edges: np.ndarray | None = None, within: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ward's agglomerative merging of regions by their latent centroids, weighted by their sizes:
-    (merges: (m-1, 2) ids, new clusters numbered m, m+1, ... as scipy's linkage; costs: the rise of the
-    within-region sum of squares of each merge, non-decreasing). ``adjacent`` (m x m, bool): regions that
-    touch in the kNN graph; while any two touching regions are left, only touching regions merge (Ward with
-    a connectivity constraint, as scikit-learn's: merges follow the data's manifold, not only its centroids).
-    ``within``: each region's density region: parts of one density region merge back first, so that the
-    density regions are a cut of the tree."""
+    """Agglomerative merging of regions: (merges: (m-1, 2) ids, new clusters numbered m, m+1, ... as scipy's
+    linkage; costs: each merge's Ward cost, the rise of the within-region sum of squares of the latent
+    centroids weighted by the regions' sizes, made non-decreasing). ``within``: each region's density region:
+    parts of one density region merge back first (by Ward), so that the density regions are a cut of the
+    tree. ``edges`` (m x m, symmetric): the kNN graph's edges between regions; while any two regions touch,
+    the pair sharing the most edges per pair of their rows merges next (average linkage on the kNN graph: it
+    follows the data's manifold, where centroids of curved or uneven classes mislead Ward, measured on
+    digits and Flavia leaves, docs/benchmarks.md); then, between pieces the graph does not join, Ward."""
     m = len(centroids)
     c = np.zeros((2 * m - 1, centroids.shape[1]))
     c[:m] = centroids
@@ -143,13 +153,18 @@ def merge_tree(
     ids = np.asarray(alive)
     d = n[ids, None] * n[None, ids] / (n[ids, None] + n[None, ids]) * ((c[ids, None] - c[None, ids]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
-    touch = np.ones_like(d, dtype=bool) if adjacent is None else adjacent.copy()
-    np.fill_diagonal(touch, False)
+    shared = np.zeros_like(d) if edges is None else np.asarray(edges, dtype=np.float64).copy()
+    np.fill_diagonal(shared, 0.0)
     group = np.arange(m) if within is None else np.asarray(within).copy()
     for t in range(m - 1):
         same = np.where(group[:, None] == group[None], d, np.inf)
-        allowed = same if np.isfinite(same).any() else np.where(touch, d, np.inf)
-        i, j = np.unravel_index(np.argmin(allowed if np.isfinite(allowed).any() else d), d.shape)
+        if np.isfinite(same).any():
+            i, j = np.unravel_index(np.argmin(same), d.shape)
+        elif shared.any():
+            sz = n[np.asarray(alive)]
+            i, j = np.unravel_index(np.argmax(shared / (sz[:, None] * sz[None])), d.shape)
+        else:
+            i, j = np.unravel_index(np.argmin(d), d.shape)
         a, b, new = alive[i], alive[j], m + t
         merges[t], costs[t] = (a, b), d[i, j]
         n[new] = n[a] + n[b]
@@ -160,8 +175,8 @@ def merge_tree(
         row = cost(np.asarray(alive[:-1], dtype=np.int64), new)
         d = np.block([[d, row[:, None]], [row[None, :], np.full((1, 1), np.inf)]])
         group = np.append(group[keep], group[i] if group[i] == group[j] else -1 - t)
-        joined = (touch[i] | touch[j])[keep]
-        touch = np.block([[touch[np.ix_(keep, keep)], joined[:, None]], [joined[None, :], np.zeros((1, 1), bool)]])
+        joined = (shared[i] + shared[j])[keep]
+        shared = np.block([[shared[np.ix_(keep, keep)], joined[:, None]], [joined[None, :], np.zeros((1, 1))]])
     return merges, np.maximum.accumulate(costs) if len(costs) else costs
 
 
@@ -233,7 +248,7 @@ def find_regions(
 ) -> Regions:
     """Regions of the landmarks at up to ``levels`` levels, coarse -> fine (see the module's docstring)."""
     n = len(vectors)
-    min_size = min_cluster_size or max(10, n // 200)
+    min_size = min_cluster_size or max(MIN_REGION, n // 200)
     if coarse == "hdbscan":
         dense = coarse_regions(xy, graph, min_size)
     else:
@@ -244,11 +259,11 @@ def find_regions(
     centroids = np.zeros((m, vectors.shape[1]))
     np.add.at(centroids, fine, vectors)
     centroids /= sizes[:, None]
-    links = np.zeros((m, m), dtype=bool)
-    links[fine[:, None], fine[graph]] = True  # regions touching in the kNN graph
+    links = np.zeros((m, m))
+    np.add.at(links, (np.repeat(fine, graph.shape[1]), fine[graph].reshape(-1)), 1.0)  # kNN edges between regions
     within = np.zeros(m, dtype=np.int64)
     within[fine] = dense
-    merges, costs = merge_tree(centroids, sizes, links | links.T, within)
+    merges, costs = merge_tree(centroids, sizes, links + links.T, within)
     counts = choose_levels(costs, m, top_regions, max(1, levels), keep=int(dense.max()) + 1)
     of_fine = [_ordered(cut(merges, m, k) if k < m else np.arange(m, dtype=np.int32), sizes) for k in counts]
     nested = _nest(of_fine, sizes)

@@ -67,6 +67,8 @@ def test_map_json_records_source_method_quality_and_timings(built):
     assert 0 < quality["preservation"] <= 1 and 0 < quality["reference_preservation"] <= 1
     assert 0 < quality["preservation_all_rows"] <= 1  # the same queries' nearest among all rows
     assert quality["sample"] == 1500
+    # what the relative figure compares against is said (a fit of the sample alone, not of every row)
+    assert quality["reference"] == "umap-learn's fit of the quality sample alone"
     # the global arrangement, per level: each region's 3 nearest regions kept, for the map, umap-learn and PCA
     for key in ("regions_kept", "reference_regions_kept", "pca_regions_kept"):
         assert len(quality[key]) == info["levels"] and all(v is None or 0 <= v <= 1 for v in quality[key])
