@@ -35,6 +35,7 @@ from pipeline.index.store.integrity import check_files
 from pipeline.search.query_model import resolve_query_model
 from pipeline.search.searcher import Searcher
 from pipeline.serve.ray_fit import replica_cpus_that_fit
+from pipeline.serve.ray_port import settle_http_port
 
 APP_NAME = "latent"
 
@@ -344,7 +345,9 @@ def _cluster_gpus() -> int:
 
 
 def start_application(cfg: ServeConfig, app: serve.Application, name: str = APP_NAME) -> None:
-    """Start Ray Serve's proxy on ``cfg.host:cfg.port`` and run ``app`` at / (returns once deployed)."""
+    """Start Ray Serve's proxy on ``cfg.host:cfg.port`` and run ``app`` at / (returns once deployed); refused
+    when the cluster's Serve already listens elsewhere (``settle_http_port``: ``port=0`` takes its port)."""
+    settle_http_port(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     # The same two keys as the one-process server: no per-request INFO line forwarded from every replica
     logging = {"log_level": cfg.log_level.upper(), "enable_access_log": cfg.access_log}
@@ -359,12 +362,8 @@ def run_ray_serve(cfg: ServeConfig) -> None:
     from pipeline.runtime import init_ray
 
     init_ray(cfg.ray)
+    settle_http_port(cfg)  # before anything is sized or deployed: the port printed below is the one answering
     app = build_application(cfg, _cluster_gpus())
-    if cfg.port == 0:  # Ray Serve's proxy needs a fixed port: take a free one now
-        from pipeline.serve.net import bind
-
-        with bind(cfg.host, 0) as sock:
-            cfg.port = sock.getsockname()[1]
     start_application(cfg, app)
     info = _info(cfg.index.path)
     count = len(shard_entries(info, cfg.index.path))
