@@ -70,7 +70,9 @@ class RayConfig:
         "limit, ulimit -v, a quarter of what the limit leaves)",
     )
     stall_timeout_s: float = setting(
-        600.0, "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why"
+        600.0,
+        "no new rows this long while the cluster cannot run the stages (a lost node): the job fails, saying why; "
+        "a pool that starves its read tasks is restarted smaller after min(30 s, this)",
     )
     inline_max_rows: int = setting(
         INLINE_MAX_ROWS,

@@ -43,7 +43,7 @@ what it returns is recorded as the summary and ``_SUCCESS`` is written. Rows who
 set go to ``<output>/_errors`` (``WriteStage.errors_schema``), the others to ``WriteStage.fn``.
 """
 
-from pipeline.runner.execute import run_job, unmet_demand
+from pipeline.runner.execute import run_job
 from pipeline.runner.job import (
     ActorResources,
     ActorStage,
@@ -57,6 +57,7 @@ from pipeline.runner.job import (
     completed_summary,
 )
 from pipeline.runner.plan import UNIT_COLUMN, build_plan, run_inline
+from pipeline.runner.watchdog import unmet_demand
 
 __all__ = [
     "UNIT_COLUMN",

@@ -28,9 +28,9 @@ class JobInterrupted(LatentError):
 class ActorResources:
     """One actor-pool stage's resources: decided once, here, from the cluster (``actor_resources``).
 
-    The pool is elastic (Ray Data's autoscaling actor pool): it starts with ``actors``, shrinks down to
-    one when the cluster loses nodes (Ray Data releases actors beyond what the live nodes can hold beside
-    the read tasks) and grows back up to ``max_actors`` when nodes join."""
+    The pool is elastic (Ray Data's autoscaling actor pool): it starts with ``actors``, is restarted smaller
+    when the live nodes no longer hold it beside a read task (``watchdog.py``) and grows back up to
+    ``max_actors`` when nodes join."""
 
     actors: int
     cpus: float

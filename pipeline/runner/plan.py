@@ -53,10 +53,10 @@ class _StageActor:
 
 
 def _pool(res: ActorResources):
-    """An elastic actor pool: ``res.actors`` at first, down to one while nodes are lost, up to ``res.most``.
-    Ray Data (2.60) releases actors that no longer fit the cluster's resources beside the other stages
-    ("actor pool exceeds resource allocation") and adds actors while the pool is busy and the cluster
-    has room; a fixed-size pool would wait forever for a lost node's actor to come back."""
+    """An elastic actor pool: ``res.actors`` at first, down to one, up to ``res.most``. Ray Data (2.60) adds
+    actors while the pool is busy and its budget has room, and releases idle ones; a fixed-size pool would
+    wait forever for a lost node's actor. Ray restarts a lost actor outside that budget, where it may starve
+    the read tasks: the watchdog then restarts the stages with a pool that fits (``watchdog.py``)."""
     from ray.data import ActorPoolStrategy
 
     if res.most == 1:
@@ -103,6 +103,15 @@ def build_plan(job: Job, units: list[dict] | None = None, done: pa.Array | None 
         num_cpus=stage.resources.cpus,
     )
     return processed
+
+
+def stop_plan(plan) -> None:
+    """Shut a running plan down now: its actors killed (their CPUs released), its tasks cancelled. Closing
+    its batch iterator is not enough: the iterator's thread may wait for a block that never comes (a pool
+    starving its readers). Ray Data (2.60) keeps a dataset's running executor on ``_current_executor``."""
+    executor = getattr(plan, "_current_executor", None)
+    if executor is not None:
+        executor.shutdown(force=True)
 
 
 def run_inline(job: Job, units: list[dict], done: pa.Array | None = None) -> Iterator[pa.Table]:

@@ -5,13 +5,15 @@ finish), then leaves; the job goes on on the head, every input once, nothing red
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 
 import pytest
 
 from pipeline.launch import submit_job
 
 from .conftest import JOB_TIMEOUT, job_config, job_end, make_corpus, read_ids, tiny_embed_command, wait_for
-from .localcluster import LocalCluster
+from .localcluster import RAY, LocalCluster, cluster_env
 from .test_cluster_jobs import job_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -53,11 +55,55 @@ def test_a_worker_node_that_gets_sigterm_finishes_its_batches_then_leaves_and_th
         assert not redone, redone
         (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
         logged = [json.loads(line) for line in events.read_text().splitlines()]
-        about = [e for e in logged if e["node"] == worker.node_id]
+        about = [e for e in logged if e.get("node") == worker.node_id]
         # node_draining when the driver saw the drain (it looks every second; an idle node leaves at once), then
         # node_lost, marked drained, unless the job was done before the node left
         assert [e["event"] for e in about] in (["node_draining", "node_lost"], ["node_lost"], ["node_draining"]), logged
         assert all(e["drained"] is True for e in about if e["event"] == "node_lost"), logged
         assert all(0 < e["deadline_in_s"] <= DRAIN_S for e in about if e["event"] == "node_draining"), logged
+    finally:
+        cluster.stop()
+
+
+def test_a_worker_node_drained_with_ray_drain_node_then_stopped_at_its_deadline_costs_the_job_nothing(
+    tiny_model, tmp_path
+):
+    """`ray drain-node` (what an operator or Ray's autoscaler v2 uses; Ray 2.60's CLI) marks the node draining;
+    it does not stop the node: the caller does at the deadline. The job goes on, every input once, and the
+    run record says the node drained, then left."""
+    from ray.job_submission import JobSubmissionClient
+
+    cluster = LocalCluster.start(head_cpus=2, worker_cpus=2)
+    try:
+        worker = cluster.nodes["worker"]
+        corpus, out = tmp_path / "images", tmp_path / "emb"
+        names = make_corpus(corpus, 800, seed=13)
+        command = tiny_embed_command(
+            corpus, out, tiny_model, "batch_size=8", "output.rows_per_shard=8", "input.files_per_task=8"
+        )
+        cfg = job_config(cluster, *command, name="embed-drain-node")
+        cfg.wait = False
+        submission = submit_job(cfg).submission_id
+        client = JobSubmissionClient(cluster.dashboard_url)
+        wait_for(lambda: list(out.glob("*.parquet")), JOB_TIMEOUT, "the first committed shard")
+        drain = [RAY, "drain-node", f"--address={cluster.address}", f"--node-id={worker.node_id}"]
+        drain += ["--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=latent test: spot notice"]
+        drain += [f"--deadline-remaining-seconds={DRAIN_S}"]
+        done = subprocess.run(drain, env=cluster_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(read_ids(out)) < len(names), "the job finished before the drain: nothing was tested"
+        time.sleep(DRAIN_S)
+        if worker.raylet() is not None:  # the deadline: the cloud stops the VM
+            cluster.kill_worker()
+
+        assert job_end(client, submission) == "SUCCEEDED", client.get_job_logs(submission)[-3000:]
+        ids = read_ids(out)
+        assert len(ids) == len(set(ids)), "an input was embedded twice"
+        assert sorted(ids) == sorted(names), "an input is missing"
+        (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
+        logged = [json.loads(line) for line in events.read_text().splitlines()]
+        about = [e["event"] for e in logged if e.get("node") == worker.node_id]
+        assert about in (["node_draining", "node_lost"], ["node_draining"]), logged  # seen draining (every second)
+        assert all(e["drained"] is True for e in logged if e["event"] == "node_lost"), logged
     finally:
         cluster.stop()

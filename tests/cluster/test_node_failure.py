@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 def test_embed_job_survives_the_worker_node_dying_and_a_node_that_joins_gets_work(ray_cluster, tiny_model, tmp_path):
     # the default pool: one encoder per 2-CPU node, 2 at start; after the loss, 2 actors and a read task no
-    # longer fit the head: a fixed-size pool waited forever (issue 19), the elastic one shrinks to 1
+    # longer fit the head: a fixed-size pool waited forever, and Ray's restart of the lost encoder on the head
+    # starved the read tasks (issue 19); the stages restart with one encoder
     lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path)
 
 
@@ -37,7 +38,7 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
     from ray.job_submission import JobSubmissionClient
 
     corpus = tmp_path / "images"
-    names = make_corpus(corpus, 480, seed=7)  # enough that the job still runs when a node joins again
+    names = make_corpus(corpus, 800, seed=7)  # enough that the job still runs when a node joins again
     out = tmp_path / "emb"
     # small shards and read tasks: many commits, so the kill lands with most of the corpus still to do
     command = tiny_embed_command(
@@ -70,9 +71,10 @@ def lose_a_node_then_join_one(ray_cluster, tiny_model, tmp_path, *resources: str
         assert (out / "_SUCCESS").exists()
         (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
         logged = [json.loads(line) for line in events.read_text().splitlines()]
-        assert [e["event"] for e in logged][:2] == ["node_lost", "node_joined"], logged
-        assert logged[1]["node"] == joined.node_id
-        assert logged[0]["drained"] is False  # killed, not drained (Ray's death reason)
+        kinds = [e["event"] for e in logged]
+        assert kinds[0] == "node_lost" and logged[0]["drained"] is False, logged  # killed, not drained (Ray's reason)
+        assert [e["node"] for e in logged if e["event"] == "node_joined"] == [joined.node_id], logged
+        # (a "stages_restarted" in between when the pool no longer fit the head beside a reader: docs/cluster.md)
     finally:
         if str(client.get_job_status(submission).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
             client.stop_job(submission)

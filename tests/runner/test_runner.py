@@ -4,6 +4,7 @@ say why, and a rerun after a fault finishes the work with each row once."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from index.helpers import build, dataset, vectors
 
 from pipeline.cli import compose
 from pipeline.errors import LatentError
-from pipeline.runner import execute
+from pipeline.runner import watchdog
 from pipeline.runtime import ray_started_here
 from pipeline.search.knn import run_knn
 
@@ -92,7 +93,7 @@ def test_a_job_that_a_private_ray_can_never_run_is_refused_at_once_saying_why(lo
 def test_a_job_stuck_on_a_joined_cluster_fails_saying_why(local_ray, knn_inputs, tmp_path, monkeypatch, caplog):
     # On a joined cluster an autoscaler may add nodes: the job waits, then the watchdog stops it. The session's
     # Ray stands in for a joined cluster here (the same Ray, only the "who started it" answer differs).
-    monkeypatch.setattr(execute, "ray_started_here", lambda: False)
+    monkeypatch.setattr(watchdog, "ray_started_here", lambda: False)
     # The watchdog must not rely on the process's SIGINT handler, which a host program may have replaced (with
     # it ignored, a watchdog that simulated Ctrl-C left this job waiting forever)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -103,6 +104,22 @@ def test_a_job_stuck_on_a_joined_cluster_fails_saying_why(local_ray, knn_inputs,
         signal.signal(signal.SIGINT, previous)
     assert "waiting for nodes" in caplog.text
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_pool_that_holds_every_cpu_is_restarted_smaller_and_the_job_finishes(local_ray, knn_inputs, tmp_path):
+    # Two 1-CPU searchers on the 2-CPU Ray hold both CPUs: no read task ever runs, and Ray Data never shrinks a
+    # pool that got no input. The job waited for ever ("the stages are scheduled and still working", issue 19)
+    # as after a node loss, when Ray restarts the lost actor beside the survivor's; now the watchdog sees the
+    # pool starve its readers and restarts the stages with one searcher beside a reader.
+    out = tmp_path / "out"
+    summary = knn(knn_inputs, out, "resources.actors=2", "resources.cpus_per_actor=1", "ray.stall_timeout_s=8")
+    assert summary.queries == 600
+    assert query_ids(out) == EXPECTED  # every query once
+    (events,) = (out / "_latent" / "runs").glob("*/events.jsonl")
+    logged = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [(e["event"], e["actors"]) for e in logged] == [("stages_restarted", 1)], logged
+    assert "no room for a read task" in logged[0]["reason"]
 
 
 def test_an_output_path_that_is_a_file_is_refused_clearly(local_ray, knn_inputs, tmp_path):
