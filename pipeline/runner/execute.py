@@ -184,10 +184,7 @@ class _Plans:
         job, todo, skip = self.job, self.units, self.done
         self.stop()
         if why is not None:
-            finished, skip = job.output.done_units(), job.output.done_keys()
-            todo = [u for u in todo if unit_marker_name(u["unit_id"]) not in finished]
-            if job.drop_done is not None and len(skip):  # rows known done before reading (image folders)
-                todo, _ = job.drop_done(todo, skip)
+            todo, skip, _, _ = _left_to_do(job, todo)
             if not todo:
                 return iter(())
             job = fitted_pool(job)
@@ -199,6 +196,19 @@ class _Plans:
         self.running = build_plan(job, todo, skip if len(skip) else None)
         # prefetch_batches=0: with prefetching, each stats block waits for the next one (a shard late).
         return self.running.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def _left_to_do(job: Job, units: list[dict]) -> tuple[list[dict], pa.Array, set[str], int | None]:
+    """What is left of ``units`` (with ids), at the start (after an earlier run) and at a restart of the stages:
+    the units without a finished marker, less those ``job.drop_done`` knows done before reading (image
+    folders); the keys committed so far (rows to skip); the finished units; the rows left (None: unknown)."""
+    output = job.output
+    done, finished = output.done_keys(), output.done_units()
+    todo = [u for u in units if unit_marker_name(u["unit_id"]) not in finished]
+    total = None if job.total_rows is None else max(0, job.total_rows - len(done))
+    if job.drop_done is not None:
+        todo, total = job.drop_done(todo, done)
+    return todo, done, finished, total
 
 
 def _mark_finished_units(output: JobOutput, by_attempt: Counter, marked: set[str]) -> None:
@@ -226,12 +236,7 @@ def run_job(job: Job, finish: Callable[[JobResult], dict[str, Any]]) -> dict[str
             output.clear_read_counts()
             session = {"inline": True} if job.inline else ray_session()
             record = RunRecord.start(output.state_dir, job.config, ray=session)
-            done = output.done_keys()
-            finished = output.done_units()
-            units = [u for u in with_ids(job.units) if unit_marker_name(u["unit_id"]) not in finished]
-            total = None if job.total_rows is None else max(0, job.total_rows - len(done))
-            if job.drop_done is not None:
-                units, total = job.drop_done(units, done)
+            units, done, finished, total = _left_to_do(job, with_ids(job.units))
             if finished or len(done):
                 print(
                     f"latent {job.name}: resuming: {len(finished):,} units and {len(done):,} rows finished earlier "

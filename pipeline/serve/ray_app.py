@@ -32,6 +32,7 @@ from pipeline.index.store import shards
 from pipeline.index.store.directory import IndexDirectory
 from pipeline.index.store.format import IndexInfo
 from pipeline.index.store.integrity import check_files
+from pipeline.search.plan import Plan
 from pipeline.search.query_model import resolve_query_model
 from pipeline.search.searcher import Searcher
 from pipeline.serve.ray_fit import replica_cpus_that_fit
@@ -184,8 +185,6 @@ class RemoteShards:
         distances = [_pad(d, k, self.keep_max, np.float32) for d, _, _ in results]
         labels = [_pad(i, k, None, np.int64) for _, i, _ in results]
         scores, found = shards.merge_results(distances, labels, [e.first for e in self.entries], k, self.keep_max)
-        from pipeline.search.plan import Plan
-
         plans = [p for _, _, p in results]
         kinds = {p["kind"] for p in plans}
         per_shard = [{"file": e.file, "kind": p["kind"], **p["params"]} for e, p in zip(self.entries, plans)]
@@ -362,7 +361,6 @@ def run_ray_serve(cfg: ServeConfig) -> None:
     from pipeline.runtime import init_ray
 
     init_ray(cfg.ray)
-    settle_http_port(cfg)  # before anything is sized or deployed: the port printed below is the one answering
     app = build_application(cfg, _cluster_gpus())
     start_application(cfg, app)
     info = _info(cfg.index.path)

@@ -16,12 +16,17 @@ log = logging.getLogger(__name__)
 MIN_REPLICA_CPUS = 0.01  # the smallest share sized automatically (Ray schedules fractions of a CPU)
 
 
+def placeable(node_cpus: list[float], share: float) -> int:
+    """How many replicas of ``share`` CPUs nodes with ``node_cpus`` CPUs each hold (a replica lives on one node:
+    3 one-CPU nodes hold 7 replicas of 3/7 CPU only 6 times)."""
+    return sum(int(c / share + 1e-9) for c in node_cpus)
+
+
 def share_that_fits(node_cpus: list[float], replicas: int) -> float:
     """The largest CPU share (a multiple of 0.01) at which ``replicas`` replicas can all be placed on nodes with
-    ``node_cpus`` CPUs each (a replica lives on one node: 7 replicas at 3/7 CPU fit 3 one-CPU nodes only 6
-    times); 0.0 when not even 0.01 each fits."""
+    ``node_cpus`` CPUs each; 0.0 when not even 0.01 each fits."""
     share = int(sum(node_cpus) / replicas * 100)  # in hundredths, rounded down
-    while share > 0 and sum(int(c * 100 + 1e-6) // share for c in node_cpus) < replicas:
+    while share > 0 and placeable(node_cpus, share / 100) < replicas:
         share -= 1
     return share / 100
 
@@ -62,7 +67,7 @@ def replica_cpus_that_fit(cfg: ServeConfig, shard_count: int, encoder: bool) -> 
             f"backend=ray: {replicas} replicas ({parts}) do not fit on a cluster of {total:g} CPUs even at "
             f"{MIN_REPLICA_CPUS} CPU each; use fewer replicas or a larger cluster (ray.address=)"
         )
-    if sum(int(c / cfg.replica_cpus + 1e-9) for c in nodes) >= replicas:
+    if placeable(nodes, cfg.replica_cpus) >= replicas:
         return cfg.replica_cpus
     need = replicas * cfg.replica_cpus
     hint = f"set replica_cpus={fits} (or fewer replicas)" if fits > 0 else "use a larger cluster (ray.address=)"
